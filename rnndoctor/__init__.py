@@ -1,0 +1,22 @@
+"""rnndoctor: tells you why your recurrent network will not train, and what to change."""
+
+__version__ = "0.1.0"
+
+from .diagnose import diagnose  # noqa: E402
+from .finding import Diagnosis, Finding, Severity, Skipped  # noqa: E402
+from .run import Run, RunDirError, load_run  # noqa: E402
+from .watch import Watch, watch  # noqa: E402
+
+__all__ = [
+    "Diagnosis",
+    "Finding",
+    "Run",
+    "RunDirError",
+    "Severity",
+    "Skipped",
+    "Watch",
+    "__version__",
+    "diagnose",
+    "load_run",
+    "watch",
+]

@@ -1,0 +1,142 @@
+"""Severity, Finding and Diagnosis: what the rules say about a run.
+
+A Finding keeps the *measured* numbers (``evidence``) apart from the verdict (``id``,
+``severity``), so a reader can check the judgement against the data.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Severity(str, enum.Enum):
+    """How bad a finding is. Ordered: info < warning < error."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @classmethod
+    def parse(cls, value: "str | Severity") -> "Severity":
+        if isinstance(value, Severity):
+            return value
+        try:
+            return cls(str(value).lower())
+        except ValueError:
+            raise ValueError(f"unknown severity {value!r}; use one of info, warning, error") from None
+
+    def __ge__(self, other: object) -> bool:  # type: ignore[override]
+        return self.rank >= Severity.parse(other).rank  # type: ignore[arg-type]
+
+    def __gt__(self, other: object) -> bool:  # type: ignore[override]
+        return self.rank > Severity.parse(other).rank  # type: ignore[arg-type]
+
+    def __le__(self, other: object) -> bool:  # type: ignore[override]
+        return self.rank <= Severity.parse(other).rank  # type: ignore[arg-type]
+
+    def __lt__(self, other: object) -> bool:  # type: ignore[override]
+        return self.rank < Severity.parse(other).rank  # type: ignore[arg-type]
+
+
+_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.ERROR: 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis: a stable id, how bad, why, where, and what to change."""
+
+    id: str
+    severity: Severity
+    title: str
+    explanation: str
+    fix: str
+    evidence: dict[str, Any] = field(default_factory=dict, hash=False)
+    where: dict[str, Any] = field(default_factory=dict, hash=False)
+    first_step: int | None = None
+    plots: tuple[str, ...] = ()
+
+    @property
+    def where_text(self) -> str:
+        """``where`` as one readable line: ``module=cell · t=212 · step=1``."""
+        return " · ".join(f"{k}={v}" for k, v in self.where.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "severity": self.severity.value,
+            "title": self.title,
+            "explanation": self.explanation,
+            "evidence": json_safe(self.evidence),
+            "where": json_safe(self.where),
+            "fix": self.fix,
+            "first_step": self.first_step,
+            "plots": list(self.plots),
+        }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A rule that could not judge this run, and why (missing signal, or it crashed)."""
+
+    rule_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Findings, worst first, plus the rules that were skipped."""
+
+    findings: tuple[Finding, ...]
+    skipped: tuple[Skipped, ...] = ()
+
+    def ids(self) -> list[str]:
+        return [f.id for f in self.findings]
+
+    def at_least(self, severity: "str | Severity") -> list[Finding]:
+        level = Severity.parse(severity)
+        return [f for f in self.findings if f.severity >= level]
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in (Severity.ERROR, Severity.WARNING, Severity.INFO)}
+        for f in self.findings:
+            out[f.severity.value] += 1
+        return out
+
+
+def sort_findings(findings: list[Finding]) -> tuple[Finding, ...]:
+    """Worst first; ties by the step at which they became detectable, then id."""
+    return tuple(
+        sorted(
+            findings,
+            key=lambda f: (-f.severity.rank, f.first_step if f.first_step is not None else 1 << 60, f.id),
+        )
+    )
+
+
+def json_safe(value: Any) -> Any:
+    """Strict-JSON version of ``value``: NaN/Inf become strings, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    return str(value)

@@ -1,0 +1,181 @@
+"""Loss, logits and targets: captured from torch.nn.functional, reduced on the device.
+
+Loss modules (``nn.CrossEntropyLoss`` & co.) call their functional form through the
+``torch.nn.functional`` namespace, so wrapping the functional forms while a watch is active
+captures both ways of computing a loss exactly once. The wrappers are installed when the
+first watch starts and removed when the last one ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+#: functional name -> loss kind recorded in the ``steps`` signal
+LOSS_FUNCTIONS: dict[str, str] = {
+    "cross_entropy": "cross_entropy",
+    "nll_loss": "nll",
+    "binary_cross_entropy_with_logits": "bce_logits",
+    "binary_cross_entropy": "bce",
+    "mse_loss": "mse",
+    "l1_loss": "l1",
+    "smooth_l1_loss": "smooth_l1",
+    "huber_loss": "huber",
+}
+CLASSIFICATION_KINDS = frozenset({"cross_entropy", "nll"})
+BINARY_KINDS = frozenset({"bce_logits", "bce"})
+REGRESSION_KINDS = frozenset({"mse", "l1", "smooth_l1", "huber"})
+#: regression targets that are whole numbers in [0, REGRESSION_CLASS_BINS) are treated as
+#: class labels (seed 002: 0/1 targets under MSE); predictions are rounded into these bins.
+REGRESSION_CLASS_BINS = 16
+#: tolerance for "these outputs already are probabilities / log-probabilities"
+PROB_SUM_TOL = 1e-3
+
+
+@dataclass
+class LossCall:
+    kind: str
+    input: torch.Tensor
+    target: torch.Tensor
+    loss: torch.Tensor
+    kwargs: dict[str, Any]
+
+
+LossListener = Callable[[LossCall], None]
+_listeners: list[LossListener] = []
+_originals: dict[str, Callable[..., Any]] = {}
+_in_loss = False
+
+
+def _wrap(name: str, kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def wrapper(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
+        global _in_loss
+        if _in_loss or not _listeners:
+            return original(input, target, *args, **kwargs)
+        _in_loss = True
+        try:
+            loss = original(input, target, *args, **kwargs)
+        finally:
+            _in_loss = False
+        if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(loss, torch.Tensor):
+            _listeners[-1](LossCall(kind, input, target, loss, kwargs))
+        return loss
+
+    wrapper.__rnndoctor_original__ = original  # type: ignore[attr-defined]
+    return wrapper
+
+
+@contextlib.contextmanager
+def capture_losses(listener: LossListener) -> Iterator[None]:
+    """Route every functional loss computed inside the block to ``listener``."""
+    if not _listeners:
+        for name, kind in LOSS_FUNCTIONS.items():
+            original = getattr(F, name)
+            _originals[name] = original
+            setattr(F, name, _wrap(name, kind, original))
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+        if not _listeners:
+            for name, original in _originals.items():
+                setattr(F, name, original)
+            _originals.clear()
+
+
+@dataclass
+class LossStats:
+    """Device tensors summarising one loss call (no host sync)."""
+
+    kind: str
+    n_classes: int
+    loss: torch.Tensor
+    finite: torch.Tensor
+    n_pred: torch.Tensor | None = None
+    n_label: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    total: torch.Tensor | None = None
+    detail: dict[str, "torch.Tensor | int"] | None = None
+
+
+def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
+    """Reduce a loss call to counts and scalars on its own device."""
+    loss = call.loss.detach()
+    value = loss.float().mean()
+    finite = torch.isfinite(loss).all()
+    x = call.input.detach()
+    y = call.target.detach()
+    stats = LossStats(kind=call.kind, n_classes=0, loss=value, finite=finite)
+    with torch.no_grad():
+        cls = _class_view(call.kind, x, y, call.kwargs)
+        if cls is not None:
+            k, pred, label, valid = cls
+            stats.n_classes = k
+            w = valid.reshape(-1).to(torch.float32)
+            pred = pred.reshape(-1).clamp(0, k - 1).long()
+            label = label.reshape(-1).clamp(0, k - 1).long()
+            stats.n_pred = torch.zeros(k, device=x.device).index_add_(0, pred, w)
+            stats.n_label = torch.zeros(k, device=x.device).index_add_(0, label, w)
+            stats.correct = ((pred == label).to(torch.float32) * w).sum()
+            stats.total = w.sum()
+        if detail:
+            stats.detail = _detail(call.kind, x, y)
+    return stats
+
+
+def _class_view(
+    kind: str, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]
+) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(K, predicted class, label class, valid mask) for losses that can be read as classes."""
+    if kind in CLASSIFICATION_KINDS:
+        if x.dim() == 1:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        k = x.shape[1]
+        pred = x.argmax(1)
+        if y.is_floating_point() and y.shape == x.shape:  # class probabilities as targets
+            label = y.argmax(1)
+            valid = torch.ones_like(label, dtype=torch.bool)
+        else:
+            ignore = kwargs.get("ignore_index", -100)
+            label = y
+            valid = y != ignore
+        return k, pred, label, valid
+    if kind in BINARY_KINDS:
+        threshold = 0.0 if kind == "bce_logits" else 0.5
+        pred = x > threshold
+        label = y > 0.5
+        return 2, pred, label, torch.ones_like(label, dtype=torch.bool)
+    if kind in REGRESSION_KINDS and x.shape == y.shape:
+        # Read as classes only counts when targets are labels; tgt_integral says so.
+        lo, hi = y.min(), y.max()
+        pred = torch.maximum(torch.minimum(x.round(), hi), lo)
+        return REGRESSION_CLASS_BINS, pred, y.round(), torch.ones_like(y, dtype=torch.bool)
+    return None
+
+
+def _detail(kind: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, "torch.Tensor | int"]:
+    xf = x.float()
+    yf = y.float()
+    d: dict[str, "torch.Tensor | int"] = {
+        "out_min": xf.min(),
+        "out_max": xf.max(),
+        "tgt_n": yf.numel(),
+        "tgt_sum": yf.sum(),
+        "tgt_sqsum": (yf * yf).sum(),
+        "tgt_min": yf.min(),
+        "tgt_max": yf.max(),
+        "tgt_integral": ((yf == yf.round()) & (yf >= 0) & (yf < REGRESSION_CLASS_BINS)).all(),
+    }
+    if kind in CLASSIFICATION_KINDS and xf.dim() >= 1:
+        dim = 1 if xf.dim() > 1 else 0
+        in_unit = (xf >= 0).all() & (xf <= 1).all()
+        d["out_is_prob"] = in_unit & ((xf.sum(dim) - 1).abs().max() < PROB_SUM_TOL)
+        d["out_is_logprob"] = (xf <= 0).all() & (torch.logsumexp(xf, dim).abs().max() < PROB_SUM_TOL)
+    return d

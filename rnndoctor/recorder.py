@@ -1,0 +1,117 @@
+"""Device-side buffers, batched host transfer, incremental crash-safe writes.
+
+Probes hand the recorder rows whose values may still be tensors on the GPU. Nothing is read
+back until ``flush()``: then every pending tensor of a device is concatenated and copied to
+the host in ONE transfer, and the rows are appended as JSON lines to
+``<run_dir>/signals/<signal>.jsonl``. A killed process therefore loses at most the rows since
+the last flush, and what was written stays readable (see ``run.load_run``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import torch
+
+Row = dict[str, Any]
+Finalize = Callable[[Row], "Row | None"]
+
+
+@dataclass
+class _Pending:
+    signal: str
+    row: Row
+    finalize: Finalize | None
+
+
+class Recorder:
+    """Collects rows per signal and writes them in batches."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.signals_dir = Path(run_dir) / "signals"
+        self.signals_dir.mkdir(parents=True, exist_ok=True)
+        self._pending: list[_Pending] = []
+        self._files: dict[str, TextIO] = {}
+        self.rows_written = 0
+        self.flushes = 0
+
+    def add(self, signal: str, row: Row, finalize: Finalize | None = None) -> None:
+        """Queue a row. Tensor values stay on their device until the next flush.
+
+        ``finalize`` gets the row with host values after the transfer and may rewrite it
+        (e.g. map an argmax index to a module name) or drop it by returning None.
+        """
+        self._pending.append(_Pending(signal, row, finalize))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> None:
+        """Copy every pending tensor to the host (one transfer per device) and append rows."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        _materialize([p.row for p in pending])
+        for p in pending:
+            row = p.finalize(p.row) if p.finalize is not None else p.row
+            if row is None:
+                continue
+            self._file(p.signal).write(json.dumps(row, allow_nan=True, default=_jsonable) + "\n")
+            self.rows_written += 1
+        for f in self._files.values():
+            f.flush()
+        self.flushes += 1
+
+    def close(self) -> None:
+        self.flush()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def _file(self, signal: str) -> TextIO:
+        f = self._files.get(signal)
+        if f is None:
+            f = open(self.signals_dir / f"{signal}.jsonl", "a", encoding="utf-8")
+            self._files[signal] = f
+        return f
+
+
+def _materialize(rows: list[Row]) -> None:
+    """Replace tensor values in ``rows`` by Python numbers/lists, one host copy per device."""
+    slots: dict[torch.device, list[tuple[Row, str, torch.Size]]] = defaultdict(list)
+    parts: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, torch.Tensor):
+                t = value.detach()
+                slots[t.device].append((row, key, t.shape))
+                parts[t.device].append(t.reshape(-1).to(torch.float64))
+    for device, tensors in parts.items():
+        host = torch.cat(tensors).cpu().numpy() if tensors else None
+        offset = 0
+        for row, key, shape in slots[device]:
+            n = math.prod(shape)
+            chunk = host[offset : offset + n]
+            offset += n
+            row[key] = _py(chunk[0]) if len(shape) == 0 else [_py(v) for v in chunk.reshape(shape).ravel()]
+            if len(shape) > 1:
+                row[key] = chunk.reshape(shape).tolist()
+
+
+def _py(v: float) -> float | int:
+    f = float(v)
+    if math.isfinite(f) and f.is_integer() and abs(f) < 2**53:
+        return int(f)
+    return f
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

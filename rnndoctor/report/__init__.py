@@ -1,0 +1,1 @@
+"""Reporters: a Diagnosis + Run into JSON, terminal text (and HTML)."""

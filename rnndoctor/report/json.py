@@ -1,0 +1,42 @@
+"""findings.json: the machine-readable diagnosis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..finding import Diagnosis, json_safe
+from ..run import Run
+
+FINDINGS_FILE = "findings.json"
+
+
+def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
+    meta = run.meta
+    return {
+        "rnndoctor": __version__,
+        "run": json_safe(
+            {
+                "path": str(run.path) if run.path else None,
+                "status": meta.get("status", "unknown"),
+                "steps": meta.get("steps"),
+                "wall_s": meta.get("wall_s"),
+                "script": meta.get("script"),
+                "args": meta.get("script_args"),
+                "torch": meta.get("torch"),
+                "device": (meta.get("model") or {}).get("device"),
+                "exception": (meta.get("exception") or {}).get("type"),
+            }
+        ),
+        "counts": diagnosis.counts(),
+        "findings": [f.to_dict() for f in diagnosis.findings],
+        "skipped": [{"rule": s.rule_id, "reason": s.reason} for s in diagnosis.skipped],
+    }
+
+
+def write_json(run: Run, diagnosis: Diagnosis, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(diagnosis_dict(run, diagnosis), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,146 @@
+"""Shared readings of a run that several rules need: windows, label shares, task type."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..run import Run
+
+#: research-notes §6: outcome rules wait W0 = max(50 steps, 2 % of steps) before judging
+WARMUP_MIN_STEPS = 50
+WARMUP_FRACTION = 0.02
+#: ... and judge windows of W = max(100 steps, 10 % of steps)
+WINDOW_MIN_STEPS = 100
+WINDOW_FRACTION = 0.10
+#: a window shorter than this (short runs) is not enough to call a run stuck
+WINDOW_FLOOR_STEPS = 30
+
+CLASS_LOSSES = frozenset({"cross_entropy", "nll", "bce_logits", "bce"})
+REGRESSION_LOSSES = frozenset({"mse", "l1", "smooth_l1", "huber"})
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first step in the window (inclusive)
+    end: int  # last step in the window (inclusive)
+
+    def select(self, df: pd.DataFrame) -> pd.DataFrame:
+        return df[(df["step"] >= self.start) & (df["step"] <= self.end)]
+
+    @property
+    def steps(self) -> int:
+        return self.end - self.start + 1
+
+
+def judgement_window(n_steps: int, *, warmup_min: int = WARMUP_MIN_STEPS, window_min: int = WINDOW_MIN_STEPS) -> Window | None:
+    """The last window of the run after warm-up, or None if the run is too short."""
+    warmup = max(warmup_min, math.ceil(WARMUP_FRACTION * n_steps))
+    size = min(max(window_min, math.ceil(WINDOW_FRACTION * n_steps)), n_steps - warmup)
+    if size < WINDOW_FLOOR_STEPS:
+        return None
+    return Window(n_steps - size, n_steps - 1)
+
+
+def loss_kind(run: Run) -> str | None:
+    """The loss kind most training steps used."""
+    train = run.train_steps()
+    if train.empty or "loss_kind" not in train:
+        return None
+    kinds = train["loss_kind"].dropna()
+    return str(kinds.mode().iloc[0]) if not kinds.empty else None
+
+
+def detail_rows(run: Run) -> pd.DataFrame:
+    """Training steps that carry loss details (output and target ranges)."""
+    train = run.train_steps()
+    if train.empty or "out_min" not in train:
+        return pd.DataFrame()
+    return train.dropna(subset=["out_min"])
+
+
+def targets_are_labels(run: Run) -> bool:
+    """Targets are class labels: a classification loss, or whole numbers under a regression loss."""
+    kind = loss_kind(run)
+    if kind in CLASS_LOSSES:
+        return True
+    if kind in REGRESSION_LOSSES:
+        d = detail_rows(run)
+        return not d.empty and "tgt_integral" in d and bool((d["tgt_integral"] == 1).all())
+    return False
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    counts: np.ndarray  # label count per class
+    pred_counts: np.ndarray
+
+    @property
+    def total(self) -> float:
+        return float(self.counts.sum())
+
+    @property
+    def shares(self) -> np.ndarray:
+        return self.counts / max(self.total, 1.0)
+
+    @property
+    def pred_shares(self) -> np.ndarray:
+        return self.pred_counts / max(float(self.pred_counts.sum()), 1.0)
+
+    @property
+    def n_classes(self) -> int:
+        """Classes that occur as labels (at least 2: a binary task with one class seen is still binary)."""
+        return max(2, int((self.counts > 0).sum()))
+
+    @property
+    def majority(self) -> tuple[int, float]:
+        i = int(np.argmax(self.counts))
+        return i, float(self.shares[i])
+
+    @property
+    def entropy(self) -> float:
+        """Label entropy in nats: the loss of the best input-independent predictor."""
+        p = self.shares[self.shares > 0]
+        return float(-(p * np.log(p)).sum())
+
+
+def label_stats(run: Run, window: Window | None = None, mode: str = "train") -> LabelStats | None:
+    pred = run["predictions"]
+    if pred.empty:
+        return None
+    pred = pred[pred["mode"] == mode]
+    if window is not None:
+        pred = window.select(pred)
+    if pred.empty:
+        return None
+    by_cls = pred.groupby("cls")[["n_label", "n_pred"]].sum().sort_index()
+    return LabelStats(counts=by_cls["n_label"].to_numpy(float), pred_counts=by_cls["n_pred"].to_numpy(float))
+
+
+def target_moments(run: Run) -> tuple[float, float] | None:
+    """(mean, variance) of the targets over the steps with loss details."""
+    d = detail_rows(run)
+    if d.empty or "tgt_n" not in d:
+        return None
+    n, s, ss = d["tgt_n"].sum(), d["tgt_sum"].sum(), d["tgt_sqsum"].sum()
+    if n <= 0:
+        return None
+    mean = s / n
+    return float(mean), float(max(ss / n - mean * mean, 0.0))
+
+
+def finite(series: pd.Series) -> pd.Series:
+    values = pd.to_numeric(series, errors="coerce")
+    return values[np.isfinite(values)]
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """A number as people read it in a sentence."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return str(x)
+    if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
+        return f"{x:.2e}"
+    return f"{x:.{digits}g}"

@@ -1,0 +1,205 @@
+"""Gradients and updates: too large, never there, or moving the weights too little or too much."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..finding import Finding, Severity
+from ..run import Run
+from ._common import WARMUP_MIN_STEPS, fmt
+from .registry import rule
+
+
+@rule("exploding-gradients", Severity.WARNING, signals=("steps", "params"))
+def exploding_gradients(
+    run: Run,
+    *,
+    spike_factor: float = 10.0,  # Pascanu et al. 2013: 0.5-10x the average norm is tolerated
+    huge_spike_factor: float = 100.0,  # research-notes §6: any single spike >= 100x
+    min_spikes: int = 3,  # ... or at least 3 spikes > 10x
+    median_window: int = 100,  # running median over the last 100 steps
+    min_history: int = 10,
+    growth_factor: float = 2.0,  # TDC: median grows >= 2x at each of 5 consecutive windows
+    growth_windows: int = 5,
+    harm_window: int = 10,  # a spike counts when the mean loss of the 10 steps from it ...
+    harm_rise: float = 0.1,  # ... is > 10 % above the mean of the 10 steps before it
+) -> Iterator[Finding]:
+    """Gradient norm spikes far above its running median, or grows steadily.
+
+    What it detects: the global gradient norm (before any clipping done by the optimizer)
+    exceeds 10 x its running median at least 3 times with the loss set back after each
+    (mean loss over the next 10 steps > 10 % above the previous 10), or 100 x once; or its
+    median doubles in each of 5 consecutive windows.
+
+    Why it matters: recurrent weight matrices with spectral radius above 1 amplify
+    gradients exponentially in sequence length; one huge step can throw the weights into a
+    region the network never recovers from.
+
+    How to fix: clip the gradient norm (torch.nn.utils.clip_grad_norm_(params, 1.0) between
+    backward() and step()), lower the learning rate, shorten truncated-BPTT windows.
+    """
+    steps = run.train_steps()
+    if steps.empty or "grad_norm" not in steps:
+        return
+    g = pd.to_numeric(steps["grad_norm"], errors="coerce")
+    ok = np.isfinite(g) & (g > 0)
+    g, step_ids = g[ok].reset_index(drop=True), steps["step"][ok].reset_index(drop=True)
+    if len(g) <= min_history:
+        return
+    median = g.rolling(median_window, min_periods=min_history).median().shift(1)
+    ratio = g / median
+    loss = pd.to_numeric(steps["loss"], errors="coerce")[ok].reset_index(drop=True) if "loss" in steps else None
+    spikes = ratio[ratio > spike_factor]
+    if loss is not None and len(spikes):
+        # A spike the run shrugs off (the loss keeps falling) is the normal texture of LSTM
+        # training; count spikes that set the loss back, and every spike >= 100x.
+        before = loss.rolling(harm_window, min_periods=1).mean().shift(1)
+        after = loss[::-1].rolling(harm_window, min_periods=1).mean()[::-1]
+        harmful = (after > before * (1 + harm_rise)) | ~np.isfinite(after)
+        spikes = spikes[harmful[spikes.index] | (spikes >= huge_spike_factor)]
+    growth = None
+    win = max(10, len(g) // (growth_windows + 1))
+    medians = [float(g.iloc[i : i + win].median()) for i in range(0, len(g) - win + 1, win)]
+    for i in range(len(medians) - growth_windows):
+        chunk = medians[i : i + growth_windows + 1]
+        if all(b >= growth_factor * a for a, b in zip(chunk, chunk[1:])):
+            growth = (i * win, chunk)
+            break
+    if len(spikes) < min_spikes and not (len(spikes) and spikes.max() >= huge_spike_factor) and growth is None:
+        return
+    if len(spikes):
+        worst = int(spikes.idxmax())
+        first = int(step_ids[spikes.index[0]])
+        ev = {
+            "spikes": int(len(spikes)),
+            "worst_ratio_to_median": float(spikes.max()),
+            "worst_step": int(step_ids[worst]),
+            "worst_grad_norm": float(g[worst]),
+            "median_before": float(median[worst]),
+        }
+        title = f"Gradient norm spiked to {fmt(ev['worst_ratio_to_median'])}x its running median ({len(spikes)} spikes)"
+    else:
+        first = int(step_ids[growth[0]])
+        ev = {"window_medians": growth[1], "window_steps": win}
+        title = f"Gradient norm doubled in each of {growth_windows} consecutive windows"
+    where: dict = {"step": ev.get("worst_step", first)}
+    params = run["params"]
+    if not params.empty:
+        at = params[params["step"] == where["step"]]
+        gn = pd.to_numeric(at["grad_norm"], errors="coerce")
+        if gn.notna().any():
+            where["param"] = at.loc[gn.idxmax(), "param"]
+    yield Finding(
+        id="exploding-gradients",
+        severity=Severity.WARNING,
+        title=title,
+        explanation=(
+            "The global gradient norm jumped far above its recent typical value. Recurrent networks amplify "
+            "gradients through time when their recurrent weights have spectral radius above 1."
+        ),
+        fix="Clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before opt.step()), lower the learning rate.",
+        evidence=ev,
+        where=where,
+        first_step=first,
+        plots=("grad_norm",),
+    )
+
+
+@rule("dead-parameters", Severity.WARNING, signals=("params",))
+def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Finding]:
+    """Trainable parameters that never receive a gradient.
+
+    What it detects: parameters with requires_grad=True whose gradient was None or exactly
+    zero at every recorded optimizer step (at least 5 steps).
+
+    Why it matters: they are not connected to the loss — a layer built but never used, an
+    output taken from the wrong tensor, a detach() in the wrong place — so they never learn.
+
+    How to fix: check the forward pass uses the module; remove it or set
+    requires_grad=False if it is intentionally frozen; look for .detach() / .data / numpy
+    round-trips between it and the loss.
+    """
+    params = run["params"]
+    if params.empty:
+        return
+    n_steps = params["step"].nunique()
+    if n_steps < min_steps:
+        return
+    g = pd.to_numeric(params["grad_norm"], errors="coerce").fillna(0.0)
+    alive = params.assign(alive=(g != 0) & (params["grad_none"] != 1)).groupby("param")["alive"].any()
+    dead = sorted(alive[~alive].index)
+    if not dead:
+        return
+    never = params[params["param"].isin(dead)].groupby("param")["grad_none"].min()
+    yield Finding(
+        id="dead-parameters",
+        severity=Severity.WARNING,
+        title=f"{len(dead)} parameter(s) never received a gradient: {', '.join(dead[:4])}{'…' if len(dead) > 4 else ''}",
+        explanation=(
+            f"Over {n_steps} optimizer steps these parameters had a None or all-zero gradient every time; "
+            "they are not connected to the loss and never change."
+        ),
+        fix="Use the module in the forward pass, or freeze it (requires_grad=False); look for detach()/.data/numpy round-trips before the loss.",
+        evidence={"params": dead, "grad_none_always": [p for p in dead if never.get(p, 0) == 1], "steps": int(n_steps)},
+        where={"params": ", ".join(dead[:8])},
+        first_step=int(params["step"].min()) + min_steps - 1,
+        plots=("grad_norm",),
+    )
+
+
+@rule("learning-rate-scale", Severity.WARNING, signals=("params",))
+def learning_rate_scale(
+    run: Run,
+    *,
+    too_small_log10: float = -5.0,  # research-notes §6: median log10(|dw|/|w|) < -5: nothing moves
+    too_large_log10: float = -1.0,  # ... > -1: thrashing (CS231n target ~ -3; TDC band [-4, -1])
+    warmup_steps: int = WARMUP_MIN_STEPS,
+) -> Iterator[Finding]:
+    """Updates move the weights far too little or far too much per step.
+
+    What it detects: for weight matrices (2-D and up), the median over steps after warm-up
+    of log10(||w_after - w_before|| / ||w_before||) below -5 (nothing moves) or above -1
+    (each step rewrites a tenth of the weights or more). The healthy band is about -4 to -2.
+
+    Why it matters: too small and training looks stuck; too large and it thrashes or
+    diverges. Works for adaptive optimizers too, because it measures the actual update.
+
+    How to fix: scale the learning rate by the factor that brings the ratio to ~1e-3.
+    """
+    params = run["params"]
+    if params.empty or "update_ratio" not in params:
+        return
+    p = params[(params["ndim"] >= 2) & (params["step"] >= min(warmup_steps, params["step"].max() // 2))]
+    r = pd.to_numeric(p["update_ratio"], errors="coerce")
+    p = p.assign(log_r=np.log10(r.where(r > 0)))
+    med = p.dropna(subset=["log_r"]).groupby("param")["log_r"].median()
+    if med.empty:
+        return
+    low, high = med[med < too_small_log10], med[med > too_large_log10]
+    for side, sel in (("small", low), ("large", high)):
+        if sel.empty:
+            continue
+        worst = sel.idxmin() if side == "small" else sel.idxmax()
+        value = float(sel[worst])
+        factor = 10 ** (-3 - value)
+        yield Finding(
+            id="learning-rate-scale",
+            severity=Severity.WARNING,
+            title=(
+                f"Updates barely move the weights: median |Δw|/|w| = {fmt(10 ** value)} for '{worst}'"
+                if side == "small"
+                else f"Updates thrash the weights: median |Δw|/|w| = {fmt(10 ** value)} for '{worst}'"
+            ),
+            explanation=(
+                f"The update-to-weight ratio of {len(sel)} weight matrix(es) sits at 10^{value:.1f} per step; "
+                "a healthy run is near 10^-3."
+            ),
+            fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
+            evidence={"median_log10_update_ratio": {k: round(float(v), 3) for k, v in sel.items()}, "band": [too_small_log10, too_large_log10]},
+            where={"param": worst},
+            first_step=int(p["step"].min()),
+            plots=("update_ratio",),
+        )

@@ -1,0 +1,426 @@
+"""Outcome: is the network learning at all?"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..finding import Finding, Severity
+from ..run import Run
+from ._common import (
+    CLASS_LOSSES,
+    Window,
+    finite,
+    fmt,
+    judgement_window,
+    label_stats,
+    loss_kind,
+    target_moments,
+    targets_are_labels,
+)
+from .registry import rule
+
+
+def _stuck_in(run: Run, w: Window, *, acc_floor_tol: float, loss_fraction: float, min_rel_decrease: float) -> dict | None:
+    """Evidence that window ``w`` sits at the input-independent baseline, or None."""
+    train = w.select(run.train_steps())
+    losses = finite(train["loss"]) if "loss" in train else pd.Series(dtype=float)
+    if len(losses) < max(10, w.steps // 2):
+        return None
+    mean_loss = float(losses.mean())
+    half = len(losses) // 2
+    first, second = float(losses.iloc[:half].mean()), float(losses.iloc[half:].mean())
+    rel_decrease = (first - second) / abs(first) if first else 0.0
+    if rel_decrease >= min_rel_decrease:
+        return None
+    kind = loss_kind(run)
+    ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": rel_decrease}
+    if targets_are_labels(run):
+        labels = label_stats(run, w)
+        if labels is None or labels.total <= 0:
+            return None
+        correct, total = train["correct"].sum(), train["total"].sum()
+        acc = float(correct / total) if total else float("nan")
+        k = labels.n_classes
+        _, baseline = labels.majority
+        balanced = abs(baseline - 1.0 / k) < 0.02
+        tol = max(acc_floor_tol, 3 * math.sqrt(baseline * (1 - baseline) / max(total, 1.0)))
+        if not (abs(acc - baseline) <= tol):
+            return None
+        if kind in CLASS_LOSSES:
+            ref_loss, ref_name = labels.entropy, "label entropy"
+        elif kind == "mse":
+            moments = target_moments(run)
+            ref_loss, ref_name = (moments[1], "target variance") if moments else (float("nan"), "")
+        else:
+            ref_loss, ref_name = float("nan"), ""
+        if math.isfinite(ref_loss) and mean_loss < loss_fraction * ref_loss:
+            return None
+        ev.update(
+            accuracy=acc,
+            baseline=baseline,
+            baseline_kind="chance 1/K" if balanced else "majority-class share",
+            classes=k,
+            tolerance=tol,
+            reference_loss=ref_loss,
+            reference_loss_kind=ref_name,
+        )
+        return ev
+    moments = target_moments(run)
+    if kind != "mse" or moments is None or moments[1] <= 0:
+        return None
+    if mean_loss < loss_fraction * moments[1]:
+        return None
+    ev.update(reference_loss=moments[1], reference_loss_kind="target variance (mean predictor)", baseline=None)
+    return ev
+
+
+@rule("stuck-at-chance", Severity.ERROR, signals=("steps", "predictions"))
+def stuck_at_chance(
+    run: Run,
+    *,
+    acc_floor_tol: float = 0.02,  # research-notes §6: |acc - b| <= max(0.02, 3 sigma); AUTOTRAINER δ≈0.01
+    loss_fraction: float = 0.9,  # loss >= 0.9 x label entropy (nats) or target variance
+    min_rel_decrease: float = 0.01,  # < 1 % loss decrease across the window = no progress (TDC)
+) -> Iterator[Finding]:
+    """Accuracy and loss sit at what an input-independent predictor would reach.
+
+    What it detects: over the last window after warm-up, accuracy is within noise of the
+    best input-independent rate (1/K for balanced labels, the majority share otherwise),
+    the loss is at least 0.9 x the label entropy (or the target variance for MSE), and the
+    loss is not falling. For regression: MSE at the variance of the targets.
+
+    Why it matters: the network has learned nothing about its input; more epochs or a
+    different learning rate rarely change that. Typical causes: a task whose gradient is
+    uninformative (parity of long strings), an input the model cannot see, a loss that does
+    not fit the output, or labels that do not depend on the input.
+
+    How to fix: make the problem learnable first. Overfit one small batch; give dense
+    targets (e.g. running parity at every step) or a curriculum from short to long
+    sequences; check that the input reaches the recurrent layer; use a classification loss
+    for class labels.
+    """
+    train = run.train_steps()
+    w = judgement_window(len(train))
+    if w is None:
+        return
+    ev = _stuck_in(run, w, acc_floor_tol=acc_floor_tol, loss_fraction=loss_fraction, min_rel_decrease=min_rel_decrease)
+    if ev is None:
+        return
+    first = w.start
+    for start in range(w.start - w.steps // 2, -1, -max(1, w.steps // 2)):  # earliest window that also held
+        if start < 0 or _stuck_in(
+            run, Window(start, start + w.steps - 1), acc_floor_tol=acc_floor_tol, loss_fraction=loss_fraction, min_rel_decrease=min_rel_decrease
+        ) is None:
+            break
+        first = start
+    if ev.get("baseline") is not None:
+        title = f"Accuracy {ev['accuracy']:.3f} is stuck at the {ev['baseline_kind']} {ev['baseline']:.3f}"
+        expl = (
+            f"Over steps {w.start}-{w.end} accuracy was {ev['accuracy']:.3f} against an input-independent "
+            f"baseline of {ev['baseline']:.3f} ({ev['baseline_kind']}, {ev['classes']} classes), and the loss "
+            f"{fmt(ev['loss'])} stayed at the {ev['reference_loss_kind'] or 'baseline'} {fmt(ev['reference_loss'])}. "
+            "The model predicts no better than ignoring its input."
+        )
+    else:
+        title = f"MSE {fmt(ev['loss'])} is stuck at the target variance {fmt(ev['reference_loss'])}"
+        expl = (
+            f"Over steps {w.start}-{w.end} the loss stayed at the variance of the targets: the model "
+            "predicts their mean and nothing else."
+        )
+    yield Finding(
+        id="stuck-at-chance",
+        severity=Severity.ERROR,
+        title=title,
+        explanation=expl,
+        fix=(
+            "Make the task learnable before tuning: overfit one small batch; for long sequences use dense "
+            "per-step targets or a short-to-long curriculum; verify the input reaches the RNN; use a "
+            "classification loss (CrossEntropyLoss / BCEWithLogitsLoss) for class labels."
+        ),
+        evidence=ev,
+        where={"steps": f"{w.start}-{w.end}"},
+        first_step=first,
+        plots=("loss", "accuracy"),
+    )
+
+
+@rule("prediction-collapse", Severity.ERROR, signals=("predictions",))
+def prediction_collapse(
+    run: Run,
+    *,
+    top_share: float = 0.95,  # failure-modes.md: predictions concentrated (> 95 %) on one class
+    max_label_share: float = 0.8,  # ... while that class is at most 80 % of the labels (gap >= 0.15)
+) -> Iterator[Finding]:
+    """Nearly every prediction is the same class, though the labels are mixed.
+
+    What it detects: over the last window, one class takes at least 95 % of the predictions
+    while it is at most 80 % of the labels.
+
+    Why it matters: the model has fallen back on the majority (or an arbitrary) class; its
+    accuracy equals that class's share and says nothing about what it learned.
+
+    How to fix: use a classification loss on logits (not MSE on 0/1 targets), check the
+    output layer and its bias, rebalance or weight the classes, lower a learning rate that
+    throws the output into one region.
+    """
+    if not targets_are_labels(run):
+        return
+    w = judgement_window(len(run.train_steps()))
+    if w is None:
+        return
+    labels = label_stats(run, w)
+    if labels is None or labels.total <= 0:
+        return
+    cls = int(np.argmax(labels.pred_counts))
+    pshare, lshare = float(labels.pred_shares[cls]), float(labels.shares[cls])
+    if pshare < top_share or lshare > max_label_share:
+        return
+    yield Finding(
+        id="prediction-collapse",
+        severity=Severity.ERROR,
+        title=f"{pshare:.0%} of predictions are class {cls}, which is {lshare:.0%} of the labels",
+        explanation=(
+            f"Over steps {w.start}-{w.end} the model predicted class {cls} for {pshare:.1%} of targets; "
+            f"the labels are {lshare:.1%} class {cls}. Its accuracy is just that class's share."
+        ),
+        fix=(
+            "Train on logits with CrossEntropyLoss / BCEWithLogitsLoss instead of MSE on labels; check the "
+            "output layer; weight or rebalance classes; lower the learning rate if outputs saturate."
+        ),
+        evidence={
+            "class": cls,
+            "prediction_share": pshare,
+            "label_share": lshare,
+            "prediction_shares": [round(float(x), 4) for x in labels.pred_shares],
+            "label_shares": [round(float(x), 4) for x in labels.shares],
+            "window": [w.start, w.end],
+        },
+        where={"class": cls, "steps": f"{w.start}-{w.end}"},
+        first_step=w.start,
+        plots=("balance",),
+    )
+
+
+@rule("label-imbalance", Severity.INFO, signals=("predictions",))
+def label_imbalance(
+    run: Run,
+    *,
+    majority_ratio: float = 1.4,  # majority share >= 1.4 / K (binary: 70 %) reads as skewed
+    min_labels: int = 100,
+) -> Iterator[Finding]:
+    """The labels are skewed: read accuracy against the majority share.
+
+    What it detects: the most frequent label is at least 1.4 / K of all labels seen in
+    training (70 % for two classes).
+
+    Why it matters: "75 % accuracy" is no achievement when 75 % of the labels are one class
+    (seed 002: OR of two bits is 1 three times out of four).
+
+    How to fix: compare accuracy with the majority share; prefer balanced metrics (per-class
+    recall, F1); weight the loss or resample if the minority class matters.
+    """
+    if not targets_are_labels(run):
+        return
+    labels = label_stats(run)
+    if labels is None or labels.total < min_labels:
+        return
+    cls, share = labels.majority
+    k = labels.n_classes
+    if share < majority_ratio / k:
+        return
+    yield Finding(
+        id="label-imbalance",
+        severity=Severity.INFO,
+        title=f"Labels are skewed: class {cls} is {share:.1%} of them",
+        explanation=(
+            f"Across training, {share:.1%} of the {int(labels.total)} labels were class {cls} ({k} classes). "
+            f"Always predicting it scores {share:.1%} accuracy."
+        ),
+        fix="Read accuracy against the majority share; report per-class recall; weight or resample classes.",
+        evidence={"majority_class": cls, "majority_share": share, "label_shares": [round(float(x), 4) for x in labels.shares], "classes": k},
+        where={"class": cls},
+        first_step=0,
+        plots=("balance",),
+    )
+
+
+def _first_nonfinite_param(params: pd.DataFrame, column: str) -> pd.Series | None:
+    if params.empty or column not in params:
+        return None
+    values = pd.to_numeric(params[column], errors="coerce")
+    bad = params[~np.isfinite(values) & ~values.isna()] if column == "grad_norm" else params[~np.isfinite(values)]
+    if column == "grad_norm" and "grad_none" in params:
+        bad = bad[bad["grad_none"] != 1]
+    if bad.empty:
+        return None
+    return bad.sort_values("step").iloc[0]
+
+
+@rule("non-finite", Severity.ERROR, signals=("steps",))
+def non_finite(run: Run) -> Iterator[Finding]:
+    """A NaN or Inf appeared in the loss, an activation, a gradient or a parameter.
+
+    What it detects: the first step at which anything recorded became non-finite, and its
+    source: the first module (in call order) whose inputs were finite and whose output was
+    not, with the time step for recurrent outputs and the call number for cells called in
+    a loop; or the parameter that an optimizer step made non-finite.
+
+    Why it matters: once a NaN reaches the weights every later step is wasted.
+
+    How to fix: bound what grows: saturating activations (tanh) on the cell, moderate gate
+    biases (forget bias ~1, not +-10), gradient clipping, a lower learning rate, input
+    normalisation; check the data for NaN.
+    """
+    train = run.train_steps()
+    nf = run["nonfinite"]
+    params = run["params"]
+    candidates: list[tuple[int, str]] = []
+    first_loss = None
+    if not train.empty and "loss" in train:
+        loss = pd.to_numeric(train["loss"], errors="coerce")
+        bad = train[(~np.isfinite(loss) & loss.notna()) | (train.get("loss_finite", 1) == 0)]
+        if not bad.empty:
+            first_loss = int(bad["step"].min())
+            candidates.append((first_loss, "loss"))
+    grad = _first_nonfinite_param(params, "grad_norm")
+    weight = _first_nonfinite_param(params, "weight_norm")
+    if grad is not None:
+        candidates.append((int(grad["step"]), "gradient"))
+    if weight is not None:
+        candidates.append((int(weight["step"]), "parameter"))
+    module_row = None
+    if not nf.empty and "module" in nf:
+        located = nf[nf["module"].notna()].sort_values("step")
+        if not located.empty:
+            module_row = located.iloc[0]
+            candidates.append((int(module_row["step"]), "module"))
+        data_bad = nf[(nf.get("outputs_bad", 0) == 1) & nf["module"].isna()]
+    else:
+        data_bad = pd.DataFrame()
+    if not candidates:
+        return
+    first_step = min(s for s, _ in candidates)
+    ev: dict = {"first_step": first_step, "first_nonfinite_loss_step": first_loss}
+    if grad is not None:
+        ev["first_nonfinite_gradient"] = {"param": grad["param"], "step": int(grad["step"])}
+    if weight is not None:
+        ev["first_nonfinite_parameter"] = {"param": weight["param"], "step": int(weight["step"])}
+    if module_row is not None and int(module_row["step"]) <= first_step:
+        where = {"module": module_row["module"], "call": int(module_row["call"]), "step": int(module_row["step"])}
+        t = module_row.get("t")
+        if t is not None and not (isinstance(t, float) and math.isnan(t)):
+            where["t"] = int(t)
+        ev["source"] = "module"
+        title = f"NaN/Inf first produced by module '{module_row['module']}' at step {int(module_row['step'])}"
+        when = f"time step {where['t']}" if "t" in where else f"call {where['call']} of the step"
+        expl = (
+            f"At step {where['step']} module '{where['module']}' received finite inputs and returned non-finite "
+            f"values ({when}; for a cell called once per time step the call number is the time step). "
+            "Everything downstream — loss, gradients, weights — became non-finite from there."
+        )
+    elif weight is not None and (first_loss is None or int(weight["step"]) < first_loss):
+        where = {"param": weight["param"], "step": int(weight["step"])}
+        prev = params[(params["param"] == weight["param"]) & (params["step"] == int(weight["step"]))]
+        ev["source"] = "optimizer-step"
+        if not prev.empty:
+            ev["update_ratio"] = prev.iloc[0].get("update_ratio")
+            ev["grad_norm"] = prev.iloc[0].get("grad_norm")
+        title = f"Parameter '{weight['param']}' became non-finite at optimizer step {int(weight['step'])}"
+        expl = "The optimizer step wrote NaN/Inf into the weights; every later forward pass is non-finite."
+    elif not data_bad.empty and module_row is None:
+        step = int(data_bad["step"].min())
+        where = {"step": step, "source": "inputs"}
+        ev["source"] = "inputs"
+        title = f"Non-finite values already in the model's inputs at step {step}"
+        expl = "Every module's output was non-finite but none received finite inputs: the data itself holds NaN/Inf."
+    else:
+        kind = dict((s, k) for s, k in sorted(candidates, reverse=True))[first_step]
+        where = {"step": first_step, "seen_in": kind}
+        ev["source"] = kind
+        title = f"Non-finite {kind} at step {first_step}"
+        expl = (
+            f"The {kind} became NaN/Inf at step {first_step}. Module outputs were not being checked at that "
+            "step (checks run on the first steps, every 10th, and always after a NaN), so the module is not named."
+        )
+    yield Finding(
+        id="non-finite",
+        severity=Severity.ERROR,
+        title=title,
+        explanation=expl,
+        fix=(
+            "Bound what grows: use saturating activations (tanh) for cell input/output, moderate gate biases "
+            "(forget bias ~1, not ±10), clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning "
+            "rate, normalise inputs, check the data for NaN."
+        ),
+        evidence=ev,
+        where=where,
+        first_step=first_step,
+        plots=("loss", "nonfinite"),
+    )
+
+
+@rule("divergence", Severity.ERROR, signals=("steps",))
+def divergence(
+    run: Run,
+    *,
+    over_min: float = 10.0,  # research-notes §6: loss > 10 x min-so-far ...
+    over_initial: float = 3.0,  # ... and > 3 x the initial loss ...
+    consecutive: int = 3,  # ... for 3 checks in a row
+    weight_rms_limit: float = 1e8,  # parameter mean magnitude > 1e8 (TDC)
+) -> Iterator[Finding]:
+    """The loss climbs by orders of magnitude, or weights grow without bound.
+
+    What it detects: finite training loss above 10 x its running minimum and 3 x its initial
+    value for 3 consecutive steps, or a parameter whose RMS exceeds 1e8.
+
+    Why it matters: divergence is the step before NaN; nothing learned survives it.
+
+    How to fix: lower the learning rate, clip gradients, check that the loss is averaged
+    (not summed) over a growing number of elements, bound activations.
+    """
+    train = run.train_steps()
+    loss = pd.to_numeric(train.get("loss", pd.Series(dtype=float)), errors="coerce")
+    ok = np.isfinite(loss)
+    steps = train["step"][ok].to_numpy() if not train.empty else np.array([])
+    values = loss[ok].to_numpy()
+    hit = None
+    if len(values) > consecutive:
+        l0 = float(np.mean(values[: min(3, len(values))]))
+        run_min = np.minimum.accumulate(values)
+        bad = (values > over_min * np.maximum(run_min, 1e-12)) & (values > over_initial * abs(l0))
+        streak = 0
+        for i, b in enumerate(bad):
+            streak = streak + 1 if b else 0
+            if streak >= consecutive:
+                hit = ("loss", int(steps[i - consecutive + 1]), {"loss": float(values[i]), "min_so_far": float(run_min[i]), "initial_loss": l0})
+                break
+    params = run["params"]
+    if hit is None and not params.empty:
+        rms = pd.to_numeric(params["weight_norm"], errors="coerce") / np.sqrt(pd.to_numeric(params["numel"], errors="coerce"))
+        big = params[np.isfinite(rms) & (rms > weight_rms_limit)]
+        if not big.empty:
+            r = big.sort_values("step").iloc[0]
+            hit = ("weights", int(r["step"]), {"param": r["param"], "weight_rms": float(rms[big.index[0]])})
+    if hit is None:
+        return
+    kind, step, ev = hit
+    title = (
+        f"Loss diverged: {fmt(ev['loss'])} against a minimum of {fmt(ev['min_so_far'])}"
+        if kind == "loss"
+        else f"Weights of '{ev['param']}' grew to RMS {fmt(ev['weight_rms'])}"
+    )
+    yield Finding(
+        id="divergence",
+        severity=Severity.ERROR,
+        title=title,
+        explanation=f"From step {step} the training {'loss' if kind == 'loss' else 'weights'} grew by orders of magnitude.",
+        fix="Lower the learning rate, clip gradients, average (not sum) the loss, bound activations.",
+        evidence=ev,
+        where={"step": step, **({"param": ev["param"]} if "param" in ev else {})},
+        first_step=step,
+        plots=("loss",),
+    )

@@ -1,0 +1,159 @@
+"""Wiring and training loop: is the loss the right one, is the start sane?"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..finding import Finding, Severity
+from ..run import Run
+from ._common import CLASS_LOSSES, detail_rows, fmt, label_stats, loss_kind, target_moments
+from .registry import rule
+
+
+@rule("poor-initial-loss", Severity.INFO, signals=("steps", "predictions"))
+def poor_initial_loss(
+    run: Run,
+    *,
+    first_steps: int = 3,  # Karpathy's recipe: "verify loss @ init" on the first batches
+    info_deviation: float = 0.5,  # research-notes §6: |L0 - L*| / L* > 0.5 -> info
+    warn_deviation: float = 1.0,  # > 1.0 (TDC dev_ratio) or L0 < 0.5 L* -> warning
+) -> Iterator[Finding]:
+    """The first loss is far from what an untrained model should give.
+
+    What it detects: the mean loss of the first 3 training steps L0 against the expected
+    L* = the label entropy (ln K for K balanced classes, ln 2 = 0.693 for binary) or, for
+    MSE, the mean square of the targets. Info beyond 50 % off, warning beyond 100 % or
+    below half.
+
+    Why it matters: a badly scaled output layer or initialisation starts training far from
+    a neutral guess and wastes the first phase undoing it (or hides a loss bug when L0 is
+    suspiciously low).
+
+    How to fix: initialise the last layer small (and its bias to the class prior), check the
+    reduction of the loss, check the targets match the outputs.
+    """
+    train = run.train_steps()
+    if train.empty or "loss" not in train:
+        return
+    head = pd.to_numeric(train["loss"].head(first_steps), errors="coerce")
+    if head.empty or not np.isfinite(head).all():
+        return
+    l0 = float(head.mean())
+    kind = loss_kind(run)
+    if kind in CLASS_LOSSES:
+        labels = label_stats(run)
+        if labels is None or labels.total <= 0:
+            return
+        expected, basis = labels.entropy, f"label entropy ({labels.n_classes} classes)"
+    elif kind == "mse":
+        m = target_moments(run)
+        if m is None:
+            return
+        expected, basis = m[1] + m[0] ** 2, "mean square of the targets (outputs ≈ 0 at init)"
+    else:
+        return
+    if expected <= 0:
+        return
+    dev = abs(l0 - expected) / expected
+    if dev <= info_deviation:
+        return
+    severity = Severity.WARNING if dev > warn_deviation or l0 < 0.5 * expected else Severity.INFO
+    yield Finding(
+        id="poor-initial-loss",
+        severity=severity,
+        title=f"Initial loss {fmt(l0)} is {dev:.0%} away from the expected {fmt(expected)}",
+        explanation=f"The first {len(head)} steps averaged loss {fmt(l0)}; an untrained model should give about {fmt(expected)} ({basis}).",
+        fix="Initialise the output layer small (bias = class prior), check the loss reduction and that targets match outputs.",
+        evidence={"initial_loss": l0, "expected": expected, "basis": basis, "relative_deviation": dev},
+        where={"steps": f"0-{len(head) - 1}"},
+        first_step=0,
+        plots=("loss",),
+    )
+
+
+@rule("loss-output-mismatch", Severity.ERROR, signals=("steps",))
+def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -> Iterator[Finding]:
+    """The loss function does not fit what the model outputs or what the targets are.
+
+    What it detects (each on at least 90 % of at least 3 sampled steps):
+    a regression loss (MSE/L1) on 0/1 class labels — an error when the output is an
+    unbounded linear layer (seed 002), a warning when it is already squashed to [0, 1];
+    CrossEntropyLoss fed probabilities (softmax applied before a loss that applies its own);
+    NLLLoss fed something other than log-probabilities; BCEWithLogitsLoss fed values that
+    already lie in [0, 1] (a sigmoid applied twice).
+
+    Why it matters: MSE on labels gives tiny, badly shaped gradients near the majority
+    class and the model settles on the class prior (75 % for OR of two bits); a double
+    softmax/sigmoid flattens the gradient so learning stalls.
+
+    How to fix: return raw logits and use CrossEntropyLoss (K classes) or
+    BCEWithLogitsLoss (binary / multi-label); use NLLLoss only after log_softmax.
+    """
+    d = detail_rows(run)
+    kind = loss_kind(run)
+    if d.empty or kind is None or len(d) < min_checks:
+        return
+    d = d[d["loss_kind"] == kind]
+
+    def mostly(mask: pd.Series) -> bool:
+        return len(mask) >= min_checks and float(mask.mean()) >= share
+
+    out_lo, out_hi = float(d["out_min"].min()), float(d["out_max"].max())
+    found = None
+    if kind in ("mse", "l1", "smooth_l1", "huber"):
+        binary = (d["tgt_integral"] == 1) & (d["tgt_min"] >= 0) & (d["tgt_max"] <= 1)
+        if mostly(binary) and bool((d["tgt_integral"] == 1).all()):
+            bounded = out_lo >= 0 and out_hi <= 1
+            found = (
+                Severity.WARNING if bounded else Severity.ERROR,
+                f"{kind.upper()} loss on 0/1 class labels from {'a sigmoid' if bounded else 'an unbounded linear'} output",
+                f"Every sampled step trained a regression loss ({kind}) on targets that are class labels "
+                f"(0/1); outputs ranged {fmt(out_lo)}…{fmt(out_hi)}. Regression on labels pulls every output "
+                "toward the class mean and gives weak gradients near it, so the model settles on the majority class.",
+                "Output one logit per position and use nn.BCEWithLogitsLoss (or 2 logits with nn.CrossEntropyLoss); "
+                "read predictions as logit > 0.",
+            )
+    elif kind == "cross_entropy" and "out_is_prob" in d and mostly(d["out_is_prob"] == 1):
+        found = (
+            Severity.ERROR,
+            "CrossEntropyLoss is fed probabilities (softmax applied twice)",
+            "The inputs to cross_entropy lie in [0, 1] and sum to 1 over the classes: a softmax was applied "
+            "before a loss that applies log_softmax itself, which flattens the gradient.",
+            "Remove the softmax from the model's output (keep it for inference only), or use NLLLoss after log_softmax.",
+        )
+    elif kind == "nll" and "out_is_logprob" in d and mostly(d["out_is_logprob"] == 0):
+        found = (
+            Severity.ERROR,
+            "NLLLoss is fed something other than log-probabilities",
+            f"NLLLoss expects log_softmax outputs (≤ 0, logsumexp 0); the outputs ranged {fmt(out_lo)}…{fmt(out_hi)}.",
+            "Apply log_softmax before NLLLoss, or use CrossEntropyLoss on raw logits.",
+        )
+    elif kind == "bce_logits" and mostly((d["out_min"] >= 0) & (d["out_max"] <= 1)):
+        found = (
+            Severity.WARNING,
+            "BCEWithLogitsLoss is fed values already in [0, 1] (sigmoid applied twice?)",
+            "BCEWithLogitsLoss applies a sigmoid itself; inputs confined to [0, 1] suggest the model already did.",
+            "Feed raw logits to BCEWithLogitsLoss, or use BCELoss on probabilities.",
+        )
+    if found is None:
+        return
+    severity, title, expl, fix = found
+    yield Finding(
+        id="loss-output-mismatch",
+        severity=severity,
+        title=title,
+        explanation=expl,
+        fix=fix,
+        evidence={
+            "loss": kind,
+            "output_range": [out_lo, out_hi],
+            "target_range": [float(d["tgt_min"].min()), float(d["tgt_max"].max())],
+            "steps_checked": int(len(d)),
+        },
+        where={"loss": kind},
+        first_step=int(d["step"].min()),
+        plots=("loss",),
+    )

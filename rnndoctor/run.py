@@ -1,0 +1,110 @@
+"""Run: what was recorded, saved to and loaded from a run directory.
+
+Layout of a run directory::
+
+    meta.json              script, args, versions, model summary, status, exception
+    signals/<name>.jsonl   one JSON object per row, appended in batches by the Recorder
+    findings.json          the diagnosis (written by reporters, not needed to load)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from .signals import CATALOGUE
+
+META_FILE = "meta.json"
+
+
+class RunDirError(Exception):
+    """The run directory is missing or unreadable (one-line message for the user)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """A read-only recording: ``signal name -> DataFrame`` plus ``meta``."""
+
+    meta: dict[str, Any]
+    signals: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    path: Path | None = None
+
+    def has(self, name: str) -> bool:
+        df = self.signals.get(name)
+        return df is not None and not df.empty
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        return self.signals.get(name, pd.DataFrame())
+
+    def train_steps(self) -> pd.DataFrame:
+        """Rows of the ``steps`` signal for training steps, ordered by step."""
+        df = self["steps"]
+        if df.empty or "mode" not in df:
+            return df
+        return df[df["mode"] == "train"].sort_values("step").reset_index(drop=True)
+
+    @property
+    def status(self) -> str:
+        return str(self.meta.get("status", "unknown"))
+
+
+def write_meta(run_dir: Path, meta: Mapping[str, Any]) -> None:
+    """Atomically replace meta.json, so a crash never leaves half a file."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, run_dir / META_FILE)
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Load a run directory written by ``watch()``; tolerate a torn last line."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise RunDirError(f"no run directory at {run_dir}")
+    meta_path = run_dir / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} is not an rnndoctor run directory (no {META_FILE})") from None
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{meta_path} is corrupt: {exc}") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{meta_path} is corrupt: expected a JSON object")
+    signals: dict[str, pd.DataFrame] = {}
+    sig_dir = run_dir / "signals"
+    if sig_dir.is_dir():
+        for file in sorted(sig_dir.glob("*.jsonl")):
+            signals[file.stem] = _read_signal(file)
+    return Run(meta=meta, signals=signals, path=run_dir)
+
+
+def _read_signal(file: Path) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    with open(file, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a killed process
+            if isinstance(row, dict):
+                rows.append(row)
+    df = pd.DataFrame(rows)
+    spec = CATALOGUE.get(file.stem)
+    if spec and spec.explode and not df.empty:
+        cols = [c for c in spec.explode if c in df.columns]
+        if cols:
+            df = df.explode(cols, ignore_index=True)
+            for c in cols:
+                try:
+                    df[c] = pd.to_numeric(df[c])
+                except (ValueError, TypeError):
+                    pass  # names (params, modules) stay strings
+    return df

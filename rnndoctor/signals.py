@@ -1,0 +1,85 @@
+"""THE contract between probes and rules: every recorded signal, its keys and values.
+
+Each signal is a tidy (long-format) table. Probes write rows through the ``Recorder``; rules
+read them as pandas DataFrames from a ``Run``. Columns listed in ``explode`` are written as
+lists (one entry per class / parameter) and expanded into one row each on load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    keys: tuple[str, ...]
+    values: dict[str, str]  # column -> meaning and unit
+    when: str
+    explode: tuple[str, ...] = ()
+
+
+STEPS = Signal(
+    "steps",
+    keys=("step", "mode"),
+    values={
+        "loss": "mean of the loss values computed in the step (train) or since the last step (eval)",
+        "loss_calls": "how many loss computations were seen",
+        "loss_kind": "cross_entropy | nll | bce_logits | bce | mse | l1 | smooth_l1 | huber | logged",
+        "n_classes": "K for classification losses (2 for binary / 0-1 regression targets)",
+        "correct": "correctly predicted targets (argmax, >0 for logits, >0.5 for probabilities)",
+        "total": "targets counted (ignore_index excluded)",
+        "tgt_n": "number of target elements",
+        "tgt_sum": "sum of targets (for the mean predictor baseline of regression losses)",
+        "tgt_sqsum": "sum of squared targets",
+        "tgt_min": "smallest target",
+        "tgt_max": "largest target",
+        "tgt_integral": "1 when every target is a whole number in [0, 15] (class labels)",
+        "out_min": "smallest model output fed to the loss",
+        "out_max": "largest model output fed to the loss",
+        "out_is_prob": "1 when outputs are in [0,1] and sum to 1 over the class dim",
+        "out_is_logprob": "1 when outputs are <= 0 and logsumexp to 0 over the class dim",
+        "grad_norm": "global L2 norm of all watched gradients before the update",
+        "loss_finite": "1 when every loss value in the step was finite",
+        "lr": "learning rate of the first param group of the first optimizer",
+        "time": "seconds since watch() started",
+    },
+    when="every optimizer step (mode=train); per step with evaluation passes (mode=eval)",
+)
+
+PREDICTIONS = Signal(
+    "predictions",
+    keys=("step", "mode", "cls"),
+    values={"n_pred": "how often class cls was predicted", "n_label": "how often it was the label"},
+    when="every step with a classification-like loss",
+    explode=("cls", "n_pred", "n_label"),
+)
+
+PARAMS = Signal(
+    "params",
+    keys=("step", "param"),
+    values={
+        "grad_norm": "L2 norm of the gradient before the update (NaN when grad is None)",
+        "grad_none": "1 when the parameter had no gradient",
+        "weight_norm": "L2 norm of the parameter after the update",
+        "update_ratio": "||w_after - w_before|| / ||w_before||",
+        "numel": "number of elements",
+        "ndim": "number of dimensions",
+    },
+    when="every optimizer step",
+    explode=("param", "grad_norm", "grad_none", "weight_norm", "update_ratio", "numel", "ndim"),
+)
+
+NONFINITE = Signal(
+    "nonfinite",
+    keys=("step",),
+    values={
+        "module": "first module (in call order) whose inputs were finite and outputs were not",
+        "call": "which call of that module within the step (0-based; the time step for cells)",
+        "t": "first non-finite time step of a recurrent module's output sequence (-1: n/a)",
+        "calls_checked": "module calls checked in the step",
+    },
+    when="steps on the localisation schedule (first steps, every k-th, always after a NaN)",
+)
+
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, NONFINITE)}

@@ -1,0 +1,469 @@
+"""watch(): record a training loop, then diagnose it.
+
+The watcher owns every hook handle it registers (module hooks, global optimizer hooks,
+gradient hooks, the functional-loss wrappers) and removes all of them on exit, also when
+the loop raises. Names of modules live in dicts owned by the watcher: nothing is written
+onto user modules.
+
+A *step* is one optimizer step (several optimizers stepping after one backward pass count
+once); loops that update parameters by hand count a backward pass that produced gradients.
+A step is closed lazily, at the next forward/loss/exit after its update, so the update
+ratio sees the weights after every optimizer has moved them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
+
+from . import __version__
+from .finding import Diagnosis, Finding
+from .probes.nonfinite import RECURRENT_TYPES, NonFiniteProbe
+from .probes.outputs import LossCall, LossStats, capture_losses, loss_stats
+from .probes.params import ParamProbe
+from .recorder import Recorder
+from .run import Run, load_run, write_meta
+from .schedule import DEFAULT_FLUSH_EVERY, DEFAULT_LOCALIZE, Schedule, first_then_every, flush_schedule
+
+#: loss details (output/target ranges) are a handful of reductions: first steps, then sampled
+DEFAULT_DETAIL = first_then_every(20, 10)
+
+
+def default_out_dir() -> Path:
+    return Path("reports") / datetime.now().strftime("run-%Y%m%d-%H%M%S-%f")
+
+
+class _StepAccumulator:
+    """Sums loss statistics over the loss calls of one step (on the device)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.kind: str | None = None
+        self.n_classes = 0
+        self.loss: torch.Tensor | None = None
+        self.finite: torch.Tensor | None = None
+        self.n_pred: torch.Tensor | None = None
+        self.n_label: torch.Tensor | None = None
+        self.correct: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+        self.detail: dict[str, Any] | None = None
+
+    def add(self, s: LossStats) -> None:
+        if self.calls == 0:
+            self.kind, self.n_classes = s.kind, s.n_classes
+            self.loss, self.finite = s.loss, s.finite
+            self.n_pred, self.n_label, self.correct, self.total = s.n_pred, s.n_label, s.correct, s.total
+        else:
+            self.loss = self.loss + s.loss
+            self.finite = self.finite & s.finite
+            if s.n_pred is not None and self.n_pred is not None and s.n_classes == self.n_classes:
+                self.n_pred = self.n_pred + s.n_pred
+                self.n_label = self.n_label + s.n_label
+                self.correct = self.correct + s.correct
+                self.total = self.total + s.total
+        if self.detail is None and s.detail is not None:
+            self.detail = s.detail
+        self.calls += 1
+
+    def row(self, step: int, mode: str) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": step, "mode": mode, "loss_calls": self.calls}
+        if self.calls:
+            row.update(loss=self.loss / self.calls, loss_finite=self.finite, loss_kind=self.kind)
+            if self.n_pred is not None:
+                row.update(n_classes=self.n_classes, correct=self.correct, total=self.total)
+            if self.detail:
+                row.update(self.detail)
+        return row
+
+
+class Watch:
+    """The handle ``watch()`` returns: records while open, holds the diagnosis after."""
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        out: str | os.PathLike[str] | None = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+        localize: Schedule = DEFAULT_LOCALIZE,
+        summary: bool = True,
+        strict: bool = False,
+        meta: dict[str, Any] | None = None,
+        max_steps: int | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run_dir = Path(out) if out is not None else default_out_dir()
+        self.summary = summary
+        self.strict = strict
+        self.max_steps = max_steps
+        self.on_step = on_step
+        self._flush_due = flush_schedule(flush_every)
+        self._localize_due = localize
+        self._detail_due = DEFAULT_DETAIL
+        self._explicit_model = model
+        self._roots: dict[str, nn.Module] = {}
+        self._names: dict[int, str] = {}  # id(module) -> qualified name, owned by us
+        self._module_handles: list[RemovableHandle] = []
+        self._global_handles: list[RemovableHandle] = []
+        self._grad_handles: list[RemovableHandle] = []
+        self._optimizers: dict[int, bool] = {}
+        self._param_ids: set[int] = set()
+        self._params: ParamProbe | None = None
+        self._nonfinite: NonFiniteProbe | None = None
+        self._recorder: Recorder | None = None
+        self._loss_ctx: Any = None
+        self._train = _StepAccumulator()
+        self._eval = _StepAccumulator()
+        self._opt_stepped = False
+        self._grads_seen = False
+        self._params_captured = False
+        self._optimizer_seen = False
+        self._logged_explicitly = False
+        self._nan_seen = False
+        self._t0 = 0.0
+        self._meta: dict[str, Any] = dict(meta or {})
+        self.steps = 0
+        self.diagnosis: Diagnosis | None = None
+        self.record: Run | None = None
+        self.active = False
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> "Watch":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._recorder = Recorder(self.run_dir)
+        self._t0 = time.perf_counter()
+        self._meta.update(
+            rnndoctor=__version__,
+            started=datetime.now().isoformat(timespec="seconds"),
+            python=platform.python_version(),
+            torch=torch.__version__,
+            status="running",
+            argv=list(sys.argv),
+            cwd=os.getcwd(),
+        )
+        try:
+            if self._explicit_model is not None:
+                if not isinstance(self._explicit_model, nn.Module):
+                    raise TypeError(f"watch() needs a torch.nn.Module, got {type(self._explicit_model).__name__}")
+                self._adopt(self._explicit_model, name=type(self._explicit_model).__name__)
+            else:
+                self._global_handles.append(nn.modules.module.register_module_forward_pre_hook(self._discover))
+            self._global_handles.append(register_optimizer_step_pre_hook(self._opt_pre))
+            self._global_handles.append(register_optimizer_step_post_hook(self._opt_post))
+            self._loss_ctx = capture_losses(self._on_loss)
+            self._loss_ctx.__enter__()
+        except BaseException:
+            self._detach()
+            raise
+        self.active = True
+        self._write_meta()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        self.close(exc)
+        return False
+
+    def close(self, exc: BaseException | None = None, status: str | None = None) -> Diagnosis:
+        """Detach everything, save the record, diagnose, report. Safe to call once."""
+        if not self.active:
+            return self.diagnosis  # type: ignore[return-value]
+        self.active = False
+        try:
+            if self._opt_stepped or (self._grads_seen and not self._optimizer_seen):
+                self._close_step()
+            self._emit_eval()
+        finally:
+            self._detach()
+        if status is None:
+            status = _status_for(exc)
+        self._meta.update(status=status, steps=self.steps, wall_s=round(time.perf_counter() - self._t0, 3))
+        if exc is not None and status != "completed":
+            self._meta["exception"] = {
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+            }
+        assert self._recorder is not None
+        self._recorder.close()
+        self._write_meta()
+        from .diagnose import diagnose
+        from .report.output import write_outputs
+
+        self.record = load_run(self.run_dir)
+        self.diagnosis = diagnose(self.record, strict=self.strict)
+        write_outputs(self.record, self.diagnosis, self.run_dir, summary=self.summary)
+        return self.diagnosis
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Findings, worst first (empty until the ``with`` block has exited)."""
+        return list(self.diagnosis.findings) if self.diagnosis else []
+
+    # ------------------------------------------------------------------ assertions (CI / pytest)
+    def _explain_failure(self, headline: str) -> str:
+        from .report.terminal import render
+
+        if self.record is None or self.diagnosis is None:
+            return f"{headline} (the watch has not finished: assert after the `with` block)"
+        return f"{headline}\n{render(self.record, self.diagnosis)}\nreport: {self.run_dir.resolve()}"
+
+    def assert_found(self, rule_id: str, severity: "str | None" = None) -> Finding:
+        """Fail unless finding ``rule_id`` (at least ``severity``) was reported; return it."""
+        for f in self.findings:
+            if f.id == rule_id and (severity is None or f.severity >= severity):
+                return f
+        raise AssertionError(self._explain_failure(f"expected rnndoctor finding {rule_id!r} was not reported"))
+
+    def assert_not_found(self, rule_id: str) -> None:
+        """Fail if finding ``rule_id`` was reported."""
+        if any(f.id == rule_id for f in self.findings):
+            raise AssertionError(self._explain_failure(f"rnndoctor reported {rule_id!r}"))
+
+    def assert_healthy(self, fail_on: str = "error") -> None:
+        """Fail if any finding at or above ``fail_on`` (default: error) was reported."""
+        bad = [f.id for f in self.findings if f.severity >= fail_on]
+        if bad or self.diagnosis is None:
+            raise AssertionError(self._explain_failure(f"rnndoctor found problems: {', '.join(bad)}"))
+
+    # ------------------------------------------------------------------ explicit logging
+    def log(
+        self,
+        *,
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        loss: torch.Tensor | None = None,
+    ) -> None:
+        """Record outputs the automatic loss capture cannot see (a hand-written loss).
+
+        Once used, automatic capture is off for this watch, so nothing is counted twice.
+        """
+        self._logged_explicitly = True
+        if logits is None or targets is None:
+            if loss is None:
+                raise ValueError("run.log() needs loss=, or logits= and targets=")
+            logits = targets = loss.detach().reshape(1)
+            kind = "logged"
+        elif not targets.is_floating_point():
+            kind = "cross_entropy"
+            if logits.dim() >= 2 and logits.shape[-1] != logits.shape[1] and logits.dim() == targets.dim() + 1:
+                logits = logits.movedim(-1, 1)  # [B, T, K] -> [B, K, T]
+        else:
+            kind = "bce_logits" if logits.shape == targets.shape and targets.dim() >= 1 else "mse"
+        loss_t = loss if loss is not None else torch.full((), float("nan"), device=logits.device)
+        self._record_loss(LossCall(kind, logits, targets, loss_t, {}), grad=loss_t.requires_grad or torch.is_grad_enabled())
+
+    # ------------------------------------------------------------------ adoption
+    def _discover(self, module: nn.Module, args: Any) -> None:
+        """Global pre-hook (diagnose mode): adopt the outermost modules that own parameters."""
+        if id(module) in self._names or isinstance(module, nn.modules.loss._Loss):
+            return
+        if next(module.parameters(), None) is None:
+            return
+        self._adopt(module, name=type(module).__name__)
+        self._before_forward(module, args)
+
+    def _adopt(self, model: nn.Module, name: str) -> None:
+        # A newly adopted root may contain earlier roots (a sub-module called first).
+        for old_name, old in list(self._roots.items()):
+            if any(m is old for m in model.modules()):
+                del self._roots[old_name]
+        base, i = name, 1
+        while name in self._roots:
+            i += 1
+            name = f"{base}{i}"
+        self._roots[name] = model
+        self._rebuild_hooks()
+
+    def _rebuild_hooks(self) -> None:
+        for h in self._module_handles + self._grad_handles:
+            h.remove()
+        self._module_handles, self._grad_handles = [], []
+        self._names.clear()
+        named_params: list[tuple[str, nn.Parameter]] = []
+        modules_meta, recurrent = [], []
+        multi = len(self._roots) > 1
+        seen_params: set[int] = set()
+        device = None
+        for root_name, root in self._roots.items():
+            for sub_name, m in root.named_modules():
+                qual = ".".join(x for x in ((root_name if multi else ""), sub_name) if x) or root_name
+                self._names[id(m)] = qual
+                modules_meta.append({"name": qual, "type": type(m).__name__})
+                if isinstance(m, RECURRENT_TYPES):
+                    recurrent.append({"name": qual, "type": type(m).__name__, **_rnn_config(m)})
+            for p_name, p in root.named_parameters():
+                if p.requires_grad and id(p) not in seen_params:
+                    seen_params.add(id(p))
+                    named_params.append(((f"{root_name}.{p_name}" if multi else p_name), p))
+                    device = device or p.device
+        device = device or torch.device("cpu")
+        self._nonfinite = NonFiniteProbe(device)
+        for root in self._roots.values():
+            for m in root.modules():
+                self._module_handles.append(m.register_forward_hook(self._nonfinite.hook_for(self._names[id(m)])))
+            self._module_handles.append(root.register_forward_pre_hook(self._before_forward))
+        self._params = ParamProbe(named_params)
+        self._param_ids = {id(p) for _, p in named_params}
+        self._optimizers.clear()
+        probe = self._params
+        for i, (_, p) in enumerate(named_params):
+            self._grad_handles.append(
+                p.register_post_accumulate_grad_hook(lambda t, i=i: self._on_grad(probe, i, t))
+            )
+        self._meta["model"] = {
+            "roots": list(self._roots),
+            "modules": modules_meta,
+            "recurrent": recurrent,
+            "params": [{"name": n, "shape": list(p.shape), "numel": p.numel()} for n, p in named_params],
+            "device": str(device),
+        }
+        if self.active:
+            self._write_meta()
+
+    # ------------------------------------------------------------------ hooks
+    def _before_forward(self, module: nn.Module, args: Any) -> None:
+        self._maybe_close_step()
+        if self._nonfinite is not None:
+            self._nonfinite.active = self._nan_seen or self._localize_due(self.steps)
+
+    def _on_grad(self, probe: ParamProbe, index: int, param: torch.Tensor) -> None:
+        self._grads_seen = True
+        if not self._optimizer_seen:
+            probe.on_grad_accumulated(index, param)
+
+    def _watches(self, optimizer: torch.optim.Optimizer) -> bool:
+        key = id(optimizer)
+        if key not in self._optimizers:
+            self._optimizers[key] = any(
+                id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"]
+            )
+        return self._optimizers[key]
+
+    def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._watches(optimizer):
+            return
+        self._optimizer_seen = True
+        if not self._params_captured and self._params is not None:
+            self._params.before_update()
+            self._params_captured = True
+            self._lr = float(optimizer.param_groups[0].get("lr", float("nan")))
+
+    def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._watches(optimizer):
+            self._opt_stepped = True
+            if self.max_steps is not None and self.steps + 1 >= self.max_steps:
+                self._close_step()  # close now: on_step may stop the run at this step
+
+    def _on_loss(self, call: LossCall) -> None:
+        if self._logged_explicitly:
+            return
+        self._record_loss(call, grad=call.loss.requires_grad)
+
+    def _record_loss(self, call: LossCall, *, grad: bool) -> None:
+        self._maybe_close_step()
+        stats = loss_stats(call, detail=self._detail_due(self.steps))
+        (self._train if grad else self._eval).add(stats)
+
+    # ------------------------------------------------------------------ steps
+    def _maybe_close_step(self) -> None:
+        if self._opt_stepped or (self._grads_seen and not self._optimizer_seen):
+            self._close_step()
+
+    def _close_step(self) -> None:
+        assert self._recorder is not None
+        step = self.steps
+        self._emit_eval()
+        row = self._train.row(step, "train")
+        row["time"] = round(time.perf_counter() - self._t0, 4)
+        row["lr"] = getattr(self, "_lr", float("nan"))
+        if self._params is not None:
+            prow = self._params.take_row(step)
+            if prow is not None:
+                row["grad_norm"] = self._params.global_grad_norm
+                self._recorder.add("params", prow)
+        self._recorder.add("steps", row, finalize=self._check_sentinel)
+        self._add_predictions(step, "train", self._train)
+        if self._nonfinite is not None:
+            taken = self._nonfinite.take_row(step)
+            if taken is not None:
+                self._recorder.add("nonfinite", taken[0], finalize=taken[1])
+        self._train = _StepAccumulator()
+        self._opt_stepped = self._grads_seen = self._params_captured = False
+        self.steps += 1
+        if self._flush_due(self.steps):
+            self._recorder.flush()
+        if self.on_step is not None:
+            self.on_step(self.steps)
+
+    def _emit_eval(self) -> None:
+        if self._eval.calls and self._recorder is not None:
+            self._recorder.add("steps", self._eval.row(self.steps, "eval"))
+            self._add_predictions(self.steps, "eval", self._eval)
+            self._eval = _StepAccumulator()
+
+    def _add_predictions(self, step: int, mode: str, acc: _StepAccumulator) -> None:
+        if acc.n_pred is not None and self._recorder is not None:
+            self._recorder.add(
+                "predictions",
+                {"step": step, "mode": mode, "cls": list(range(acc.n_classes)), "n_pred": acc.n_pred, "n_label": acc.n_label},
+            )
+
+    def _check_sentinel(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Runs after the batched transfer: a non-finite loss turns localisation on for good."""
+        if row.get("loss_finite") == 0 or not _finite(row.get("grad_norm")):
+            self._nan_seen = True
+        return row
+
+    # ------------------------------------------------------------------ teardown
+    def _detach(self) -> None:
+        for h in self._module_handles + self._grad_handles + self._global_handles:
+            h.remove()
+        self._module_handles, self._grad_handles, self._global_handles = [], [], []
+        if self._loss_ctx is not None:
+            self._loss_ctx.__exit__(None, None, None)
+            self._loss_ctx = None
+
+    def _write_meta(self) -> None:
+        write_meta(self.run_dir, self._meta)
+
+
+def _finite(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and v == v and abs(v) != float("inf"))
+
+
+def _status_for(exc: BaseException | None) -> str:
+    if exc is None:
+        return "completed"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, SystemExit):
+        return "completed" if exc.code in (None, 0) else "crashed"
+    return "crashed"
+
+
+def _rnn_config(m: nn.Module) -> dict[str, Any]:
+    keys = ("input_size", "hidden_size", "num_layers", "bidirectional", "batch_first", "proj_size", "mode")
+    return {k: getattr(m, k) for k in keys if hasattr(m, k)}
+
+
+def watch(model: nn.Module | None = None, **options: Any) -> Watch:
+    """Record a training loop and diagnose it on exit.
+
+    ``with rnndoctor.watch(model, out="reports/run1") as run: ...`` — optimizers are found
+    through torch's global optimizer hooks; losses through ``torch.nn.functional``. Without
+    ``model``, every module that owns parameters and is called inside the block is adopted.
+    After the block, ``run.findings`` holds the findings and ``out`` the record,
+    ``findings.json`` and ``report.html``.
+    """
+    return Watch(model, **options)

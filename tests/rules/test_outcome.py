@@ -1,0 +1,111 @@
+"""Outcome rules on synthetic recordings: each fires at its threshold and stays quiet below it."""
+
+import math
+
+import numpy as np
+
+from rnndoctor.finding import Severity
+from rnndoctor.rules import get_rule
+from synth import classification_run, ids, make_run, param_rows, with_signal
+
+stuck = get_rule("stuck-at-chance")
+collapse = get_rule("prediction-collapse")
+imbalance = get_rule("label-imbalance")
+non_finite = get_rule("non-finite")
+divergence = get_rule("divergence")
+
+
+def test_stuck_at_chance_fires_on_parity_plateau():
+    (f,) = stuck(classification_run(300, acc=0.5, loss=math.log(2)))
+    assert f.severity is Severity.ERROR
+    assert f.evidence["baseline"] == 0.5
+    assert f.evidence["baseline_kind"] == "chance 1/K"
+    assert f.evidence["window"] == [200, 299]
+    assert f.first_step <= 200
+
+
+def test_stuck_at_chance_quiet_when_learning():
+    acc = np.linspace(0.5, 1.0, 300)
+    loss = np.linspace(0.693, 0.05, 300)
+    assert list(stuck(classification_run(300, acc=acc, loss=loss))) == []
+
+
+def test_stuck_at_chance_quiet_when_accuracy_clearly_above_baseline():
+    assert list(stuck(classification_run(300, acc=0.56, loss=0.69))) == []
+
+
+def test_stuck_at_chance_quiet_when_loss_well_below_entropy():
+    assert list(stuck(classification_run(300, acc=0.5, loss=0.5))) == []
+
+
+def test_stuck_at_chance_majority_baseline_under_mse():
+    run = classification_run(300, acc=0.75, loss=0.18, label_shares=(0.25, 0.75), pred_shares=(0.0, 1.0), kind="mse", out_range=(0.4, 1.1))
+    (f,) = stuck(run)
+    assert f.evidence["baseline"] == 0.75
+    assert f.evidence["baseline_kind"] == "majority-class share"
+    assert f.evidence["reference_loss_kind"] == "target variance"
+    assert math.isclose(f.evidence["reference_loss"], 0.1875)
+
+
+def test_stuck_at_chance_needs_enough_steps():
+    assert list(stuck(classification_run(60, acc=0.5, loss=0.693))) == []
+
+
+def test_prediction_collapse_fires_and_names_the_class():
+    run = classification_run(300, acc=0.75, loss=0.18, label_shares=(0.25, 0.75), pred_shares=(0.02, 0.98))
+    (f,) = collapse(run)
+    assert f.where["class"] == 1 and f.evidence["prediction_share"] >= 0.95
+    assert f.evidence["label_share"] == 0.75
+
+
+def test_prediction_collapse_quiet_when_predictions_follow_labels():
+    run = classification_run(300, acc=0.9, loss=0.2, label_shares=(0.25, 0.75), pred_shares=(0.22, 0.78))
+    assert list(collapse(run)) == []
+
+
+def test_prediction_collapse_quiet_when_labels_are_that_skewed():
+    run = classification_run(300, acc=0.96, loss=0.2, label_shares=(0.04, 0.96), pred_shares=(0.0, 1.0))
+    assert list(collapse(run)) == []
+
+
+def test_label_imbalance_threshold():
+    (f,) = imbalance(classification_run(100, label_shares=(0.25, 0.75)))
+    assert f.severity is Severity.INFO and f.evidence["majority_share"] == 0.75
+    assert list(imbalance(classification_run(100, label_shares=(0.35, 0.65)))) == []
+    assert list(imbalance(classification_run(100, label_shares=(0.5, 0.5)))) == []
+
+
+def test_non_finite_names_the_module_and_time_step():
+    run = classification_run(10, loss=[float("nan")] * 10)
+    run = with_signal(run, nonfinite=[{"step": 0, "any": 1, "module": "cell", "call": 212, "t": None, "outputs_bad": 1, "calls_checked": 900}])
+    (f,) = non_finite(run)
+    assert f.where == {"module": "cell", "call": 212, "step": 0}
+    assert f.first_step == 0
+
+
+def test_non_finite_names_a_parameter_made_nan_by_an_update():
+    weight = {"lstm.weight_hh_l0": [5.0] * 4 + [float("nan")] * 6, "lstm.bias_hh_l0": [1.0] * 10, "out.weight": [1.0] * 4 + [float("nan")] * 6}
+    loss = [0.7] * 5 + [float("nan")] * 5
+    run = with_signal(classification_run(10, loss=loss), params=param_rows(10, weight_norm=weight))
+    (f,) = non_finite(run)
+    assert f.where["step"] == 4 and f.where["param"] in ("lstm.weight_hh_l0", "out.weight")
+    assert f.evidence["source"] == "optimizer-step"
+
+
+def test_non_finite_quiet_on_finite_run():
+    run = with_signal(classification_run(50), params=param_rows(50), nonfinite=[{"step": 0, "any": 0, "module": None, "call": None, "t": None, "outputs_bad": 0, "calls_checked": 3}])
+    assert list(non_finite(run)) == []
+
+
+def test_divergence_on_exploding_loss():
+    loss = list(np.linspace(1.0, 0.5, 50)) + [0.5 * 10 ** (i / 5) for i in range(30)]
+    (f,) = divergence(classification_run(80, loss=loss))
+    assert f.first_step > 50
+    assert list(divergence(classification_run(80, loss=np.linspace(1.0, 0.2, 80)))) == []
+
+
+def test_divergence_on_huge_weights():
+    w = {"lstm.weight_hh_l0": [5.0] * 5 + [1e12] * 5, "lstm.bias_hh_l0": [1.0] * 10, "out.weight": [1.0] * 10}
+    run = with_signal(classification_run(10, loss=0.7), params=param_rows(10, weight_norm=w))
+    (f,) = divergence(run)
+    assert f.where["param"] == "lstm.weight_hh_l0" and f.first_step == 5

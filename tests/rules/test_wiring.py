@@ -1,0 +1,57 @@
+"""Wiring rules (initial loss, loss/output fit) on synthetic recordings."""
+
+from rnndoctor.finding import Severity
+from rnndoctor.rules import get_rule
+from synth import classification_run
+
+initial = get_rule("poor-initial-loss")
+mismatch = get_rule("loss-output-mismatch")
+
+
+def test_poor_initial_loss_fires_far_from_ln2():
+    loss = [5.0] * 3 + [0.6] * 97
+    (f,) = initial(classification_run(100, loss=loss))
+    assert f.severity is Severity.WARNING and abs(f.evidence["expected"] - 0.693) < 1e-3
+    (g,) = initial(classification_run(100, loss=[1.2] * 3 + [0.6] * 97))
+    assert g.severity is Severity.INFO
+
+
+def test_poor_initial_loss_quiet_near_ln2():
+    assert list(initial(classification_run(100, loss=[0.72] * 3 + [0.3] * 97))) == []
+
+
+def test_mse_on_binary_labels_from_linear_output_is_an_error():
+    run = classification_run(100, kind="mse", label_shares=(0.25, 0.75), out_range=(-0.3, 1.4), loss=0.18)
+    (f,) = mismatch(run)
+    assert f.severity is Severity.ERROR and "unbounded linear" in f.title
+
+
+def test_mse_on_binary_labels_from_sigmoid_output_is_a_warning():
+    run = classification_run(100, kind="mse", label_shares=(0.25, 0.75), out_range=(0.01, 0.99), loss=0.18)
+    (f,) = mismatch(run)
+    assert f.severity is Severity.WARNING
+
+
+def test_mse_on_real_valued_regression_targets_is_fine():
+    run = classification_run(100, kind="mse", label_shares=(0.25, 0.75), out_range=(-1, 2))
+    steps = run["steps"]
+    steps.loc[steps["tgt_integral"].notna(), "tgt_integral"] = 0
+    assert list(mismatch(run)) == []
+
+
+def test_softmax_before_cross_entropy():
+    (f,) = mismatch(classification_run(100, out_range=(0.0, 1.0), out_is_prob=1))
+    assert "probabilities" in f.title
+    assert list(mismatch(classification_run(100))) == []
+
+
+def test_nll_without_log_softmax():
+    (f,) = mismatch(classification_run(100, kind="nll", out_is_logprob=0))
+    assert "log-probabilities" in f.title
+    assert list(mismatch(classification_run(100, kind="nll", out_is_logprob=1, out_range=(-5, 0)))) == []
+
+
+def test_bce_with_logits_on_probabilities():
+    (f,) = mismatch(classification_run(100, kind="bce_logits", out_range=(0.02, 0.97)))
+    assert f.severity is Severity.WARNING
+    assert list(mismatch(classification_run(100, kind="bce_logits", out_range=(-4, 4)))) == []

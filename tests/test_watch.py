@@ -1,0 +1,266 @@
+"""watch(): capture, step counting, detaching, crash safety, no host sync in the hot path."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rnndoctor
+from rnndoctor.recorder import Recorder
+from rnndoctor.watch import Watch
+
+
+class Tiny(nn.Module):
+    def __init__(self, hidden: int = 8, k: int = 2) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(1, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, k)
+
+    def forward(self, x):
+        o, _ = self.lstm(x)
+        return self.out(o[:, -1])
+
+
+def batch(b: int = 16, t: int = 5):
+    x = torch.randint(0, 2, (b, t, 1)).float()
+    return x, (x.sum((1, 2)) % 2).long()
+
+
+def train(model, steps, loss_fn=None, opt=None, eval_every=0):
+    opt = opt or torch.optim.SGD(model.parameters(), lr=0.1)
+    for s in range(steps):
+        x, y = batch()
+        logits = model(x)
+        loss = loss_fn(logits, y) if loss_fn else F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if eval_every and (s + 1) % eval_every == 0:
+            with torch.no_grad():
+                F.cross_entropy(model(x), y)
+
+
+def test_records_steps_losses_predictions_params(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as run:
+        train(model, 12, eval_every=4)
+    rec = rnndoctor.load_run(tmp_path / "r")
+    train_rows = rec.train_steps()
+    assert list(train_rows["step"]) == list(range(12))
+    assert (train_rows["loss_calls"] == 1).all()
+    assert train_rows["loss_kind"].eq("cross_entropy").all()
+    assert (train_rows["total"] == 16).all()
+    evals = rec["steps"][rec["steps"]["mode"] == "eval"]
+    assert list(evals["step"]) == [4, 8, 12]
+    pred = rec["predictions"]
+    assert set(pred["cls"]) == {0, 1}
+    assert (pred[pred["mode"] == "train"].groupby("step")["n_label"].sum() == 16).all()
+    params = rec["params"]
+    assert set(params["param"]) == {n for n, _ in model.named_parameters()}
+    assert (params["update_ratio"] > 0).all()
+    assert rec.meta["status"] == "completed" and rec.meta["steps"] == 12
+    assert rec.meta["model"]["recurrent"][0]["type"] == "LSTM"
+    assert run.steps == 12
+    data = json.loads((tmp_path / "r" / "findings.json").read_text())
+    assert data["run"]["status"] == "completed" and data["rnndoctor"] == rnndoctor.__version__
+
+
+def test_loss_module_and_functional_are_counted_once(tmp_path):
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+        train(model, 3, loss_fn=nn.CrossEntropyLoss())
+    rows = rnndoctor.load_run(tmp_path / "r").train_steps()
+    assert (rows["loss_calls"] == 1).all()
+
+
+@pytest.mark.parametrize(
+    "make_loss,kind",
+    [
+        (lambda lg, y: nn.NLLLoss()(F.log_softmax(lg, -1), y), "nll"),
+        (lambda lg, y: nn.BCEWithLogitsLoss()(lg[:, 1], y.float()), "bce_logits"),
+        (lambda lg, y: nn.BCELoss()(torch.sigmoid(lg[:, 1]), y.float()), "bce"),
+        (lambda lg, y: nn.MSELoss()(lg[:, 1], y.float()), "mse"),
+        (lambda lg, y: F.l1_loss(lg[:, 1], y.float()), "l1"),
+    ],
+)
+def test_loss_kinds_are_captured(tmp_path, make_loss, kind):
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+        train(model, 3, loss_fn=make_loss)
+    rows = rnndoctor.load_run(tmp_path / "r").train_steps()
+    assert rows["loss_kind"].eq(kind).all() and (rows["loss_calls"] == 1).all()
+    assert (rows["total"] == 16).all()
+
+
+def test_sequence_output_cross_entropy_counts_every_position(tmp_path):
+    lstm, head = nn.LSTM(2, 8, batch_first=True), nn.Linear(8, 3)
+    model = nn.ModuleDict({"lstm": lstm, "head": head})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+        for _ in range(2):
+            x = torch.randn(4, 6, 2)
+            y = torch.randint(0, 3, (4, 6))
+            y[0, :2] = -100  # ignored positions
+            logits = head(lstm(x)[0])  # [B, T, K]
+            loss = F.cross_entropy(logits.transpose(1, 2), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+    rows = rnndoctor.load_run(tmp_path / "r").train_steps()
+    assert (rows["total"] == 22).all() and (rows["n_classes"] == 3).all()
+
+
+def test_hooks_and_patches_are_removed_on_exit_and_on_error(tmp_path):
+    from torch.nn.modules import module as module_mod
+    from torch.optim import optimizer as optim_mod
+
+    original_ce = F.cross_entropy
+    model = Tiny()
+    before = (len(module_mod._global_forward_pre_hooks), len(optim_mod._global_optimizer_pre_hooks), len(optim_mod._global_optimizer_post_hooks))
+    with pytest.raises(RuntimeError, match="boom"):
+        with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+            assert F.cross_entropy is not original_ce
+            train(model, 2)
+            raise RuntimeError("boom")
+    with rnndoctor.watch(out=tmp_path / "d", summary=False):
+        train(model, 2)
+    assert F.cross_entropy is original_ce
+    after = (len(module_mod._global_forward_pre_hooks), len(optim_mod._global_optimizer_pre_hooks), len(optim_mod._global_optimizer_post_hooks))
+    assert after == before
+    for m in model.modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    for p in model.parameters():
+        assert not p._post_accumulate_grad_hooks
+
+
+def test_crash_inside_loop_still_leaves_record_and_findings(tmp_path):
+    model = Tiny()
+    with pytest.raises(ValueError, match="bad batch"):
+        with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+            train(model, 3)
+            raise ValueError("bad batch at step 3")
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert rec.meta["status"] == "crashed"
+    assert rec.meta["exception"]["type"] == "ValueError"
+    assert len(rec.train_steps()) == 3
+    data = json.loads((tmp_path / "r" / "findings.json").read_text())
+    assert data["run"]["status"] == "crashed" and data["run"]["exception"] == "ValueError"
+
+
+def test_keyboard_interrupt_is_recorded_as_interrupted(tmp_path):
+    model = Tiny()
+    with pytest.raises(KeyboardInterrupt):
+        with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+            train(model, 2)
+            raise KeyboardInterrupt
+    assert rnndoctor.load_run(tmp_path / "r").meta["status"] == "interrupted"
+
+
+def test_discovery_mode_adopts_the_model_and_its_optimizer(tmp_path):
+    with rnndoctor.watch(out=tmp_path / "r", summary=False) as run:
+        model = Tiny()  # built inside, as a script would
+        train(model, 4)
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert rec.meta["model"]["roots"] == ["Tiny"]
+    assert run.steps == 4 and len(rec["params"]["param"].unique()) == 6
+
+
+def test_unrelated_optimizer_does_not_count_steps(tmp_path):
+    model, other = Tiny(), nn.Linear(2, 2)
+    other_opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as run:
+        train(model, 2)
+        for _ in range(3):
+            other(torch.randn(1, 2)).sum().backward()
+            other_opt.step()
+    assert run.steps == 2
+
+
+def test_manual_parameter_updates_count_as_steps(tmp_path):
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as run:
+        for _ in range(3):
+            x, y = batch()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+                    p.grad = None
+    assert run.steps == 3
+    params = rnndoctor.load_run(tmp_path / "r")["params"]
+    assert (params["grad_norm"] > 0).all()
+
+
+def test_explicit_log_records_a_hand_written_loss(tmp_path):
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as run:
+        for _ in range(3):
+            x, y = batch()
+            logits = model(x)
+            loss = -(logits.log_softmax(-1).gather(1, y[:, None])).mean()
+            run.log(logits=logits, targets=y, loss=loss)
+            opt.zero_grad(); loss.backward(); opt.step()
+    rows = rnndoctor.load_run(tmp_path / "r").train_steps()
+    assert (rows["total"] == 16).all() and rows["loss"].notna().all()
+
+
+def test_hot_path_has_no_host_sync(tmp_path, monkeypatch):
+    """Between flushes, nothing of ours may read a tensor back to the host."""
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [batch() for _ in range(30)]
+    calls = {"n": 0, "in_flush": False}
+    real_flush = Recorder.flush
+
+    def counting_flush(self):
+        calls["in_flush"] = True
+        try:
+            return real_flush(self)
+        finally:
+            calls["in_flush"] = False
+
+    def counter(name):
+        real = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, **k):
+            if not calls["in_flush"]:
+                calls["n"] += 1
+                calls.setdefault("where", []).append(name)
+            return real(self, *a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(Recorder, "flush", counting_flush)
+    with Watch(model, out=tmp_path / "r", summary=False, flush_every=1000) as run:
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
+            monkeypatch.setattr(torch.Tensor, name, counter(name))
+        for x, y in data:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+        monkeypatch.undo()
+        monkeypatch.setattr(Recorder, "flush", counting_flush)
+    assert calls["n"] == 0, calls.get("where")
+    assert run.steps == 30
+
+
+def test_recorder_survives_a_torn_last_line(tmp_path):
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+        train(model, 3)
+    with open(tmp_path / "r" / "signals" / "steps.jsonl", "a") as f:
+        f.write('{"step": 3, "mode": "tr')  # a killed process mid-write
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert len(rec.train_steps()) == 3
+
+
+def test_load_run_errors_are_one_line(tmp_path):
+    with pytest.raises(rnndoctor.RunDirError, match="no run directory"):
+        rnndoctor.load_run(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "meta.json").write_text("{not json")
+    with pytest.raises(rnndoctor.RunDirError, match="corrupt"):
+        rnndoctor.load_run(tmp_path / "bad")
