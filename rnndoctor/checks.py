@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from .finding import Diagnosis, Severity
+from .finding import Finding, Severity
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,9 +115,9 @@ def collect(paths: list[str | Path]) -> list[CheckEntry]:
     return [load_check(f) for f in files]
 
 
-def evaluate(entry: CheckEntry, diagnosis: Diagnosis) -> CheckResult:
-    """Compare a diagnosis with an entry's expectations; every failed condition is a reason."""
-    found = {f.id: f for f in diagnosis.findings}
+def evaluate(entry: CheckEntry, findings: Sequence[Finding]) -> CheckResult:
+    """Compare findings with an entry's expectations; every failed condition is a reason."""
+    found = {f.id: f for f in findings}
     reasons: list[str] = []
     for e in entry.expect:
         f = found.get(e.id)
@@ -130,7 +130,7 @@ def evaluate(entry: CheckEntry, diagnosis: Diagnosis) -> CheckResult:
             reasons.append(f"forbidden {rule_id} was found: {found[rule_id].title}")
     if entry.fail_on != "never":
         expected_ids = {e.id for e in entry.expect}
-        for f in diagnosis.at_least(entry.fail_on):
-            if f.id not in expected_ids and f.id not in entry.forbid:
+        for f in findings:
+            if f.severity >= entry.fail_on and f.id not in expected_ids and f.id not in entry.forbid:
                 reasons.append(f"unexpected {f.severity.value} {f.id}: {f.title}")
-    return CheckResult(entry=entry, passed=not reasons, reasons=reasons, found=[f.id for f in diagnosis.findings])
+    return CheckResult(entry=entry, passed=not reasons, reasons=reasons, found=[f.id for f in findings])

@@ -130,6 +130,32 @@ def list_rules() -> None:
         click.echo(f"{spec.id:28} {spec.severity.value:8} {spec.summary}")
 
 
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--jobs", "-j", default=1, type=click.IntRange(min=1), show_default=True, help="Entries run in parallel.")
+@click.option("--out", default="reports/check", type=click.Path(file_okay=False), show_default=True, help="Where each entry's run goes.")
+@click.option("--junit-xml", type=click.Path(dir_okay=False), help="Write a JUnit XML report here.")
+def check(paths: tuple[str, ...], jobs: int, out: str, junit_xml: str | None) -> None:
+    """Run expectation files (checks/*.toml) and fail if any entry's findings differ.
+
+    PATHS are .toml files or directories of them (default: checks/).
+    """
+    from .check_runner import run_all, table, write_junit
+    from .checks import CheckFileError, collect
+
+    try:
+        entries = collect(list(paths) or ["checks"])
+    except CheckFileError as exc:
+        raise _fail(str(exc))
+    if not entries:
+        raise _fail(f"no .toml expectation files in {', '.join(paths) or 'checks'}")
+    runs = run_all(entries, Path(out), jobs=jobs)
+    click.echo(table(runs))
+    if junit_xml:
+        write_junit(runs, Path(junit_xml))
+    raise click.exceptions.Exit(EXIT_OK if all(r.result.passed for r in runs) else EXIT_FINDINGS)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

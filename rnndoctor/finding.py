@@ -81,6 +81,21 @@ class Finding:
         }
 
 
+def finding_from_dict(data: dict[str, Any]) -> Finding:
+    """Rebuild a Finding from its findings.json form."""
+    return Finding(
+        id=data["id"],
+        severity=Severity.parse(data["severity"]),
+        title=data.get("title", ""),
+        explanation=data.get("explanation", ""),
+        fix=data.get("fix", ""),
+        evidence=dict(data.get("evidence") or {}),
+        where=dict(data.get("where") or {}),
+        first_step=data.get("first_step"),
+        plots=tuple(data.get("plots") or ()),
+    )
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A rule that could not judge this run, and why (missing signal, or it crashed)."""

@@ -83,25 +83,34 @@ class Recorder:
 
 
 def _materialize(rows: list[Row]) -> None:
-    """Replace tensor values in ``rows`` by Python numbers/lists, one host copy per device."""
-    slots: dict[torch.device, list[tuple[Row, str, torch.Size]]] = defaultdict(list)
-    parts: dict[torch.device, list[torch.Tensor]] = defaultdict(list)
+    """Replace tensor values in ``rows`` by Python numbers/lists, one host copy per device.
+
+    Tensors are grouped by (device, dtype) and joined with one ``cat`` per group, so a
+    flush costs a handful of kernels however many steps it covers."""
+    groups: dict[tuple[torch.device, torch.dtype], list[tuple[Row, str, torch.Size, torch.Tensor]]] = defaultdict(list)
     for row in rows:
         for key, value in row.items():
             if isinstance(value, torch.Tensor):
                 t = value.detach()
-                slots[t.device].append((row, key, t.shape))
-                parts[t.device].append(t.reshape(-1).to(torch.float64))
-    for device, tensors in parts.items():
-        host = torch.cat(tensors).cpu().numpy() if tensors else None
+                groups[(t.device, t.dtype)].append((row, key, t.shape, t))
+    by_device: dict[torch.device, list[tuple[list[tuple[Row, str, torch.Size, torch.Tensor]], torch.Tensor]]] = defaultdict(list)
+    for (device, _), items in groups.items():
+        flat = torch.cat([t.reshape(-1) for *_, t in items]).to(torch.float64)
+        by_device[device].append((items, flat))
+    for device, parts in by_device.items():
+        host = torch.cat([flat for _, flat in parts]).cpu().numpy()
         offset = 0
-        for row, key, shape in slots[device]:
-            n = math.prod(shape)
-            chunk = host[offset : offset + n]
-            offset += n
-            row[key] = _py(chunk[0]) if len(shape) == 0 else [_py(v) for v in chunk.reshape(shape).ravel()]
-            if len(shape) > 1:
-                row[key] = chunk.reshape(shape).tolist()
+        for items, _ in parts:
+            for row, key, shape, _t in items:
+                n = math.prod(shape)
+                chunk = host[offset : offset + n]
+                offset += n
+                if len(shape) == 0:
+                    row[key] = _py(chunk[0])
+                elif len(shape) == 1:
+                    row[key] = [_py(v) for v in chunk]
+                else:
+                    row[key] = chunk.reshape(shape).tolist()
 
 
 def _py(v: float) -> float | int:

@@ -45,7 +45,7 @@ class RunOutcome:
 
 def _script_traceback(exc: BaseException, script: Path) -> str:
     """The traceback as the script's: our frames and runpy's are left out."""
-    ours = (str(Path(__file__).parent), os.path.dirname(runpy.__file__) + os.sep + "runpy.py")
+    ours = (str(Path(__file__).parent), os.path.dirname(runpy.__file__) + os.sep + "runpy.py", "<frozen runpy>")
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(ours)]
     lines = ["Traceback (most recent call last):\n"] + traceback.format_list(frames)
     lines += traceback.format_exception_only(type(exc), exc)

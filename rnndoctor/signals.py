@@ -37,6 +37,7 @@ STEPS = Signal(
         "tgt_integral": "1 when every target is a whole number in [0, 15] (class labels)",
         "out_min": "smallest model output fed to the loss",
         "out_max": "largest model output fed to the loss",
+        "out_op": "autograd op that produced the loss input (SigmoidBackward0, AddmmBackward0, ...)",
         "out_is_prob": "1 when outputs are in [0,1] and sum to 1 over the class dim",
         "out_is_logprob": "1 when outputs are <= 0 and logsumexp to 0 over the class dim",
         "grad_norm": "global L2 norm of all watched gradients before the update",
@@ -61,13 +62,22 @@ PARAMS = Signal(
     values={
         "grad_norm": "L2 norm of the gradient before the update (NaN when grad is None)",
         "grad_none": "1 when the parameter had no gradient",
+    },
+    when="every optimizer step",
+    explode=("param", "grad_norm", "grad_none"),
+)
+
+UPDATES = Signal(
+    "updates",
+    keys=("step", "param"),
+    values={
         "weight_norm": "L2 norm of the parameter after the update",
         "update_ratio": "||w_after - w_before|| / ||w_before||",
         "numel": "number of elements",
         "ndim": "number of dimensions",
     },
-    when="every optimizer step",
-    explode=("param", "grad_norm", "grad_none", "weight_norm", "update_ratio", "numel", "ndim"),
+    when="sampled steps (a copy of the weights is taken before the step): first 20, every 5th, every step after a NaN",
+    explode=("param", "weight_norm", "update_ratio", "numel", "ndim"),
 )
 
 NONFINITE = Signal(
@@ -82,4 +92,4 @@ NONFINITE = Signal(
     when="steps on the localisation schedule (first steps, every k-th, always after a NaN)",
 )
 
-CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, NONFINITE)}
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE)}

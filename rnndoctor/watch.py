@@ -13,6 +13,7 @@ ratio sees the weights after every optimizer has moved them.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -38,6 +39,32 @@ from .schedule import DEFAULT_FLUSH_EVERY, DEFAULT_LOCALIZE, Schedule, first_the
 
 #: loss details (output/target ranges) are a handful of reductions: first steps, then sampled
 DEFAULT_DETAIL = first_then_every(20, 10)
+#: update/weight ratios need a copy of every weight before the step: first steps, then every 5th
+#: (rules read medians over windows, so a sample is enough)
+DEFAULT_UPDATE_RATIO = first_then_every(20, 5)
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Hooks run inside the user's program: an error of ours must not become theirs.
+
+    The first internal error is kept in ``meta['internal_errors']`` and recording goes on
+    without that call; ``strict=True`` (tests) re-raises. ``StopRun`` and other
+    BaseExceptions pass through untouched.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: "Watch", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            if self.strict:
+                raise
+            errors = self._meta.setdefault("internal_errors", [])
+            if len(errors) < 20:
+                errors.append(f"{method.__name__}: {type(exc).__name__}: {exc}")
+            return None
+
+    return guarded
 
 
 def default_out_dir() -> Path:
@@ -111,12 +138,14 @@ class Watch:
         self._flush_due = flush_schedule(flush_every)
         self._localize_due = localize
         self._detail_due = DEFAULT_DETAIL
+        self._update_due = DEFAULT_UPDATE_RATIO
         self._explicit_model = model
         self._roots: dict[str, nn.Module] = {}
         self._names: dict[int, str] = {}  # id(module) -> qualified name, owned by us
         self._module_handles: list[RemovableHandle] = []
         self._global_handles: list[RemovableHandle] = []
         self._grad_handles: list[RemovableHandle] = []
+        self._localize_handles: list[RemovableHandle] = []
         self._optimizers: dict[int, bool] = {}
         self._param_ids: set[int] = set()
         self._params: ParamProbe | None = None
@@ -264,6 +293,7 @@ class Watch:
         self._record_loss(LossCall(kind, logits, targets, loss_t, {}), grad=loss_t.requires_grad or torch.is_grad_enabled())
 
     # ------------------------------------------------------------------ adoption
+    @_guarded
     def _discover(self, module: nn.Module, args: Any) -> None:
         """Global pre-hook (diagnose mode): adopt the outermost modules that own parameters."""
         if id(module) in self._names or isinstance(module, nn.modules.loss._Loss):
@@ -308,10 +338,9 @@ class Watch:
                     named_params.append(((f"{root_name}.{p_name}" if multi else p_name), p))
                     device = device or p.device
         device = device or torch.device("cpu")
+        self._set_localize(False)
         self._nonfinite = NonFiniteProbe(device)
         for root in self._roots.values():
-            for m in root.modules():
-                self._module_handles.append(m.register_forward_hook(self._nonfinite.hook_for(self._names[id(m)])))
             self._module_handles.append(root.register_forward_pre_hook(self._before_forward))
         self._params = ParamProbe(named_params)
         self._param_ids = {id(p) for _, p in named_params}
@@ -332,11 +361,25 @@ class Watch:
             self._write_meta()
 
     # ------------------------------------------------------------------ hooks
+    @_guarded
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         self._maybe_close_step()
-        if self._nonfinite is not None:
-            self._nonfinite.active = self._nan_seen or self._localize_due(self.steps)
+        self._set_localize(self._nan_seen or self._localize_due(self.steps))
 
+    def _set_localize(self, on: bool) -> None:
+        """Per-module isfinite hooks exist only on localisation steps (a hook, even idle,
+        costs every module call a trip through Python)."""
+        if on and not self._localize_handles and self._nonfinite is not None:
+            for root in self._roots.values():
+                for m in root.modules():
+                    self._localize_handles.append(m.register_forward_hook(self._nonfinite.hook_for(self._names[id(m)])))
+            self._nonfinite.active = True
+        elif not on and self._localize_handles:
+            for h in self._localize_handles:
+                h.remove()
+            self._localize_handles = []
+
+    @_guarded
     def _on_grad(self, probe: ParamProbe, index: int, param: torch.Tensor) -> None:
         self._grads_seen = True
         if not self._optimizer_seen:
@@ -350,21 +393,28 @@ class Watch:
             )
         return self._optimizers[key]
 
+    @_guarded
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._watches(optimizer):
             return
-        self._optimizer_seen = True
+        if not self._optimizer_seen:
+            self._optimizer_seen = True
+            for h in self._grad_handles:  # only manual-update loops need per-gradient hooks
+                h.remove()
+            self._grad_handles = []
         if not self._params_captured and self._params is not None:
-            self._params.before_update()
+            self._params.before_update(snapshot=self._nan_seen or self._update_due(self.steps))
             self._params_captured = True
             self._lr = float(optimizer.param_groups[0].get("lr", float("nan")))
 
+    @_guarded
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._watches(optimizer):
             self._opt_stepped = True
             if self.max_steps is not None and self.steps + 1 >= self.max_steps:
                 self._close_step()  # close now: on_step may stop the run at this step
 
+    @_guarded
     def _on_loss(self, call: LossCall) -> None:
         if self._logged_explicitly:
             return
@@ -388,10 +438,12 @@ class Watch:
         row["time"] = round(time.perf_counter() - self._t0, 4)
         row["lr"] = getattr(self, "_lr", float("nan"))
         if self._params is not None:
-            prow = self._params.take_row(step)
-            if prow is not None:
+            grads, updates = self._params.take_rows(step)
+            if grads is not None:
                 row["grad_norm"] = self._params.global_grad_norm
-                self._recorder.add("params", prow)
+                self._recorder.add("params", grads)
+            if updates is not None:
+                self._recorder.add("updates", updates)
         self._recorder.add("steps", row, finalize=self._check_sentinel)
         self._add_predictions(step, "train", self._train)
         if self._nonfinite is not None:
@@ -427,6 +479,7 @@ class Watch:
 
     # ------------------------------------------------------------------ teardown
     def _detach(self) -> None:
+        self._set_localize(False)
         for h in self._module_handles + self._grad_handles + self._global_handles:
             h.remove()
         self._module_handles, self._grad_handles, self._global_handles = [], [], []

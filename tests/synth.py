@@ -101,6 +101,17 @@ def param_rows(
     return rows
 
 
+def update_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``updates`` part of ``param_rows`` output."""
+    keys = ("step", "param", "weight_norm", "update_ratio", "numel", "ndim")
+    return [{k: r[k] for k in keys} for r in rows]
+
+
+def grad_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("step", "param", "grad_norm", "grad_none")
+    return [{k: r[k] for k in keys} for r in rows]
+
+
 def make_run(**signals: Sequence[dict[str, Any]] | pd.DataFrame) -> Run:
     frames = {k: (v if isinstance(v, pd.DataFrame) else pd.DataFrame(list(v))) for k, v in signals.items()}
     return Run(meta={"status": "completed", "steps": len(frames.get("steps", []))}, signals=frames)

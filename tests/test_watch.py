@@ -60,7 +60,9 @@ def test_records_steps_losses_predictions_params(tmp_path):
     assert (pred[pred["mode"] == "train"].groupby("step")["n_label"].sum() == 16).all()
     params = rec["params"]
     assert set(params["param"]) == {n for n, _ in model.named_parameters()}
-    assert (params["update_ratio"] > 0).all()
+    assert (params["grad_norm"] > 0).all()
+    updates = rec["updates"]
+    assert (updates["update_ratio"] > 0).all() and set(updates["step"]) == set(range(12))
     assert rec.meta["status"] == "completed" and rec.meta["steps"] == 12
     assert rec.meta["model"]["recurrent"][0]["type"] == "LSTM"
     assert run.steps == 12
@@ -264,3 +266,12 @@ def test_load_run_errors_are_one_line(tmp_path):
     (tmp_path / "bad" / "meta.json").write_text("{not json")
     with pytest.raises(rnndoctor.RunDirError, match="corrupt"):
         rnndoctor.load_run(tmp_path / "bad")
+
+
+def test_output_op_looks_through_reshapes():
+    from rnndoctor.probes.outputs import output_op
+
+    x = torch.randn(4, 3, requires_grad=True)
+    assert output_op(torch.sigmoid(x).view(-1).unsqueeze(0)) == "SigmoidBackward0"
+    assert output_op(nn.Linear(3, 2)(x)[:, 1]) == "AddmmBackward0"
+    assert output_op(x.detach()) == "none"

@@ -66,16 +66,22 @@ class NonFiniteProbe:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not self.active:
                 return
-            with torch.no_grad():
-                n = self._call_count.get(name, 0)
-                self._call_count[name] = n + 1
-                in_ok = _all_finite(args, self.device)
-                out_ok = _all_finite(output, self.device)
-                t = _first_bad_t(module, output, self.device)
-                self._calls.append((name, n))
-                self._flags.append(torch.stack([in_ok.long(), out_ok.long(), t]))
+            try:
+                self._check(name, module, args, output)
+            except Exception:  # never break the user's forward pass
+                self.active = False
 
         return hook
+
+    def _check(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        with torch.no_grad():
+            n = self._call_count.get(name, 0)
+            self._call_count[name] = n + 1
+            in_ok = _all_finite(args, self.device)
+            out_ok = _all_finite(output, self.device)
+            t = _first_bad_t(module, output, self.device)
+            self._calls.append((name, n))
+            self._flags.append(torch.stack([in_ok.long(), out_ok.long(), t]))
 
     def take_row(self, step: int) -> tuple[dict[str, Any], Any] | None:
         """The step's localisation row and a finalizer that names the module, or None."""

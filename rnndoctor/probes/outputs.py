@@ -119,14 +119,16 @@ def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
             k, pred, label, valid = cls
             stats.n_classes = k
             w = valid.reshape(-1).to(torch.float32)
-            pred = pred.reshape(-1).clamp(0, k - 1).long()
-            label = label.reshape(-1).clamp(0, k - 1).long()
+            # long before clamp: NaN outputs must land in a valid bin, not index out of range
+            pred = pred.reshape(-1).long().clamp(0, k - 1)
+            label = label.reshape(-1).long().clamp(0, k - 1)
             stats.n_pred = torch.zeros(k, device=x.device).index_add_(0, pred, w)
             stats.n_label = torch.zeros(k, device=x.device).index_add_(0, label, w)
             stats.correct = ((pred == label).to(torch.float32) * w).sum()
             stats.total = w.sum()
         if detail:
             stats.detail = _detail(call.kind, x, y)
+            stats.detail["out_op"] = output_op(call.input)  # type: ignore[assignment]
     return stats
 
 
@@ -158,6 +160,31 @@ def _class_view(
         pred = torch.maximum(torch.minimum(x.round(), hi), lo)
         return REGRESSION_CLASS_BINS, pred, y.round(), torch.ones_like(y, dtype=torch.bool)
     return None
+
+
+#: autograd nodes that only reshape or select: look through them to the op that made the values
+_SHAPE_ONLY = frozenset(
+    {"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1",
+     "SqueezeBackward2", "UnsqueezeBackward0", "TransposeBackward0", "TransposeBackward1", "PermuteBackward0",
+     "SelectBackward0", "SliceBackward0", "CloneBackward0", "ExpandBackward0", "CatBackward0", "StackBackward0",
+     "IndexBackward0", "ContiguousBackward0", "AliasBackward0", "AsStridedBackward0"}
+)
+
+
+def output_op(t: torch.Tensor) -> str:
+    """Name of the autograd op that produced the values fed to the loss (``SigmoidBackward0``,
+    ``AddmmBackward0`` …), looking through reshapes; ``none`` without autograd history.
+    A Python attribute walk: no device work, no sync."""
+    fn = t.grad_fn
+    for _ in range(16):
+        if fn is None:
+            return "none"
+        name = type(fn).__name__
+        if name not in _SHAPE_ONLY:
+            return name
+        nxt = [f for f, _ in fn.next_functions if f is not None]
+        fn = nxt[0] if nxt else None
+    return "none"
 
 
 def _detail(kind: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, "torch.Tensor | int"]:

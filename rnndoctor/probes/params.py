@@ -13,10 +13,14 @@ from torch import nn
 
 
 def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """L2 norm of each tensor, stacked into one float32 vector on ``device``."""
     if not tensors:
         return torch.zeros(0, device=device)
     norms = torch._foreach_norm(tensors)
-    return torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    try:
+        return torch.stack(norms).to(device=device, dtype=torch.float32)
+    except RuntimeError:  # parameters spread over several devices or dtypes
+        return torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
 
 
 class ParamProbe:
@@ -31,15 +35,20 @@ class ParamProbe:
         self._before: list[torch.Tensor] | None = None
         self._before_norm: torch.Tensor | None = None
         self._manual: dict[int, torch.Tensor] = {}
+        self._last_weight_norm: torch.Tensor | None = None  # weights after the last step = before this one
         #: global L2 norm of the gradients of the step being recorded (device scalar)
         self.global_grad_norm: torch.Tensor | None = None
 
-    def before_update(self) -> None:
-        """Called from the optimizer's step pre-hook: gradients are final, weights not yet moved."""
+    def before_update(self, snapshot: bool = True) -> None:
+        """Called from the optimizer's step pre-hook: gradients are final, weights not yet moved.
+
+        ``snapshot`` copies the weights so the update ratio can be measured after the step
+        (scheduled: a copy of every parameter is the dearest part of this probe)."""
         with torch.no_grad():
             self._grad_norm, self._grad_none = self._grad_norms()
-            self._before = [p.detach().clone() for p in self.params]
-            self._before_norm = _norms(self._before, self.device)
+            if snapshot:
+                self._before = list(torch._foreach_mul([p.detach() for p in self.params], 1.0))
+                self._before_norm = self._last_weight_norm if self._last_weight_norm is not None else _norms(self._before, self.device)
 
     def on_grad_accumulated(self, index: int, param: torch.Tensor) -> None:
         """Manual-update loops (no optimizer): keep the gradient norm while it still exists."""
@@ -48,44 +57,49 @@ class ParamProbe:
 
     def _grad_norms(self) -> tuple[torch.Tensor, list[int]]:
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
+        none = [0 if p.grad is not None else 1 for p in self.params]
+        if present and len(present) == len(self.params):
+            norms = _norms([p.grad.detach() for p in self.params], self.device)  # type: ignore[union-attr]
+            self.global_grad_norm = norms.square().sum().sqrt()
+            return norms, none
         out = torch.full((len(self.params),), float("nan"), device=self.device)
         self.global_grad_norm = torch.zeros((), device=self.device)
         if present:
             norms = _norms([self.params[i].grad.detach() for i in present], self.device)  # type: ignore[union-attr]
             out[torch.tensor(present, device=self.device)] = norms
             self.global_grad_norm = norms.pow(2).sum().sqrt()
-        none = [0 if p.grad is not None else 1 for p in self.params]
         return out, none
 
-    def take_row(self, step: int) -> dict[str, Any] | None:
-        """The ``params`` row of the step that just ended (None if nothing was captured)."""
+    def take_rows(self, step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The ``params`` row (gradients) and, on snapshot steps, the ``updates`` row
+        (weight norms, update ratios) of the step that just ended."""
         with torch.no_grad():
             if self._grad_norm is None and self._manual:
-                grad = torch.full((len(self.params),), float("nan"), device=self.device)
                 idx = sorted(self._manual)
-                grad[torch.tensor(idx, device=self.device)] = torch.stack([self._manual[i] for i in idx])
+                norms = torch.stack([self._manual[i] for i in idx])
+                grad = torch.full((len(self.params),), float("nan"), device=self.device)
+                grad[torch.tensor(idx, device=self.device)] = norms
                 self._grad_norm = grad
-                self.global_grad_norm = torch.stack([self._manual[i] for i in idx]).pow(2).sum().sqrt()
+                self.global_grad_norm = norms.pow(2).sum().sqrt()
                 self._grad_none = [0 if i in self._manual else 1 for i in range(len(self.params))]
             if self._grad_norm is None:
-                return None
-            weight_norm = _norms([p.detach() for p in self.params], self.device)
+                return None, None
+            grads = {"step": step, "param": list(self.names), "grad_norm": self._grad_norm, "grad_none": list(self._grad_none)}
+            updates = None
             if self._before is not None and self._before_norm is not None:
-                deltas = torch._foreach_sub([p.detach() for p in self.params], self._before)
-                update = _norms(list(deltas), self.device) / self._before_norm.clamp_min(1e-30)
+                weight_norm = _norms([p.detach() for p in self.params], self.device)
+                self._last_weight_norm = weight_norm
+                torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # in place: before - after
+                updates = {
+                    "step": step,
+                    "param": list(self.names),
+                    "weight_norm": weight_norm,
+                    "update_ratio": _norms(self._before, self.device) / self._before_norm.clamp_min(1e-30),
+                    "numel": [p.numel() for p in self.params],
+                    "ndim": [p.dim() for p in self.params],
+                }
             else:
-                update = torch.full_like(weight_norm, float("nan"))
-        row = {
-            "step": step,
-            "param": list(self.names),
-            "grad_norm": self._grad_norm,
-            "grad_none": list(self._grad_none),
-            "weight_norm": weight_norm,
-            "update_ratio": update,
-            "numel": [p.numel() for p in self.params],
-            "ndim": [p.dim() for p in self.params],
-        }
+                self._last_weight_norm = None
         self._grad_norm, self._before, self._before_norm = None, None, None
         self._manual.clear()
-        return row
-
+        return grads, updates

@@ -42,9 +42,9 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
         lines.append(f"  {tag} {f.id:24} {f.title}")
         where = f.where_text
         if where:
-            lines.append(f"          {'':24} where: {where}")
-        fix = textwrap.shorten(f.fix, width=width - 36, placeholder=" …")
-        lines.append(f"          {'':24} fix: {fix}")
+            lines.append(f"{'':35}where: {where}")
+        indent = " " * 35
+        lines.extend(textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     "))
     if diagnosis.skipped and any("crashed" in s.reason for s in diagnosis.skipped):
         for s in diagnosis.skipped:
             if "crashed" in s.reason:

@@ -128,7 +128,8 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Finding]:
     n_steps = params["step"].nunique()
     if n_steps < min_steps:
         return
-    g = pd.to_numeric(params["grad_norm"], errors="coerce").fillna(0.0)
+    g = pd.to_numeric(params["grad_norm"], errors="coerce")
+    # a NaN gradient is a broken gradient, not a missing one: only exact zeros and None are dead
     alive = params.assign(alive=(g != 0) & (params["grad_none"] != 1)).groupby("param")["alive"].any()
     dead = sorted(alive[~alive].index)
     if not dead:
@@ -150,7 +151,7 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Finding]:
     )
 
 
-@rule("learning-rate-scale", Severity.WARNING, signals=("params",))
+@rule("learning-rate-scale", Severity.WARNING, signals=("updates",))
 def learning_rate_scale(
     run: Run,
     *,
@@ -169,7 +170,7 @@ def learning_rate_scale(
 
     How to fix: scale the learning rate by the factor that brings the ratio to ~1e-3.
     """
-    params = run["params"]
+    params = run["updates"]
     if params.empty or "update_ratio" not in params:
         return
     p = params[(params["ndim"] >= 2) & (params["step"] >= min(warmup_steps, params["step"].max() // 2))]

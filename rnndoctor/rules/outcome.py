@@ -287,7 +287,8 @@ def non_finite(run: Run) -> Iterator[Finding]:
             first_loss = int(bad["step"].min())
             candidates.append((first_loss, "loss"))
     grad = _first_nonfinite_param(params, "grad_norm")
-    weight = _first_nonfinite_param(params, "weight_norm")
+    updates = run["updates"]
+    weight = _first_nonfinite_param(updates, "weight_norm")
     if grad is not None:
         candidates.append((int(grad["step"]), "gradient"))
     if weight is not None:
@@ -324,11 +325,13 @@ def non_finite(run: Run) -> Iterator[Finding]:
         )
     elif weight is not None and (first_loss is None or int(weight["step"]) < first_loss):
         where = {"param": weight["param"], "step": int(weight["step"])}
-        prev = params[(params["param"] == weight["param"]) & (params["step"] == int(weight["step"]))]
+        prev = updates[(updates["param"] == weight["param"]) & (updates["step"] == int(weight["step"]))]
+        grads_at = params[(params["param"] == weight["param"]) & (params["step"] == int(weight["step"]))] if not params.empty else params
         ev["source"] = "optimizer-step"
         if not prev.empty:
             ev["update_ratio"] = prev.iloc[0].get("update_ratio")
-            ev["grad_norm"] = prev.iloc[0].get("grad_norm")
+        if not grads_at.empty:
+            ev["grad_norm"] = grads_at.iloc[0].get("grad_norm")
         title = f"Parameter '{weight['param']}' became non-finite at optimizer step {int(weight['step'])}"
         expl = "The optimizer step wrote NaN/Inf into the weights; every later forward pass is non-finite."
     elif not data_bad.empty and module_row is None:
@@ -398,7 +401,7 @@ def divergence(
             if streak >= consecutive:
                 hit = ("loss", int(steps[i - consecutive + 1]), {"loss": float(values[i]), "min_so_far": float(run_min[i]), "initial_loss": l0})
                 break
-    params = run["params"]
+    params = run["updates"]
     if hit is None and not params.empty:
         rms = pd.to_numeric(params["weight_norm"], errors="coerce") / np.sqrt(pd.to_numeric(params["numel"], errors="coerce"))
         big = params[np.isfinite(rms) & (rms > weight_rms_limit)]

@@ -12,6 +12,11 @@ from ..run import Run
 from ._common import CLASS_LOSSES, detail_rows, fmt, label_stats, loss_kind, target_moments
 from .registry import rule
 
+#: autograd ops whose outputs are bounded to [0, 1] (or [-1, 1]): not an unbounded linear output
+BOUNDED_OPS = frozenset({"SigmoidBackward0", "SoftmaxBackward0", "TanhBackward0", "HardsigmoidBackward0", "ClampBackward1", "ClampBackward0"})
+#: ops whose outputs are probabilities over the class dim
+PROB_OPS = frozenset({"SoftmaxBackward0"})
+
 
 @rule("poor-initial-loss", Severity.INFO, signals=("steps", "predictions"))
 def poor_initial_loss(
@@ -102,21 +107,23 @@ def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -
         return len(mask) >= min_checks and float(mask.mean()) >= share
 
     out_lo, out_hi = float(d["out_min"].min()), float(d["out_max"].max())
+    ops = d["out_op"].dropna() if "out_op" in d else pd.Series(dtype=str)
+    out_op = str(ops.mode().iloc[0]) if not ops.empty else "none"
     found = None
     if kind in ("mse", "l1", "smooth_l1", "huber"):
         binary = (d["tgt_integral"] == 1) & (d["tgt_min"] >= 0) & (d["tgt_max"] <= 1)
         if mostly(binary) and bool((d["tgt_integral"] == 1).all()):
-            bounded = out_lo >= 0 and out_hi <= 1
+            bounded = out_op in BOUNDED_OPS or (out_op == "none" and out_lo >= 0 and out_hi <= 1)
             found = (
                 Severity.WARNING if bounded else Severity.ERROR,
-                f"{kind.upper()} loss on 0/1 class labels from {'a sigmoid' if bounded else 'an unbounded linear'} output",
+                f"{kind.upper()} loss on 0/1 class labels from {'a squashed' if bounded else 'an unbounded linear'} output",
                 f"Every sampled step trained a regression loss ({kind}) on targets that are class labels "
-                f"(0/1); outputs ranged {fmt(out_lo)}…{fmt(out_hi)}. Regression on labels pulls every output "
+                f"(0/1); the output came from {out_op} and ranged {fmt(out_lo)}…{fmt(out_hi)}. Regression on labels pulls every output "
                 "toward the class mean and gives weak gradients near it, so the model settles on the majority class.",
                 "Output one logit per position and use nn.BCEWithLogitsLoss (or 2 logits with nn.CrossEntropyLoss); "
                 "read predictions as logit > 0.",
             )
-    elif kind == "cross_entropy" and "out_is_prob" in d and mostly(d["out_is_prob"] == 1):
+    elif kind == "cross_entropy" and (out_op in PROB_OPS or ("out_is_prob" in d and mostly(d["out_is_prob"] == 1))):
         found = (
             Severity.ERROR,
             "CrossEntropyLoss is fed probabilities (softmax applied twice)",
@@ -131,7 +138,7 @@ def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -
             f"NLLLoss expects log_softmax outputs (≤ 0, logsumexp 0); the outputs ranged {fmt(out_lo)}…{fmt(out_hi)}.",
             "Apply log_softmax before NLLLoss, or use CrossEntropyLoss on raw logits.",
         )
-    elif kind == "bce_logits" and mostly((d["out_min"] >= 0) & (d["out_max"] <= 1)):
+    elif kind == "bce_logits" and (out_op == "SigmoidBackward0" or (out_op == "none" and mostly((d["out_min"] >= 0) & (d["out_max"] <= 1)))):
         found = (
             Severity.WARNING,
             "BCEWithLogitsLoss is fed values already in [0, 1] (sigmoid applied twice?)",
@@ -151,6 +158,7 @@ def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -
             "loss": kind,
             "output_range": [out_lo, out_hi],
             "target_range": [float(d["tgt_min"].min()), float(d["tgt_max"].max())],
+            "output_op": out_op,
             "steps_checked": int(len(d)),
         },
         where={"loss": kind},

@@ -3,7 +3,7 @@
 import numpy as np
 
 from rnndoctor.rules import get_rule
-from synth import classification_run, make_run, param_rows, with_signal
+from synth import classification_run, make_run, param_rows, update_rows, with_signal
 
 exploding = get_rule("exploding-gradients")
 dead = get_rule("dead-parameters")
@@ -68,9 +68,14 @@ def test_dead_parameters_zero_gradients_count_too():
 
 
 def test_learning_rate_scale_bands():
-    (small,) = lr_scale(make_run(params=param_rows(100, update_ratio=1e-7)))
+    (small,) = lr_scale(make_run(updates=update_rows(param_rows(100, update_ratio=1e-7))))
     assert "barely" in small.title
-    (large,) = lr_scale(make_run(params=param_rows(100, update_ratio=0.5)))
+    (large,) = lr_scale(make_run(updates=update_rows(param_rows(100, update_ratio=0.5))))
     assert "thrash" in large.title
-    assert list(lr_scale(make_run(params=param_rows(100, update_ratio=1e-3)))) == []
-    assert list(lr_scale(make_run(params=param_rows(100, update_ratio=2e-5)))) == []
+    assert list(lr_scale(make_run(updates=update_rows(param_rows(100, update_ratio=1e-3))))) == []
+    assert list(lr_scale(make_run(updates=update_rows(param_rows(100, update_ratio=2e-5))))) == []
+
+
+def test_dead_parameters_ignores_nan_gradients():
+    grad = {"lstm.weight_hh_l0": float("nan"), "lstm.bias_hh_l0": 0.5, "out.weight": 1.0}
+    assert list(dead(make_run(params=param_rows(20, grad=grad)))) == []

@@ -6,7 +6,7 @@ import numpy as np
 
 from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
-from synth import classification_run, ids, make_run, param_rows, with_signal
+from synth import classification_run, grad_rows, make_run, param_rows, update_rows, with_signal
 
 stuck = get_rule("stuck-at-chance")
 collapse = get_rule("prediction-collapse")
@@ -86,7 +86,7 @@ def test_non_finite_names_the_module_and_time_step():
 def test_non_finite_names_a_parameter_made_nan_by_an_update():
     weight = {"lstm.weight_hh_l0": [5.0] * 4 + [float("nan")] * 6, "lstm.bias_hh_l0": [1.0] * 10, "out.weight": [1.0] * 4 + [float("nan")] * 6}
     loss = [0.7] * 5 + [float("nan")] * 5
-    run = with_signal(classification_run(10, loss=loss), params=param_rows(10, weight_norm=weight))
+    run = with_signal(classification_run(10, loss=loss), params=grad_rows(param_rows(10, weight_norm=weight)), updates=update_rows(param_rows(10, weight_norm=weight)))
     (f,) = non_finite(run)
     assert f.where["step"] == 4 and f.where["param"] in ("lstm.weight_hh_l0", "out.weight")
     assert f.evidence["source"] == "optimizer-step"
@@ -106,6 +106,6 @@ def test_divergence_on_exploding_loss():
 
 def test_divergence_on_huge_weights():
     w = {"lstm.weight_hh_l0": [5.0] * 5 + [1e12] * 5, "lstm.bias_hh_l0": [1.0] * 10, "out.weight": [1.0] * 10}
-    run = with_signal(classification_run(10, loss=0.7), params=param_rows(10, weight_norm=w))
+    run = with_signal(classification_run(10, loss=0.7), updates=update_rows(param_rows(10, weight_norm=w)))
     (f,) = divergence(run)
     assert f.where["param"] == "lstm.weight_hh_l0" and f.first_step == 5

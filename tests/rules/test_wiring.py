@@ -55,3 +55,25 @@ def test_bce_with_logits_on_probabilities():
     (f,) = mismatch(classification_run(100, kind="bce_logits", out_range=(0.02, 0.97)))
     assert f.severity is Severity.WARNING
     assert list(mismatch(classification_run(100, kind="bce_logits", out_range=(-4, 4)))) == []
+
+
+def _with_op(run, op):
+    steps = run["steps"]
+    steps.loc[steps["out_min"].notna(), "out_op"] = op
+    return run
+
+
+def test_linear_output_is_judged_by_the_op_not_the_observed_range():
+    # a linear output stuck at the class mean stays inside [0, 1] but is still unbounded
+    run = _with_op(classification_run(100, kind="mse", label_shares=(0.25, 0.75), out_range=(0.7, 0.8)), "AddBackward0")
+    (f,) = mismatch(run)
+    assert f.severity is Severity.ERROR and f.evidence["output_op"] == "AddBackward0"
+    run = _with_op(classification_run(100, kind="mse", label_shares=(0.25, 0.75), out_range=(0.7, 0.8)), "SigmoidBackward0")
+    (g,) = mismatch(run)
+    assert g.severity is Severity.WARNING
+
+
+def test_softmax_op_before_cross_entropy():
+    (f,) = mismatch(_with_op(classification_run(100), "SoftmaxBackward0"))
+    assert "probabilities" in f.title
+    assert list(mismatch(_with_op(classification_run(100), "AddmmBackward0"))) == []

@@ -1,0 +1,110 @@
+"""Overhead of watch(): instrumented / bare step time, median of interleaved runs.
+
+    python bench/overhead.py                 # S (seed-000 parity fixture model) and M
+    python bench/overhead.py --model S --repeats 7 --steps 150
+
+S is the seed 000 fixture's setting (2-layer LSTM, hidden 40, 7-bit parity, batch 100,
+Adagrad); M is a 2-layer hidden-256 LSTM on length-100 sequences, batch 32. Bare and
+instrumented runs alternate so drifting machine load hits both alike. Not a test: numbers
+go into the issue notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rnndoctor
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    hidden: int
+    layers: int
+    seq: int
+    batch: int
+    features: int = 1
+
+
+SETTINGS = {
+    "S": Setting("S: seed-000 parity (2x LSTM h40, T=7, B=100)", 40, 2, 7, 100),
+    "M": Setting("M: 2x LSTM h256, T=100, B=32", 256, 2, 100, 32),
+}
+
+
+class Net(nn.Module):
+    def __init__(self, s: Setting) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(s.features, s.hidden, s.layers, batch_first=True)
+        self.out = nn.Linear(s.hidden, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.lstm(x)[0][:, -1])
+
+
+def one_run(s: Setting, steps: int, instrumented: bool, seed: int) -> float:
+    """Seconds per optimizer step over ``steps`` steps (after 5 warm-up steps)."""
+    torch.manual_seed(seed)
+    model = Net(s)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    data = [torch.randint(0, 2, (s.batch, s.seq, s.features)).float() for _ in range(8)]
+    labels = [(x.sum((1, 2)) % 2).long() for x in data]
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            x, y = data[i % 8], labels[i % 8]
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    if not instrumented:
+        loop(5)
+        t0 = time.perf_counter()
+        loop(steps)
+        return (time.perf_counter() - t0) / steps
+    with tempfile.TemporaryDirectory() as d, rnndoctor.watch(model, out=d, summary=False):
+        loop(5)
+        t0 = time.perf_counter()
+        loop(steps)
+        elapsed = time.perf_counter() - t0
+    return elapsed / steps
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(SETTINGS), action="append")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rnndoctor {rnndoctor.__version__}")
+    for key in args.model or ["S", "M"]:
+        s = SETTINGS[key]
+        steps = args.steps if key == "S" else max(20, args.steps // 4)
+        bare, inst = [], []
+        for r in range(args.repeats):
+            bare.append(one_run(s, steps, False, r))
+            inst.append(one_run(s, steps, True, r))
+        ratios = [i / b for i, b in zip(inst, bare)]
+        print(
+            f"{s.name}: bare {statistics.median(bare) * 1e3:.2f} ms/step, watched "
+            f"{statistics.median(inst) * 1e3:.2f} ms/step, ratio median {statistics.median(ratios):.3f} "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f}; {args.repeats} interleaved runs x {steps} steps)"
+        )
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m rnndoctor`` is the ``rnndoctor`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,84 @@
+"""`rnndoctor check` and the expectation format: our own fixtures, wrong expectations, crashes."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from rnndoctor.checks import CheckFileError, Expectation, evaluate, load_check
+from rnndoctor.finding import Finding, Severity
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKS = sorted((ROOT / "checks").glob("*.toml"))
+
+
+def rnndoctor(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "rnndoctor", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def finding(id, severity="error"):
+    return Finding(id=id, severity=Severity(severity), title=id, explanation="", fix="")
+
+
+def test_every_fixture_has_a_check_and_every_check_a_fixture():
+    scripts = {load_check(c).script.resolve() for c in CHECKS}
+    fixtures = {p.resolve() for p in (ROOT / "fixtures").glob("*.py")}
+    assert scripts == fixtures
+
+
+def test_all_fixture_checks_pass_through_the_cli(tmp_path):
+    """The CI assertion of the fixtures: each entry in its own process, as a user runs it."""
+    junit = tmp_path / "junit.xml"
+    proc = rnndoctor("check", "checks", "--jobs", "2", "--out", str(tmp_path / "runs"), "--junit-xml", str(junit))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(CHECKS)} passed, 0 failed" in proc.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("tests") == str(len(CHECKS)) and suite.get("failures") == "0"
+    assert {c.get("name") for c in suite.iter("testcase")} == {c.stem for c in CHECKS}
+    for c in CHECKS:
+        assert (tmp_path / "runs" / c.stem / "findings.json").is_file()
+
+
+def test_wrong_expectation_and_crashing_entry_fail_clearly(tmp_path):
+    crash = tmp_path / "crash.py"
+    crash.write_text("raise RuntimeError('dataset missing')\n")
+    (tmp_path / "wrong.toml").write_text(
+        f'script = "{ROOT / "fixtures" / "parity_varlen_packed.py"}"\nmax_steps = 20\nexpect = ["non-finite"]\n'
+    )
+    (tmp_path / "crashes.toml").write_text(f'script = "{crash}"\nexpect = []\n')
+    junit = tmp_path / "j.xml"
+    proc = rnndoctor("check", str(tmp_path), "-j", "2", "--out", str(tmp_path / "runs"), "--junit-xml", str(junit))
+    assert proc.returncode == 1
+    assert "expected non-finite was not found" in proc.stdout
+    assert "crashed with RuntimeError" in proc.stdout or "could not run" in proc.stdout
+    assert "0 passed, 2 failed" in proc.stdout
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["wrong"].find("failure") is not None
+
+
+def test_evaluate_expect_forbid_fail_on(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('script = "x.py"\nexpect = ["stuck-at-chance>=error"]\nforbid = ["non-finite"]\nfail_on = "warning"\n')
+    entry = load_check(path)
+    assert entry.expect == (Expectation("stuck-at-chance", Severity.ERROR),)
+    assert evaluate(entry, [finding("stuck-at-chance")]).passed
+    assert not evaluate(entry, [finding("stuck-at-chance", "warning")]).passed
+    r = evaluate(entry, [finding("stuck-at-chance"), finding("non-finite")])
+    assert r.reasons == ["forbidden non-finite was found: non-finite"]
+    r = evaluate(entry, [finding("stuck-at-chance"), finding("learning-rate-scale", "warning")])
+    assert r.reasons == ["unexpected warning learning-rate-scale: learning-rate-scale"]
+    assert evaluate(entry, [finding("stuck-at-chance"), finding("label-imbalance", "info")]).passed
+
+
+def test_malformed_check_files_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("script = [unclosed\n")
+    with pytest.raises(CheckFileError, match="invalid TOML"):
+        load_check(bad)
+    bad.write_text('script = "x.py"\nexpekt = []\n')
+    with pytest.raises(CheckFileError, match="unknown key"):
+        load_check(bad)
+    proc = rnndoctor("check", str(tmp_path / "nothing-here"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
