@@ -4,12 +4,14 @@ __version__ = "0.1.0"
 
 from .diagnose import diagnose  # noqa: E402
 from .finding import Diagnosis, Finding, Severity, Skipped  # noqa: E402
+from .report.assertion import FindingAssertionError  # noqa: E402
 from .run import Run, RunDirError, load_run  # noqa: E402
 from .watch import Watch, watch  # noqa: E402
 
 __all__ = [
     "Diagnosis",
     "Finding",
+    "FindingAssertionError",
     "Run",
     "RunDirError",
     "Severity",
