@@ -35,6 +35,8 @@ class Recorder:
     def __init__(self, run_dir: Path) -> None:
         self.signals_dir = Path(run_dir) / "signals"
         self.signals_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.signals_dir.glob("*.jsonl"):  # a reused run directory starts empty
+            old.unlink()
         self._pending: list[_Pending] = []
         self._files: dict[str, TextIO] = {}
         self.rows_written = 0

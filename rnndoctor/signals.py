@@ -92,4 +92,52 @@ NONFINITE = Signal(
     when="steps on the localisation schedule (first steps, every k-th, always after a NaN)",
 )
 
-CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE)}
+_INPUT_STATS = {
+    "abs_max": "largest |x|",
+    "abs_mean": "mean |x|",
+    "std": "standard deviation over every element (0: constant input)",
+    "feature_std_max": "largest per-feature standard deviation (features = last dim)",
+    "frac_large": "share of elements with |x| > 10",
+    "all_zero": "1 when every element is exactly 0",
+}
+
+INPUTS = Signal(
+    "inputs",
+    keys=("step", "mode", "module"),
+    values=_INPUT_STATS,
+    when="the model's first argument, on the data schedule (first 50 steps, then every 5th)",
+)
+
+RNN_INPUTS = Signal(
+    "rnn_inputs",
+    keys=("step", "module"),
+    values={**_INPUT_STATS, "packed": "1 for a PackedSequence", "seq_len": "padded (or longest packed) length T",
+            "length_hist": "how many sequences had each length 0..T (last non-zero step; exact when packed)",
+            "hx_given": "1 when an initial state was passed", "hx_zero": "1 when the passed state was all zeros"},
+    when="every recurrent module call on the data schedule",
+)
+
+SAMPLES = Signal(
+    "samples",
+    keys=("step", "mode"),
+    values={"x1": "fingerprint of each input sample (projection 1)", "x2": "projection 2", "y": "fingerprint of its target"},
+    when="on the data schedule, when input and target batch sizes match",
+    explode=("x1", "x2", "y"),
+)
+
+REFETCH = Signal(
+    "refetch",
+    keys=("index",),
+    values={"same_input": "1 when fetching the index twice gave the same input", "same_label": "... the same label",
+            "draw1": "summary of the first fetch", "draw2": "summary of the second"},
+    when="once per DataLoader over a map-style dataset, before its first batch",
+)
+
+DATASETS = Signal(
+    "datasets",
+    keys=("dataset",),
+    values={"size": "len(dataset) for map-style datasets", "map_style": "1 for map-style, 0 for iterable"},
+    when="once per DataLoader, at its first iteration",
+)
+
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import random
 import sys
 import time
 import traceback
@@ -30,6 +31,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import __version__
 from .finding import Diagnosis, Finding, Severity
+from .probes import data as data_probe
 from .probes.nonfinite import RECURRENT_TYPES, NonFiniteProbe
 from .probes.outputs import LossCall, LossStats, capture_losses, loss_stats
 from .probes.params import ParamProbe
@@ -42,6 +44,8 @@ DEFAULT_DETAIL = first_then_every(20, 10)
 #: update/weight ratios need a copy of every weight before the step: first steps, then every 5th
 #: (rules read medians over windows, so a sample is enough)
 DEFAULT_UPDATE_RATIO = first_then_every(20, 5)
+#: data fingerprints and input statistics: one small matmul and a few reductions per batch
+DEFAULT_DATA = first_then_every(50, 5)
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -139,6 +143,11 @@ class Watch:
         self._localize_due = localize
         self._detail_due = DEFAULT_DETAIL
         self._update_due = DEFAULT_UPDATE_RATIO
+        self._data_due = DEFAULT_DATA
+        self._fingerprint = data_probe.Fingerprinter()
+        self._pending_fp: torch.Tensor | None = None
+        self._loader_patch: data_probe.LoaderPatch | None = None
+        self._rnn_batch_first: bool = True
         self._explicit_model = model
         self._roots: dict[str, nn.Module] = {}
         self._names: dict[int, str] = {}  # id(module) -> qualified name, owned by us
@@ -192,6 +201,8 @@ class Watch:
             self._global_handles.append(register_optimizer_step_post_hook(self._opt_post))
             self._loss_ctx = capture_losses(self._on_loss)
             self._loss_ctx.__enter__()
+            self._loader_patch = data_probe.LoaderPatch(self._on_loader)
+            self._loader_patch.__enter__()
         except BaseException:
             self._detach()
             raise
@@ -380,6 +391,13 @@ class Watch:
         self._nonfinite = NonFiniteProbe(device)
         for root in self._roots.values():
             self._module_handles.append(root.register_forward_pre_hook(self._before_forward))
+            for m in root.modules():
+                if isinstance(m, RECURRENT_TYPES):
+                    self._module_handles.append(
+                        m.register_forward_pre_hook(functools.partial(self._before_rnn, self._names[id(m)]), with_kwargs=True)
+                    )
+        recurrent_modules = [m for r in self._roots.values() for m in r.modules() if isinstance(m, nn.RNNBase)]
+        self._rnn_batch_first = bool(recurrent_modules[0].batch_first) if recurrent_modules else True
         self._params = ParamProbe(named_params)
         self._param_ids = {id(p) for _, p in named_params}
         self._optimizers.clear()
@@ -403,6 +421,63 @@ class Watch:
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         self._maybe_close_step()
         self._set_localize(self._nan_seen or self._localize_due(self.steps))
+        self._pending_fp = None
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point() and self._data_due(self.steps):
+            with torch.no_grad():
+                batch_dim = 1 if (x.dim() == 3 and not self._rnn_batch_first) else 0
+                xb = x.movedim(batch_dim, 0) if batch_dim else x
+                self._pending_fp = self._fingerprint(xb)
+                assert self._recorder is not None
+                row = {"step": self.steps, "mode": "train" if torch.is_grad_enabled() else "eval", "module": self._names.get(id(module), "model")}
+                row.update(data_probe.input_stats(x))
+                self._recorder.add("inputs", row)
+
+    @_guarded
+    def _before_rnn(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
+        """Recurrent input as the RNN sees it: scale, constancy, lengths (on the data schedule)."""
+        if not self._data_due(self.steps) or self._recorder is None:
+            return
+        x = data_probe.recurrent_input(module, args, kwargs)
+        with torch.no_grad():
+            row: dict[str, Any] = {"step": self.steps, "module": name, "packed": int(isinstance(x, data_probe.PackedSequence))}
+            if isinstance(x, data_probe.PackedSequence):
+                t, hist = data_probe.packed_lengths(x)
+                row.update(data_probe.input_stats(x.data))
+            elif isinstance(x, torch.Tensor) and x.is_floating_point():
+                batch_first = bool(getattr(module, "batch_first", True))
+                t, hist = data_probe.padded_lengths(x, batch_first) if x.dim() >= 2 and isinstance(module, nn.RNNBase) else (1, None)
+                row.update(data_probe.input_stats(x))
+            else:
+                return
+            row["seq_len"] = t
+            if hist is not None:
+                row["length_hist"] = hist
+            hx = args[1] if len(args) > 1 else (kwargs or {}).get("hx")
+            states = list(data_probe.tensors_in(hx)) if hx is not None else []
+            row["hx_given"] = int(bool(states))
+            if states:
+                row["hx_zero"] = torch.stack([(h == 0).all() for h in states]).all()
+            self._recorder.add("rnn_inputs", row)
+
+    def _on_loader(self, loader: Any) -> None:
+        """First iteration of a DataLoader: fetch a few indices twice (resampling check)."""
+        ds = loader.dataset
+        if self._recorder is None:
+            return
+        map_style = data_probe.is_map_style(ds)
+        size = len(ds) if map_style else None
+        self._recorder.add("datasets", {"step": self.steps, "dataset": type(ds).__name__, "size": size, "map_style": int(map_style)})
+        if not map_style:
+            return
+        n = len(ds)
+        if n == 0:
+            return
+        rng = random.Random(0)
+        indices = sorted(rng.sample(range(n), min(data_probe.REFETCH_INDICES, n)))
+        for row in data_probe.refetch(ds, indices):
+            row.update(step=self.steps, dataset=type(ds).__name__)
+            self._recorder.add("refetch", row)
 
     def _set_localize(self, on: bool) -> None:
         """Per-module isfinite hooks exist only on localisation steps (a hook, even idle,
@@ -460,6 +535,12 @@ class Watch:
 
     def _record_loss(self, call: LossCall, *, grad: bool) -> None:
         self._maybe_close_step()
+        fp, self._pending_fp = self._pending_fp, None
+        y = call.target
+        if fp is not None and self._recorder is not None and y.dim() >= 1 and y.shape[0] == fp.shape[0]:
+            with torch.no_grad():
+                yfp = self._fingerprint(y.reshape(y.shape[0], -1).to(torch.float64))[:, 0]
+            self._recorder.add("samples", {"step": self.steps, "mode": "train" if grad else "eval", "x1": fp[:, 0], "x2": fp[:, 1], "y": yfp})
         stats = loss_stats(call, detail=self._detail_due(self.steps))
         (self._train if grad else self._eval).add(stats)
 
@@ -524,6 +605,9 @@ class Watch:
         if self._loss_ctx is not None:
             self._loss_ctx.__exit__(None, None, None)
             self._loss_ctx = None
+        if self._loader_patch is not None:
+            self._loader_patch.__exit__(None, None, None)
+            self._loader_patch = None
 
     def _write_meta(self) -> None:
         write_meta(self.run_dir, self._meta)

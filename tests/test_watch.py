@@ -275,3 +275,65 @@ def test_output_op_looks_through_reshapes():
     assert output_op(torch.sigmoid(x).view(-1).unsqueeze(0)) == "SigmoidBackward0"
     assert output_op(nn.Linear(3, 2)(x)[:, 1]) == "AddmmBackward0"
     assert output_op(x.detach()) == "none"
+
+
+def test_reusing_a_run_directory_replaces_the_old_record(tmp_path):
+    model = Tiny()
+    for _ in range(2):
+        with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+            train(model, 3)
+    assert list(rnndoctor.load_run(tmp_path / "r").train_steps()["step"]) == [0, 1, 2]
+
+
+def _pattern_loop(model, labels_from_input: bool, steps=60):
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    patterns = torch.randint(0, 2, (40, 12, 1)).float()
+    for _ in range(steps):
+        idx = torch.randint(0, 40, (16,))
+        x = patterns[idx]
+        y = (x.sum((1, 2)) % 2).long() if labels_from_input else torch.randint(0, 2, (16,))
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+
+
+@pytest.mark.parametrize("consistent", [True, False])
+def test_generator_fed_data_is_fingerprinted(tmp_path, consistent):
+    torch.manual_seed(0)
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as run:
+        _pattern_loop(model, consistent)
+    found = {f.id for f in run.findings}
+    assert "duplicate-samples" in found  # 40 distinct inputs among ~830 fingerprinted
+    assert ("inconsistent-labels" in found) is (not consistent)
+
+
+def test_dataset_refetch_leaves_the_users_random_stream_alone(tmp_path):
+    from torch.utils.data import DataLoader, Dataset
+
+    class Redraw(Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            return torch.rand(5, 1), torch.randint(0, 2, ()).item()
+
+    def draws(watched):
+        torch.manual_seed(3)
+        loader = DataLoader(Redraw(), batch_size=16)
+        model = Tiny()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ctx = rnndoctor.watch(model, out=tmp_path / ("w" if watched else "b"), summary=False) if watched else None
+        if ctx:
+            ctx.__enter__()
+        seen = []
+        for x, y in loader:
+            seen.append(x.sum().item())
+            loss = F.cross_entropy(model(x), y); opt.zero_grad(); loss.backward(); opt.step()
+        if ctx:
+            ctx.__exit__(None, None, None)
+        return seen, ctx
+
+    bare, _ = draws(False)
+    watched, ctx = draws(True)
+    assert watched == bare
+    assert "resampled-parameters" in {f.id for f in ctx.findings}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import outcome, gradients, wiring  # noqa: F401  (registration side effect, explicit list)
+from . import outcome, gradients, data, recurrence, wiring  # noqa: F401  (registration side effect, explicit list)
 from .registry import REGISTRY, RuleSpec, rule
 
-FAMILIES = ("outcome", "gradients", "wiring")
+FAMILIES = ("outcome", "gradients", "data", "recurrence", "wiring")
 
 __all__ = ["FAMILIES", "REGISTRY", "RuleSpec", "all_rules", "get_rule", "rule"]
 

@@ -1,0 +1,183 @@
+"""What the data looks like as it reaches the model: sample fingerprints, scale, lengths,
+and whether a map-style dataset returns the same sample twice for the same index.
+
+Everything per batch is reduced on the device (projections, means, histograms) and only
+on the data-probe schedule; the index re-fetch runs once per DataLoader, in the main
+process, with every global RNG state saved and restored so the user's run is unchanged.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+from torch.utils.data import DataLoader, IterableDataset
+
+from .nonfinite import tensors_in  # noqa: F401  (re-exported for the watcher)
+
+#: how many indices of a map-style dataset are fetched twice
+REFETCH_INDICES = 8
+#: |x| above this counts as "far from unit scale" (AUTOTRAINER's ω1 = 10, research-notes §6)
+LARGE_INPUT = 10.0
+
+
+class Fingerprinter:
+    """Per-sample fingerprints: two fixed random projections of the flattened sample (float64).
+
+    Identical samples give identical fingerprints; distinct ones collide with probability ~0.
+    """
+
+    def __init__(self) -> None:
+        self._proj: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().reshape(x.shape[0], -1).to(torch.float64)
+        key = (flat.shape[1], flat.device)
+        proj = self._proj.get(key)
+        if proj is None:
+            g = torch.Generator().manual_seed(1234 + flat.shape[1])
+            proj = torch.rand(flat.shape[1], 2, generator=g, dtype=torch.float64).add_(0.5).to(flat.device)
+            self._proj[key] = proj
+        return flat @ proj  # [B, 2]
+
+
+def input_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Scale and constancy of a batch, reduced on its device (features = last dim)."""
+    xf = x.detach().float()
+    feats = xf.reshape(-1, xf.shape[-1]) if xf.dim() > 1 else xf.reshape(-1, 1)
+    return {
+        "abs_max": xf.abs().max(),
+        "abs_mean": xf.abs().mean(),
+        "std": xf.std() if xf.numel() > 1 else torch.zeros((), device=x.device),
+        "feature_std_max": feats.std(0).max() if feats.shape[0] > 1 else torch.zeros((), device=x.device),
+        "frac_large": (xf.abs() > LARGE_INPUT).float().mean(),
+        "all_zero": (xf == 0).all(),
+    }
+
+
+def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tensor]:
+    """(T, histogram of lengths 0..T) where a sample's length is its last time step with a
+    non-zero feature: post-padding with zeros shows up as lengths below T."""
+    seq = x.detach() if batch_first else x.detach().transpose(0, 1)
+    if seq.dim() == 2:
+        seq = seq.unsqueeze(-1)
+    b, t = seq.shape[0], seq.shape[1]
+    nonzero = (seq != 0).flatten(2).any(-1)  # [B, T]
+    pos = torch.arange(1, t + 1, device=seq.device).expand(b, t)
+    lengths = (pos * nonzero).max(1).values  # 0 for an all-zero sample
+    hist = torch.zeros(t + 1, device=seq.device).index_add_(0, lengths, torch.ones(b, device=seq.device))
+    return t, hist
+
+
+def packed_lengths(p: PackedSequence) -> tuple[int, torch.Tensor]:
+    """(max length, histogram) of a PackedSequence from its batch_sizes, which live on the
+    CPU by contract (no device sync): sequences ending at step t = sizes[t-1] - sizes[t]."""
+    sizes = p.batch_sizes.to(torch.float32)
+    t = sizes.shape[0]
+    ends = sizes - torch.cat([sizes[1:], sizes.new_zeros(1)])
+    return t, torch.cat([sizes.new_zeros(1), ends])
+
+
+def _rng_state() -> tuple[Any, ...]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), np.random.get_state(), random.getstate(), cuda
+
+
+def _restore(state: tuple[Any, ...]) -> None:
+    torch.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+    if state[3] is not None:
+        torch.cuda.set_rng_state_all(state[3])
+
+
+def _summary(value: Any) -> Any:
+    """A short, JSON-able picture of one sample part (tensor, array, number, tuple)."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().reshape(-1)
+        return {"shape": list(value.shape), "head": [round(float(v), 4) for v in flat[:6].tolist()]}
+    if isinstance(value, np.ndarray):
+        return _summary(torch.as_tensor(value))
+    if isinstance(value, (int, float, bool)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_summary(v) for v in value[:4]]
+    return repr(value)[:60]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (torch.Tensor, np.ndarray)) or isinstance(b, (torch.Tensor, np.ndarray)):
+        ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+        return ta.shape == tb.shape and bool(torch.equal(ta, tb))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def refetch(dataset: Any, indices: list[int]) -> list[dict[str, Any]]:
+    """Fetch each index twice; report whether input and label came back the same.
+
+    Runs between batches (when the DataLoader starts), in the main process; RNG states
+    are restored, so the user's random stream is exactly as without rnndoctor."""
+    rows = []
+    state = _rng_state()
+    try:
+        for i in indices:
+            a, b = dataset[i], dataset[i]
+            if isinstance(a, (tuple, list)) and len(a) >= 2:
+                same_x, same_y = _same(a[0], b[0]), _same(a[-1], b[-1])
+                rows.append({"index": i, "same_input": int(same_x), "same_label": int(same_y),
+                             "draw1": _summary(a[0]), "draw2": _summary(b[0]), "label1": _summary(a[-1]), "label2": _summary(b[-1])})
+            else:
+                rows.append({"index": i, "same_input": int(_same(a, b)), "same_label": None, "draw1": _summary(a), "draw2": _summary(b)})
+    finally:
+        _restore(state)
+    return rows
+
+
+def is_map_style(dataset: Any) -> bool:
+    return not isinstance(dataset, IterableDataset) and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")
+
+
+class LoaderPatch:
+    """Wraps ``DataLoader.__iter__`` while a watch is active to see each loader's dataset once."""
+
+    def __init__(self, on_loader: Callable[[DataLoader], None]) -> None:
+        self.on_loader = on_loader
+        self._original: Callable[..., Any] | None = None
+        self._seen: set[int] = set()
+
+    def __enter__(self) -> "LoaderPatch":
+        original = DataLoader.__iter__
+        self._original = original
+        patch = self
+
+        def __iter__(loader: DataLoader) -> Any:  # noqa: N807
+            if id(loader) not in patch._seen:
+                patch._seen.add(id(loader))
+                try:
+                    patch.on_loader(loader)
+                except Exception:  # a probe must never break the user's loop
+                    pass
+            return original(loader)
+
+        DataLoader.__iter__ = __iter__  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._original is not None:
+            DataLoader.__iter__ = self._original  # type: ignore[method-assign]
+            self._original = None
+
+
+def recurrent_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
+    """The sequence input of an RNN module call (positional or ``input=``)."""
+    if args:
+        return args[0]
+    return (kwargs or {}).get("input")

@@ -1,0 +1,315 @@
+"""Data and generators: can the model see the data, and does the data mean the same thing twice?"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..finding import Finding, Severity
+from ..run import Run
+from ._common import fmt
+from .registry import rule
+
+#: fingerprints are float64 projections; round before comparing so identical samples that
+#: went through differently blocked matmuls still match
+_FP_DIGITS = 9
+
+
+def _fingerprints(run: Run) -> pd.DataFrame:
+    s = run["samples"]
+    if s.empty:
+        return s
+    return s.assign(
+        x=[f"{a:.{_FP_DIGITS}g}/{b:.{_FP_DIGITS}g}" for a, b in zip(s["x1"], s["x2"])],
+        yk=[f"{v:.{_FP_DIGITS}g}" for v in s["y"]],
+    )
+
+
+@rule("resampled-parameters", Severity.ERROR, signals=("refetch",))
+def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indices: int = 4) -> Iterator[Finding]:
+    """The same dataset index returns a different sample — and a different label.
+
+    What it detects: rnndoctor fetches a few indices of each map-style Dataset twice (RNG
+    state saved and restored). When at least a quarter of them come back with a different
+    label, ``__getitem__`` ignores its index and redraws the sample — and the parameters that
+    decide its label — on every call.
+
+    Why it matters: the input->label mapping then changes faster than it can be learned (seed
+    004 redraws the slope and offset of every curve), and nothing is ever seen twice, so
+    accuracy plateaus wherever the input alone happens to give the class away.
+
+    How to fix: draw the task's hidden parameters once (in ``__init__``), generate or seed each
+    sample from its index (``torch.Generator().manual_seed(base_seed + index)``), or build the
+    whole dataset up front. Random augmentation that keeps the label is fine.
+    """
+    r = run["refetch"]
+    if r.empty or "same_label" not in r:
+        return
+    r = r[r["same_label"].notna()]
+    if len(r) < min_indices:
+        return
+    changed = r[(r["same_input"] == 0) & (r["same_label"] == 0)]
+    share = len(changed) / len(r)
+    if share < min_changed_labels:
+        return
+    ex = changed.iloc[0]
+    differs = r[r["same_input"] == 0]
+    yield Finding(
+        id="resampled-parameters",
+        severity=Severity.ERROR,
+        title=f"Dataset index {int(ex['index'])} returned a different sample and label on a second fetch",
+        explanation=(
+            f"Fetching {len(r)} indices of {ex.get('dataset', 'the dataset')} twice gave a different input for "
+            f"{len(differs)} and a different label for {len(changed)}: __getitem__ ignores its index and redraws "
+            "the sample, so the input->label mapping is never the same twice."
+        ),
+        fix=(
+            "Draw the task's parameters once in __init__ and make __getitem__(i) deterministic for i (seed it "
+            "from the index or precompute the samples)."
+        ),
+        evidence={
+            "indices_checked": int(len(r)),
+            "different_input": int(len(differs)),
+            "different_label": int(len(changed)),
+            "example": {"index": int(ex["index"]), "first": ex["draw1"], "second": ex["draw2"],
+                        "label_first": ex.get("label1"), "label_second": ex.get("label2")},
+        },
+        where={"dataset": str(ex.get("dataset", "")), "index": int(ex["index"])},
+        first_step=int(ex.get("step", 0)),
+        plots=("samples",),
+    )
+
+
+@rule("inconsistent-labels", Severity.ERROR, signals=("samples",))
+def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 0.1) -> Iterator[Finding]:
+    """Identical inputs arrive with different labels.
+
+    What it detects: among inputs seen more than once (by fingerprint, as they reach the
+    model and the loss), at least 10 % come with more than one distinct target (needs at
+    least 20 repeated inputs).
+
+    Why it matters: no function of the input can fit contradicting labels; the best the model
+    can do is the label frequency per input, so accuracy caps below 100 % and the loss stays
+    high. Usual causes: a generator bug, targets computed from something the model never
+    sees, misaligned input/label shuffling.
+
+    How to fix: check the label is a function of exactly what the model receives (same
+    slicing, same order after shuffling); feed the model the information the label depends on.
+    """
+    s = _fingerprints(run)
+    if s.empty:
+        return
+    s = s[s["mode"] == "train"]
+    groups = s.groupby("x")["yk"].nunique()
+    counts = s.groupby("x").size()
+    repeated = groups[counts >= 2]
+    if len(repeated) < min_repeated:
+        return
+    bad = repeated[repeated > 1]
+    share = len(bad) / len(repeated)
+    if share < min_share:
+        return
+    first = s[s["x"].isin(bad.index)]["step"].min()
+    yield Finding(
+        id="inconsistent-labels",
+        severity=Severity.ERROR,
+        title=f"{share:.0%} of repeated inputs came with different labels",
+        explanation=(
+            f"{len(repeated)} distinct inputs were seen more than once; {len(bad)} of them arrived with more than one "
+            "target. No model can fit that; accuracy is capped by the label noise."
+        ),
+        fix="Make the label a function of exactly what the model receives; check shuffling keeps inputs and labels aligned.",
+        evidence={"repeated_inputs": int(len(repeated)), "inconsistent": int(len(bad)), "share": share},
+        where={"data": "model input / loss target"},
+        first_step=int(first),
+        plots=("samples",),
+    )
+
+
+@rule("constant-input", Severity.ERROR, signals=("rnn_inputs",))
+def constant_input(run: Run) -> Iterator[Finding]:
+    """The recurrent layer's input never varies (all zeros, or one constant).
+
+    What it detects: every sampled call of a recurrent module received a sequence input with
+    zero standard deviation over batch, time and features.
+
+    Why it matters: the RNN cannot see the data. Seed 001 feeds the LSTM a zero tensor and the
+    bits only through the initial hidden state; the gate input weights then get no gradient
+    and the recurrence has nothing to carry.
+
+    How to fix: feed the data as the sequence input (``lstm(x)``), not through ``h0``; check
+    the tensor just before the RNN call (Karpathy: "visualise just before the net").
+    """
+    r = run["rnn_inputs"]
+    if r.empty or "std" not in r:
+        return
+    for module, rows in r.groupby("module", sort=False):
+        std = pd.to_numeric(rows["std"], errors="coerce")
+        if len(rows) < 3 or not (std == 0).all():
+            continue
+        zero = bool((rows["all_zero"] == 1).all())
+        value = "all zeros" if zero else f"constant {fmt(float(rows['abs_mean'].iloc[0]))}"
+        yield Finding(
+            id="constant-input",
+            severity=Severity.ERROR,
+            title=f"The input of '{module}' is {value} in every sampled call",
+            explanation=(
+                f"Across {len(rows)} sampled calls the sequence fed to '{module}' had standard deviation 0: the "
+                "recurrent layer never sees the data."
+            ),
+            fix="Pass the data as the RNN's sequence input (lstm(x)), not only through the initial state; check the tensor right before the call.",
+            evidence={"calls": int(len(rows)), "all_zero": zero, "std": 0.0},
+            where={"module": module},
+            first_step=int(rows["step"].min()),
+            plots=("inputs",),
+        )
+
+
+@rule("duplicate-samples", Severity.WARNING, signals=("samples",))
+def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float = 0.5, max_eval_overlap: float = 0.1) -> Iterator[Finding]:
+    """Far fewer distinct samples than samples drawn, or evaluation samples seen in training.
+
+    What it detects: among the training inputs fingerprinted (at least 500), fewer than half
+    as many are distinct as were drawn (or as the Dataset's length, when epochs over a
+    Dataset repeat samples by design); or at least 10 % of distinct evaluation inputs also
+    occurred in training.
+
+    Why it matters: "100 000 random samples" of 5-bit pairs hold only 1024 distinct ones
+    (seed 002); the run is really many epochs over a small set, and an evaluation on samples
+    from training measures memory, not generalisation.
+
+    How to fix: enumerate the small input space and split it into train/validation/test
+    without overlap; or draw from a space large enough that repeats are rare.
+    """
+    s = _fingerprints(run)
+    if s.empty:
+        return
+    train = s[s["mode"] == "train"]
+    n, unique = len(train), train["x"].nunique()
+    sizes = run["datasets"]["size"] if run.has("datasets") else pd.Series(dtype=float)
+    # epochs over a finite dataset repeat samples by design: compare with the dataset size
+    pool = min(n, int(sizes.max())) if not sizes.empty else n
+    if n >= min_drawn and unique < max_unique_share * pool:
+        yield Finding(
+            id="duplicate-samples",
+            severity=Severity.WARNING,
+            title=f"Only {unique} distinct inputs among {n} training samples drawn",
+            explanation=(
+                f"{n} training samples were fingerprinted and only {unique} ({unique / n:.1%}) were distinct"
+                + (f", though the dataset claims {int(sizes.max())} samples" if not sizes.empty else "")
+                + ": the generator draws from a small space, so 'more data' is the same data again."
+            ),
+            fix="Enumerate the input space and split it into disjoint train/validation/test sets, or enlarge it.",
+            evidence={"drawn": int(n), "distinct": int(unique), "distinct_share": unique / n,
+                      "dataset_size": int(sizes.max()) if not sizes.empty else None},
+            where={"data": "training inputs"},
+            first_step=int(train["step"].min()),
+            plots=("samples",),
+        )
+    ev = s[s["mode"] == "eval"]
+    if not ev.empty and not train.empty:
+        ev_unique = set(ev["x"])
+        overlap = len(ev_unique & set(train["x"])) / len(ev_unique)
+        if overlap >= max_eval_overlap and len(ev_unique) >= 20:
+            yield Finding(
+                id="duplicate-samples",
+                severity=Severity.WARNING,
+                title=f"{overlap:.0%} of evaluation inputs also occur in training",
+                explanation="Evaluation samples were also trained on: the evaluation measures memory, not generalisation.",
+                fix="Split the data so evaluation inputs never occur in training.",
+                evidence={"eval_distinct": len(ev_unique), "overlap_share": overlap},
+                where={"data": "evaluation inputs"},
+                first_step=int(ev["step"].min()),
+                plots=("samples",),
+            )
+
+
+@rule("length-range-bug", Severity.WARNING, signals=("rnn_inputs",))
+def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: float = 0.2) -> Iterator[Finding]:
+    """Sequence lengths never reach the padded maximum.
+
+    What it detects: in padded (not packed) recurrent inputs where at least 20 % of sequences
+    end before the padded length T (trailing zeros), no sequence among at least 200 reached T.
+
+    Why it matters: the intended range is not what is generated — seed 001 draws lengths
+    with ``randint(1, bits)``, whose upper bound is exclusive, so a string of ``bits`` bits
+    never occurs — and every sequence carries padding the model must learn to ignore.
+
+    How to fix: use ``randint(1, bits + 1)`` (exclusive upper bounds) or check the length
+    histogram; pad to the longest sequence in the batch, and pack (``pack_padded_sequence``)
+    so padding is not fed through the recurrence.
+    """
+    r = run["rnn_inputs"]
+    if r.empty or "length_hist" not in r:
+        return
+    r = r[(r["packed"] == 0) & r["length_hist"].notna()]
+    for module, rows in r.groupby("module", sort=False):
+        for t, same_t in rows.groupby("seq_len"):
+            hist = np.sum([np.asarray(h, float) for h in same_t["length_hist"]], axis=0)
+            total = hist.sum()
+            t = int(t)
+            if total < min_sequences or len(hist) != t + 1:
+                continue
+            padded_share = hist[:t].sum() / total
+            nonzero = np.nonzero(hist)[0]
+            longest = int(nonzero.max()) if len(nonzero) else 0
+            if padded_share < min_padded_share or longest >= t or longest == 0:
+                continue  # (all-zero input is constant-input's finding)
+            shortest = int(nonzero.min())
+            yield Finding(
+                id="length-range-bug",
+                severity=Severity.WARNING,
+                title=f"Sequences fed to '{module}' are padded to {t} but never longer than {longest}",
+                explanation=(
+                    f"Of {int(total)} sequences, {padded_share:.0%} end before the padded length {t} (trailing zeros) and "
+                    f"none reaches it: lengths run {shortest}..{longest}. An exclusive upper bound (randint(1, {t})) "
+                    "produces exactly this."
+                ),
+                fix=f"Draw lengths with randint(1, {t} + 1) if {t} is meant to occur; pack padded batches with pack_padded_sequence.",
+                evidence={"padded_length": t, "longest_seen": longest, "shortest_seen": shortest, "sequences": int(total),
+                          "length_histogram": [int(v) for v in hist]},
+                where={"module": module},
+                first_step=int(same_t["step"].min()),
+                plots=("lengths",),
+            )
+
+
+@rule("unnormalized-inputs", Severity.WARNING, signals=("rnn_inputs",))
+def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limit: float = 10.0) -> Iterator[Finding]:
+    """Input features far from unit scale.
+
+    What it detects: in the input of a recurrent module, more than 1 % of values have |x| > 10
+    (the 99th percentile of |x| is above 10) or a feature's standard deviation exceeds 10.
+
+    Why it matters: gate pre-activations W x + b then land deep in the flat ends of sigmoid
+    and tanh from the first step, where gradients vanish (seed 004 feeds points whose y
+    reaches the hundreds).
+
+    How to fix: standardise each feature (subtract the training mean, divide by the std),
+    or scale to [-1, 1]; keep the statistics from the training set for evaluation.
+    """
+    r = run["rnn_inputs"]
+    if r.empty or "frac_large" not in r:
+        return
+    for module, rows in r.groupby("module", sort=False):
+        frac = float(pd.to_numeric(rows["frac_large"], errors="coerce").mean())
+        fstd = float(pd.to_numeric(rows["feature_std_max"], errors="coerce").max())
+        if frac <= large_share and fstd <= feature_std_limit:
+            continue
+        yield Finding(
+            id="unnormalized-inputs",
+            severity=Severity.WARNING,
+            title=f"Inputs of '{module}' are far from unit scale: max |x| {fmt(float(rows['abs_max'].max()))}, {frac:.0%} above 10",
+            explanation=(
+                f"{frac:.1%} of the values fed to '{module}' exceed 10 in magnitude and the widest feature has standard "
+                f"deviation {fmt(fstd)}; gate pre-activations start saturated."
+            ),
+            fix="Standardise each input feature with training-set mean and std (or scale to [-1, 1]).",
+            evidence={"share_above_10": frac, "feature_std_max": fstd, "abs_max": float(rows["abs_max"].max()),
+                      "abs_mean": float(rows["abs_mean"].mean())},
+            where={"module": module},
+            first_step=int(rows["step"].min()),
+            plots=("inputs",),
+        )

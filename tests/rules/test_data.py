@@ -1,0 +1,109 @@
+"""Data rules on synthetic recordings: fire on the bug, quiet on the healthy shape."""
+
+import numpy as np
+
+from rnndoctor.finding import Severity
+from rnndoctor.rules import get_rule
+from synth import make_run
+
+resampled = get_rule("resampled-parameters")
+inconsistent = get_rule("inconsistent-labels")
+constant = get_rule("constant-input")
+duplicates = get_rule("duplicate-samples")
+lengths = get_rule("length-range-bug")
+unnormalized = get_rule("unnormalized-inputs")
+
+
+def refetch_rows(same_input, same_label):
+    return [
+        {"index": i, "same_input": si, "same_label": sl, "draw1": {"head": [1.0]}, "draw2": {"head": [2.0]}, "label1": 0, "label2": 1, "step": 0, "dataset": "D"}
+        for i, (si, sl) in enumerate(zip(same_input, same_label))
+    ]
+
+
+def test_resampled_parameters_fires_when_labels_change_on_refetch():
+    (f,) = resampled(make_run(refetch=refetch_rows([0] * 8, [1, 0, 0, 1, 0, 1, 1, 0])))
+    assert f.severity is Severity.ERROR and f.evidence["different_label"] == 4
+    assert f.where["dataset"] == "D" and "first" in f.evidence["example"]
+
+
+def test_resampled_parameters_quiet_for_deterministic_or_label_preserving_augmentation():
+    assert list(resampled(make_run(refetch=refetch_rows([1] * 8, [1] * 8)))) == []
+    assert list(resampled(make_run(refetch=refetch_rows([0] * 8, [1] * 8)))) == []
+
+
+def sample_rows(x, y, mode="train", step=0):
+    return [{"step": step, "mode": mode, "x1": float(a), "x2": float(a) * 2 + 1, "y": float(b)} for a, b in zip(x, y)]
+
+
+def test_inconsistent_labels():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, 2000)
+    (f,) = inconsistent(make_run(samples=sample_rows(x, rng.integers(0, 2, 2000))))
+    assert f.evidence["share"] > 0.5
+    assert list(inconsistent(make_run(samples=sample_rows(x, x % 2)))) == []
+
+
+def test_duplicate_samples_against_draws_and_dataset_size():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 100, 2000)
+    (f,) = duplicates(make_run(samples=sample_rows(small, small % 2)))
+    assert f.evidence["distinct"] == 100 and f.evidence["drawn"] == 2000
+    # 2000 draws over epochs of a 120-sample Dataset: repeats by design, quiet
+    run = make_run(samples=sample_rows(small, small % 2), datasets=[{"step": 0, "dataset": "D", "size": 120, "map_style": 1}])
+    assert list(duplicates(run)) == []
+    wide = rng.random(2000)
+    assert list(duplicates(make_run(samples=sample_rows(wide, wide > 0.5)))) == []
+
+
+def test_duplicate_samples_eval_overlap():
+    x = np.arange(1000) / 7.0
+    rows = sample_rows(x, x > 50) + sample_rows(x[:100], x[:100] > 50, mode="eval", step=10)
+    (f,) = duplicates(make_run(samples=rows))
+    assert "evaluation" in f.title and f.evidence["overlap_share"] == 1.0
+
+
+def rnn_rows(std, all_zero=0, hist=None, t=5, packed=0, frac_large=0.0, fstd=1.0, n=10):
+    return [
+        {"step": s, "module": "lstm", "packed": packed, "std": std, "all_zero": all_zero, "abs_mean": 0.0 if all_zero else 0.5,
+         "abs_max": 1.0, "feature_std_max": fstd, "frac_large": frac_large, "seq_len": t, "length_hist": hist}
+        for s in range(n)
+    ]
+
+
+def test_constant_input():
+    (f,) = constant(make_run(rnn_inputs=rnn_rows(0.0, all_zero=1)))
+    assert f.where["module"] == "lstm" and f.evidence["all_zero"]
+    assert list(constant(make_run(rnn_inputs=rnn_rows(0.5)))) == []
+
+
+def test_length_range_bug_exclusive_upper_bound():
+    hist = [0, 10, 10, 10, 10, 0]  # lengths 1..4, padded to 5
+    (f,) = lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=hist)))
+    assert f.evidence["padded_length"] == 5 and f.evidence["longest_seen"] == 4
+    full = [0, 8, 8, 8, 8, 8]
+    assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=full)))) == []
+    assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=hist, packed=1)))) == []
+    fixed = [0, 0, 0, 0, 0, 40]
+    assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=fixed)))) == []
+
+
+def test_unnormalized_inputs():
+    (f,) = unnormalized(make_run(rnn_inputs=rnn_rows(50.0, frac_large=0.4, fstd=60.0)))
+    assert f.evidence["share_above_10"] == 0.4
+    assert list(unnormalized(make_run(rnn_inputs=rnn_rows(1.0, frac_large=0.001, fstd=1.2)))) == []
+
+
+def test_no_recurrence():
+    from rnndoctor.rules import get_rule
+
+    no_rec = get_rule("no-recurrence")
+    rows = [{"step": s, "module": "lstm", "seq_len": 1, "hx_given": 0} for s in range(10)]
+    (f,) = no_rec(make_run(rnn_inputs=rows))
+    assert f.severity is Severity.ERROR and f.where == {"module": "lstm"}
+    zero_state = [{"step": s, "module": "cell", "seq_len": 1, "hx_given": 1, "hx_zero": 1} for s in range(10)]
+    assert len(list(no_rec(make_run(rnn_inputs=zero_state)))) == 1
+    carried = [{"step": s, "module": "cell", "seq_len": 1, "hx_given": 1, "hx_zero": int(s == 0)} for s in range(10)]
+    assert list(no_rec(make_run(rnn_inputs=carried))) == []
+    sequences = [{"step": s, "module": "lstm", "seq_len": 20, "hx_given": 0} for s in range(10)]
+    assert list(no_rec(make_run(rnn_inputs=sequences))) == []
