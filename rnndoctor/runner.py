@@ -52,14 +52,21 @@ def _script_traceback(exc: BaseException, script: Path) -> str:
     return "".join(lines)
 
 
+#: the findings shown on the progress line are re-judged at most this often (a flush + rules)
+FINDINGS_REFRESH_S = 10.0
+
+
 class _Progress:
-    """A live progress line on stderr: steps, steps/s (only on a terminal)."""
+    """A live progress line on stderr: steps, steps/s and the findings so far (terminal only)."""
 
     def __init__(self, stream: TextIO, enabled: bool) -> None:
         self.stream = stream
         self.enabled = enabled and hasattr(stream, "isatty") and stream.isatty()
         self.t0 = time.perf_counter()
         self.last = 0.0
+        self.last_judged = self.t0
+        self.findings = "—"
+        self.watch: Watch | None = None
 
     def __call__(self, steps: int) -> None:
         if not self.enabled:
@@ -68,13 +75,17 @@ class _Progress:
         if now - self.last < 0.5:
             return
         self.last = now
+        if self.watch is not None and now - self.last_judged >= FINDINGS_REFRESH_S:
+            self.last_judged = now
+            ids = self.watch.findings_so_far()
+            self.findings = ", ".join(ids[:4]) + (" …" if len(ids) > 4 else "") if ids else "none yet"
         rate = steps / max(now - self.t0, 1e-9)
-        self.stream.write(f"\r[rnndoctor] step {steps} · {rate:.1f} steps/s ")
+        self.stream.write(f"\r[rnndoctor] step {steps} · {rate:.1f} steps/s · findings: {self.findings}\x1b[K")
         self.stream.flush()
 
     def done(self) -> None:
         if self.enabled:
-            self.stream.write("\r" + " " * 60 + "\r")
+            self.stream.write("\r\x1b[K")
             self.stream.flush()
 
 
@@ -115,6 +126,7 @@ def run_script(
         on_step=on_step,
         max_steps=max_steps,
     )
+    bar.watch = w
     old_argv, old_path0 = sys.argv, sys.path[0] if sys.path else None
     sys.argv = [str(path), *args]
     script_dir = str(path.resolve().parent)

@@ -245,6 +245,18 @@ class Watch:
         write_outputs(self.record, self.diagnosis, self.run_dir, summary=self.summary)
         return self.diagnosis
 
+    def findings_so_far(self) -> list[str]:
+        """Ids the rules find in what has been recorded so far (flushes; for progress lines)."""
+        if self._recorder is None:
+            return []
+        from .diagnose import diagnose
+
+        try:
+            self._recorder.flush()
+            return diagnose(load_run(self.run_dir)).ids()
+        except Exception:  # a progress line must never stop the run
+            return []
+
     @property
     def findings(self) -> list[Finding]:
         """Findings, worst first (empty until the ``with`` block has exited)."""

@@ -144,3 +144,44 @@ def test_explain_and_rules(tmp_path):
     assert p.returncode == 2 and "no rule with id" in p.stderr
     p = rnndoctor("rules", cwd=tmp_path)
     assert "non-finite" in p.stdout and "stuck-at-chance" in p.stdout
+
+
+def test_progress_line_shows_steps_rate_and_findings_so_far():
+    import io
+
+    from rnndoctor.runner import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    class FakeWatch:
+        def findings_so_far(self):
+            return ["stuck-at-chance", "duplicate-samples"]
+
+    out = Tty()
+    bar = _Progress(out, enabled=True)
+    bar.watch = FakeWatch()
+    bar.last_judged -= 60
+    bar(42)
+    line = out.getvalue()
+    assert "step 42" in line and "steps/s" in line and "findings: stuck-at-chance, duplicate-samples" in line
+    quiet = io.StringIO()  # not a terminal: no progress line in logs
+    _Progress(quiet, enabled=True)(42)
+    assert quiet.getvalue() == ""
+
+
+def test_findings_so_far_reads_the_run_while_it_is_recorded(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import rnndoctor
+
+    model = nn.Sequential(nn.Linear(3, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as run:
+        for _ in range(30):
+            loss = F.cross_entropy(model(torch.randn(8, 3)) * float("nan"), torch.randint(0, 2, (8,)))
+            opt.zero_grad(); loss.backward(); opt.step()
+        assert "non-finite" in run.findings_so_far()
