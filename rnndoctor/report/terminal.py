@@ -50,7 +50,7 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
             if "crashed" in s.reason:
                 lines.append(f"  (rule {s.rule_id} skipped: {s.reason})")
     if run.path:
-        lines.append(f"  details: {run.path / 'findings.json'}")
+        lines.append(f"  details: {run.path / 'report.html'}")
     return "\n".join(lines)
 
 

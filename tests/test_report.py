@@ -1,0 +1,232 @@
+"""report.html: escaping of user text, odd runs (crashed, healthy, all-NaN, empty, 20 000 steps), plots."""
+
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rnndoctor
+from rnndoctor.finding import Diagnosis, Finding, Severity
+from rnndoctor.report import plots
+from rnndoctor.report.html import HTML_FILE, render_html, write_html
+from rnndoctor.run import Run
+from synth import classification_run
+
+EVIL = "<script>alert(1)</script>"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Page(HTMLParser):
+    """Every start tag and attribute of a page, as a browser's tokenizer would see them."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def count(self, attr: str) -> int:
+        return sum(attr in a for _, a in self.tags)
+
+    def values(self, attr: str) -> list[str]:
+        return [a[attr] for _, a in self.tags if attr in a]
+
+
+def assert_inert(text: str) -> Page:
+    """No script element, no event-handler attribute, no javascript: URL, no external reference."""
+    page = Page(text)
+    assert "<script" not in text.lower()
+    assert not [t for t, _ in page.tags if t in ("script", "iframe", "object", "embed", "base")]
+    for tag, attrs in page.tags:
+        assert not [k for k in attrs if k.startswith("on")], (tag, attrs)
+        for k in ("href", "src", "xlink:href"):
+            v = (attrs.get(k) or "").strip().lower()
+            assert not v or v.startswith(("#", "data:")), (tag, k, v)
+    ids = page.values("id")
+    assert len(ids) == len(set(ids)), "duplicate ids: the same SVG embedded twice without scoping"
+    return page
+
+
+class EvilNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_module(EVIL, nn.LSTM(1, 8, batch_first=True))
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        o, _ = getattr(self, EVIL)(x)
+        return self.out(o[:, -1])
+
+
+def test_user_text_is_escaped_and_a_run_crashed_at_step_3_still_renders(tmp_path):
+    torch.manual_seed(0)
+    model = EvilNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="boom"):
+        with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as run:
+            for step in range(10):
+                x = torch.randn(8, 5, 1)
+                if step == 2:
+                    with torch.no_grad():
+                        getattr(model, EVIL).weight_hh_l0.fill_(float("inf"))
+                if step == 3:
+                    raise RuntimeError(f"{EVIL} boom <img src=x onerror=alert(2)>")
+                loss = F.cross_entropy(model(x), (x.sum((1, 2)) > 0).long())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    assert run.steps == 3
+    text = (tmp_path / "r" / HTML_FILE).read_text(encoding="utf-8")
+    page = assert_inert(text)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # shown, as text
+    assert "boom &lt;img src=x onerror=alert(2)&gt;" in text
+    assert "crashed" in text and "RuntimeError" in text
+    assert page.count("data-finding") == len(run.findings) >= 1
+    assert "non-finite" in run.diagnosis.ids()
+
+
+def test_script_path_and_arguments_are_escaped():
+    run = classification_run(120)
+    run = Run(
+        meta={
+            "status": "crashed",
+            "steps": 120,
+            "script": f"train{EVIL}.py",
+            "script_args": ["--name", f'"><svg onload=alert(3)>{EVIL}'],
+            "exception": {"type": "ValueError", "message": EVIL, "traceback": f"Traceback\n  {EVIL}\n"},
+        },
+        signals=dict(run.signals),
+    )
+    finding = Finding(
+        id="stuck-at-chance", severity=Severity.ERROR, title=EVIL, explanation=EVIL, fix=EVIL,
+        evidence={"module": EVIL, "nested": {"k": EVIL}}, where={EVIL: EVIL}, plots=("loss", "no-such-plot"),
+    )
+    text = render_html(run, Diagnosis(findings=(finding,)))
+    assert_inert(text)
+    assert "onload=alert" not in text.replace("&lt;svg onload=alert", "")
+    assert text.count("&lt;script&gt;") >= 8
+
+
+def test_a_run_without_findings_and_an_empty_run(tmp_path):
+    run = classification_run(200, acc=np.linspace(0.5, 1.0, 200), loss=np.linspace(0.7, 0.05, 200))
+    page = assert_inert(write_html(run, Diagnosis(findings=()), tmp_path / HTML_FILE).read_text())
+    assert page.count("data-finding") == 0 and page.count("data-healthy") == 1
+    assert {"loss", "accuracy", "balance"} <= set(page.values("data-plot"))
+    empty = assert_inert(render_html(Run(meta={}), Diagnosis(findings=())))
+    assert empty.count("data-plot") == 0
+
+
+def test_a_run_with_only_nan_losses():
+    run = classification_run(80, loss=float("nan"))
+    diagnosis = rnndoctor.diagnose(run, strict=True)
+    assert "non-finite" in diagnosis.ids()
+    page = assert_inert(render_html(run, diagnosis))
+    assert page.values("data-plot").count("nonfinite") == 2  # its card and "All signals"
+    assert "every loss value was NaN/Inf" in render_html(run, diagnosis)
+
+
+def long_run(n: int = 20_000, n_params: int = 12) -> Run:
+    """A synthetic 20 000-step record shaped like watch()'s: every signal, sampled where watch() samples."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(n)
+    loss = 0.693 + 0.02 * rng.standard_normal(n)
+    loss[12_345] = np.nan
+    grad = np.abs(1 + 0.3 * rng.standard_normal(n))
+    grad[15_000] = 80.0
+    frames = {
+        "steps": pd.DataFrame({
+            "step": steps, "mode": "train", "loss": loss, "loss_finite": np.isfinite(loss).astype(int),
+            "loss_kind": "cross_entropy", "loss_calls": 1, "n_classes": 2, "correct": rng.binomial(64, 0.5, n),
+            "total": 64, "grad_norm": grad, "lr": 0.01, "time": steps * 0.01,
+        }),
+        "predictions": pd.DataFrame({
+            "step": np.repeat(steps, 2), "mode": "train", "cls": np.tile([0, 1], n),
+            "n_pred": rng.binomial(64, 0.5, 2 * n), "n_label": np.tile([32, 32], n),
+        }),
+    }
+    names = [f"lstm.weight_hh_l{i // 2}" if i % 2 else f"lstm.bias_ih_l{i // 2}" for i in range(n_params)]
+    frames["params"] = pd.DataFrame({
+        "step": np.repeat(steps, n_params), "param": np.tile(names, n),
+        "grad_norm": np.abs(rng.lognormal(0, 1, n * n_params)), "grad_none": 0,
+    })
+    sampled = steps[(steps < 20) | (steps % 5 == 0)]
+    frames["updates"] = pd.DataFrame({
+        "step": np.repeat(sampled, n_params), "param": np.tile(names, len(sampled)),
+        "weight_norm": 5.0, "update_ratio": np.abs(rng.lognormal(-7, 0.5, len(sampled) * n_params)),
+        "numel": 100, "ndim": 2,
+    })
+    frames["nonfinite"] = pd.DataFrame({"step": [12_345], "module": ["lstm"], "call": [0], "t": [17]})
+    return Run(meta={"status": "completed", "steps": n, "wall_s": 321.0, "script": "long.py"}, signals=frames)
+
+
+def test_a_20000_step_run_renders_small_and_fast(tmp_path):
+    run = long_run()
+    diagnosis = rnndoctor.diagnose(run, strict=True)
+    t0 = time.perf_counter()
+    path = write_html(run, diagnosis, tmp_path / HTML_FILE)
+    seconds = time.perf_counter() - t0
+    size = path.stat().st_size
+    print(f"\n20 000-step report: {size / 1e6:.2f} MB, rendered in {seconds:.2f} s, findings {diagnosis.ids()}")
+    page = assert_inert(path.read_text())
+    assert size < 5_000_000 and seconds < 10
+    assert set(page.values("data-plot")) >= set(plots.PLOTS)
+
+
+def test_every_plot_downsamples_long_series():
+    run = long_run()
+    for name in plots.PLOTS:
+        svg = plots.render(name, run)
+        assert svg is not None and svg.startswith("<svg") and len(svg) < 600_000, (name, len(svg or ""))
+
+
+def test_plots_return_none_without_their_signal_and_unknown_names_are_ignored():
+    empty = Run(meta={})
+    assert all(plots.render(name, empty) is None for name in plots.PLOTS)
+    assert plots.render("gates", classification_run(50)) is None
+
+
+def test_adding_a_plot_is_one_registry_entry_and_a_broken_plot_costs_only_itself(monkeypatch):
+    def broken(run):
+        raise ValueError("bad data")
+
+    monkeypatch.setitem(plots.PLOTS, "gates", plots.PlotSpec("Gate saturation", plots.PLOTS["loss"].draw))
+    monkeypatch.setitem(plots.PLOTS, "lengths", plots.PlotSpec("Sequence lengths", broken))
+    run = classification_run(60)
+    f = Finding(id="x", severity=Severity.WARNING, title="t", explanation="e", fix="f", plots=("gates", "lengths"))
+    text = render_html(run, Diagnosis(findings=(f,)))
+    page = assert_inert(text)
+    assert page.values("data-plot").count("gates") == 2
+    assert "lengths" not in page.values("data-plot") and "could not draw: ValueError: bad data" in text
+
+
+def test_label_keeps_user_text_literal_for_matplotlib():
+    assert plots.label("a$x$b") == r"a\$x\$b"
+    assert plots.label("_hidden.weight").strip() == "_hidden.weight" and not plots.label("_h").startswith("_")
+
+
+def test_report_command_rewrites_report_html(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False):
+        for _ in range(5):
+            x = torch.randn(4, 3)
+            loss = F.cross_entropy(model(x), torch.zeros(4, dtype=torch.long))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    html = tmp_path / "r" / HTML_FILE
+    assert html.is_file()
+    html.unlink()
+    p = subprocess.run([sys.executable, "-m", "rnndoctor", "report", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert html.is_file() and f"details: {html}" in p.stderr
