@@ -43,7 +43,7 @@ class RunOutcome:
     script_error: BaseException | None
 
 
-def _script_traceback(exc: BaseException, script: Path) -> str:
+def _script_traceback(exc: BaseException) -> str:
     """The traceback as the script's: our frames and runpy's are left out."""
     ours = (str(Path(__file__).parent), os.path.dirname(runpy.__file__) + os.sep + "runpy.py", "<frozen runpy>")
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(ours)]
@@ -127,7 +127,7 @@ def run_script(
         max_steps=max_steps,
     )
     bar.watch = w
-    old_argv, old_path0 = sys.argv, sys.path[0] if sys.path else None
+    old_argv = sys.argv
     sys.argv = [str(path), *args]
     script_dir = str(path.resolve().parent)
     sys.path.insert(0, script_dir)
@@ -158,7 +158,7 @@ def run_script(
         bar.done()
     if error is not None and not isinstance(error, (SystemExit, KeyboardInterrupt)):
         sys.stderr.write(f"[rnndoctor] the script raised {type(error).__name__}; its traceback:\n")
-        sys.stderr.write(_script_traceback(error, path))
+        sys.stderr.write(_script_traceback(error))
     diagnosis = w.close(error, status=status)
     if summary:
         from .report.terminal import print_summary

@@ -169,6 +169,7 @@ class Watch:
         self._optimizer_seen = False
         self._logged_explicitly = False
         self._nan_seen = False
+        self._lr = float("nan")  # of the first watched optimizer's first param group, per step
         self._t0 = 0.0
         self._meta: dict[str, Any] = dict(meta or {})
         self.steps = 0
@@ -220,8 +221,7 @@ class Watch:
             return self.diagnosis  # type: ignore[return-value]
         self.active = False
         try:
-            if self._opt_stepped or (self._grads_seen and not self._optimizer_seen):
-                self._close_step()
+            self._maybe_close_step()
             self._emit_eval()
         finally:
             self._detach()
@@ -385,6 +385,7 @@ class Watch:
         modules_meta, recurrent = [], []
         multi = len(self._roots) > 1
         seen_params: set[int] = set()
+        rnn_modules: list[tuple[str, nn.Module]] = []
         device = None
         for root_name, root in self._roots.items():
             for sub_name, m in root.named_modules():
@@ -392,6 +393,7 @@ class Watch:
                 self._names[id(m)] = qual
                 modules_meta.append({"name": qual, "type": type(m).__name__})
                 if isinstance(m, RECURRENT_TYPES):
+                    rnn_modules.append((qual, m))
                     recurrent.append({"name": qual, "type": type(m).__name__, **_rnn_config(m)})
             for p_name, p in root.named_parameters():
                 if p.requires_grad and id(p) not in seen_params:
@@ -403,13 +405,10 @@ class Watch:
         self._nonfinite = NonFiniteProbe(device)
         for root in self._roots.values():
             self._module_handles.append(root.register_forward_pre_hook(self._before_forward))
-            for m in root.modules():
-                if isinstance(m, RECURRENT_TYPES):
-                    self._module_handles.append(
-                        m.register_forward_pre_hook(functools.partial(self._before_rnn, self._names[id(m)]), with_kwargs=True)
-                    )
-        recurrent_modules = [m for r in self._roots.values() for m in r.modules() if isinstance(m, nn.RNNBase)]
-        self._rnn_batch_first = bool(recurrent_modules[0].batch_first) if recurrent_modules else True
+        for qual, m in rnn_modules:
+            self._module_handles.append(m.register_forward_pre_hook(functools.partial(self._before_rnn, qual), with_kwargs=True))
+        fused = [m for _, m in rnn_modules if isinstance(m, nn.RNNBase)]
+        self._rnn_batch_first = bool(fused[0].batch_first) if fused else True
         self._params = ParamProbe(named_params)
         self._param_ids = {id(p) for _, p in named_params}
         self._optimizers.clear()
@@ -480,13 +479,10 @@ class Watch:
         map_style = data_probe.is_map_style(ds)
         size = len(ds) if map_style else None
         self._recorder.add("datasets", {"step": self.steps, "dataset": type(ds).__name__, "size": size, "map_style": int(map_style)})
-        if not map_style:
-            return
-        n = len(ds)
-        if n == 0:
+        if not size:
             return
         rng = random.Random(0)
-        indices = sorted(rng.sample(range(n), min(data_probe.REFETCH_INDICES, n)))
+        indices = sorted(rng.sample(range(size), min(data_probe.REFETCH_INDICES, size)))
         for row in data_probe.refetch(ds, indices):
             row.update(step=self.steps, dataset=type(ds).__name__)
             self._recorder.add("refetch", row)
@@ -567,7 +563,7 @@ class Watch:
         self._emit_eval()
         row = self._train.row(step, "train")
         row["time"] = round(time.perf_counter() - self._t0, 4)
-        row["lr"] = getattr(self, "_lr", float("nan"))
+        row["lr"] = self._lr
         if self._params is not None:
             grads, updates = self._params.take_rows(step)
             if grads is not None:

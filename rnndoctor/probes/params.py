@@ -57,17 +57,20 @@ class ParamProbe:
 
     def _grad_norms(self) -> tuple[torch.Tensor, list[int]]:
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
-        none = [0 if p.grad is not None else 1 for p in self.params]
-        if present and len(present) == len(self.params):
-            norms = _norms([p.grad.detach() for p in self.params], self.device)  # type: ignore[union-attr]
-            self.global_grad_norm = norms.square().sum().sqrt()
+        norms = _norms([self.params[i].grad.detach() for i in present], self.device)  # type: ignore[union-attr]
+        return self._per_param(present, norms)
+
+    def _per_param(self, present: list[int], norms: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """Norms of the ``present`` gradients spread over all parameters (NaN where a gradient
+        is None), the grad-None flags, and ``global_grad_norm`` set from the present ones."""
+        self.global_grad_norm = norms.square().sum().sqrt()
+        have = set(present)
+        none = [0 if i in have else 1 for i in range(len(self.params))]
+        if len(present) == len(self.params):
             return norms, none
         out = torch.full((len(self.params),), float("nan"), device=self.device)
-        self.global_grad_norm = torch.zeros((), device=self.device)
         if present:
-            norms = _norms([self.params[i].grad.detach() for i in present], self.device)  # type: ignore[union-attr]
             out[torch.tensor(present, device=self.device)] = norms
-            self.global_grad_norm = norms.pow(2).sum().sqrt()
         return out, none
 
     def take_rows(self, step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -76,12 +79,7 @@ class ParamProbe:
         with torch.no_grad():
             if self._grad_norm is None and self._manual:
                 idx = sorted(self._manual)
-                norms = torch.stack([self._manual[i] for i in idx])
-                grad = torch.full((len(self.params),), float("nan"), device=self.device)
-                grad[torch.tensor(idx, device=self.device)] = norms
-                self._grad_norm = grad
-                self.global_grad_norm = norms.pow(2).sum().sqrt()
-                self._grad_none = [0 if i in self._manual else 1 for i in range(len(self.params))]
+                self._grad_norm, self._grad_none = self._per_param(idx, torch.stack([self._manual[i] for i in idx]))
             if self._grad_norm is None:
                 return None, None
             grads = {"step": step, "param": list(self.names), "grad_norm": self._grad_norm, "grad_none": list(self._grad_none)}

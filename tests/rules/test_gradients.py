@@ -3,7 +3,7 @@
 import numpy as np
 
 from rnndoctor.rules import get_rule
-from synth import classification_run, make_run, param_rows, update_rows, with_signal
+from synth import classification_run, make_run, param_rows, update_rows
 
 exploding = get_rule("exploding-gradients")
 dead = get_rule("dead-parameters")

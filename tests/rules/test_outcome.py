@@ -6,7 +6,7 @@ import numpy as np
 
 from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
-from synth import classification_run, grad_rows, make_run, param_rows, update_rows, with_signal
+from synth import classification_run, grad_rows, param_rows, update_rows, with_signal
 
 stuck = get_rule("stuck-at-chance")
 collapse = get_rule("prediction-collapse")
