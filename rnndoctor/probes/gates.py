@@ -1,0 +1,387 @@
+"""Gate replay: recompute a fused ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` from its own weights.
+
+PyTorch's fused recurrent modules expose neither their gates nor their intermediate layers.
+:func:`replay` recomputes every layer and direction from the module's weights and one call's
+input and initial state (as captured by a forward hook, before the optimizer moves the
+weights), without gradient. The input-to-gate part is one matmul per layer and direction for
+all time steps at once; only the recurrent part loops over t in Python (design.md: a literal
+shadow forward costs 2x a step, the split costs a fraction of that).
+
+Layout of the per-step tensors in :class:`LayerReplay`: always ``[B, T, H]``, batch first, in
+the input's own time order (the reverse direction's value at t is the one after it has read
+``x_t``, as in the module's output). Padding positions of a packed input hold values computed
+from padding and must be excluded with :attr:`Replay.mask`; ``h`` is zero there, as in the
+module's padded output. The module-layout fields (``output``, ``h_n``, ``c_n``) are laid out
+exactly like the module's own return values, so a test or a self-check can compare them.
+
+:func:`gate_stats` reduces a replay to recorder rows on the device: no host sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+# Saturation thresholds. Karpathy, Johnson & Fei-Fei 2015, "Visualizing and Understanding
+# Recurrent Networks" (arXiv 1506.02078) plot per-gate left/right saturation fractions; we use
+# the tighter 0.05/0.95 bounds as the recorded statistic (see shared/research-notes.md, "Gate
+# statistics": the rules apply their own, stricter verdict thresholds to these fractions).
+SIGMOID_LOW = 0.05
+SIGMOID_HIGH = 0.95
+#: |tanh| above this counts as saturated (same origin as the sigmoid bounds)
+TANH_SATURATED = 0.95
+#: percentiles recorded per gate, over valid (non-padding) entries
+PERCENTILES = (0.10, 0.50, 0.90)
+
+#: gate names per mode, in the order of PyTorch's weight layout
+GATES: dict[str, tuple[str, ...]] = {
+    "LSTM": ("i", "f", "g", "o"),
+    "GRU": ("r", "z", "n"),
+    "RNN_TANH": ("h",),
+    "RNN_RELU": ("h",),
+}
+#: activation applied to each gate
+ACTIVATIONS: dict[str, str] = {
+    "i": "sigmoid", "f": "sigmoid", "g": "tanh", "o": "sigmoid",
+    "r": "sigmoid", "z": "sigmoid", "n": "tanh",
+}
+
+
+@dataclass
+class LayerReplay:
+    """One layer and direction: per-step values, each ``[B, T, ·]`` batch first.
+
+    ``gates`` maps gate name to its activation (LSTM i/f/g/o, GRU r/z/n; for an RNN the one
+    entry ``"h"`` is the tanh/relu output, i.e. h_t itself). ``c`` is the LSTM cell state.
+    ``h`` is the layer's output (after the projection when ``proj_size > 0``).
+    """
+
+    layer: int
+    direction: int
+    gates: dict[str, Tensor]
+    h: Tensor
+    c: Tensor | None = None
+    #: the parameters the gates were computed from (for forget-bias statistics)
+    b_ih: Tensor | None = None
+    b_hh: Tensor | None = None
+
+
+@dataclass
+class Replay:
+    """Everything recomputed for one call of a recurrent module."""
+
+    mode: str  # "LSTM", "GRU", "RNN_TANH", "RNN_RELU"
+    layers: list[LayerReplay]
+    #: top layer's output in the module's layout (padded if the input was packed)
+    output: Tensor
+    #: final states in the module's layout ([L*D, B, H], or [L*D, H] unbatched)
+    h_n: Tensor
+    c_n: Tensor | None = None
+    #: [B, T] bool, True at valid positions; None when every position is valid
+    mask: Tensor | None = None
+    #: [B] int64 sequence lengths (CPU) for packed input, else None
+    lengths: Tensor | None = None
+    batch_first: bool = False
+    packed: bool = False
+    unbatched: bool = False
+    #: False when the module ran in training mode with inter-layer dropout: the replay
+    #: reproduces eval behaviour and cannot match the module's (random) outputs then
+    exact: bool = True
+    hidden_size: int = 0
+    proj_size: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def layer(self, layer: int, direction: int = 0) -> LayerReplay:
+        for lr in self.layers:
+            if lr.layer == layer and lr.direction == direction:
+                return lr
+        raise KeyError((layer, direction))
+
+
+def _mode(module: nn.Module) -> str:
+    if isinstance(module, nn.LSTMCell):
+        return "LSTM"
+    if isinstance(module, nn.GRUCell):
+        return "GRU"
+    if isinstance(module, nn.RNNCell):
+        return "RNN_TANH" if module.nonlinearity == "tanh" else "RNN_RELU"
+    mode = getattr(module, "mode", None)
+    if mode not in GATES:
+        raise TypeError(f"cannot replay {type(module).__name__}: not a fused LSTM/GRU/RNN")
+    return mode
+
+
+def _step(mode: str, xt: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor, b_hh: Tensor | None,
+          w_hr: Tensor | None) -> tuple[dict[str, Tensor], Tensor, Tensor | None]:
+    """One recurrent step given the precomputed input part ``xt`` = W_ih x_t + b_ih."""
+    hh = nn.functional.linear(h, w_hh, b_hh)
+    if mode == "LSTM":
+        xi, xf, xg, xo = xt.chunk(4, -1)
+        hi, hf, hg, ho = hh.chunk(4, -1)
+        i, f, g, o = torch.sigmoid(xi + hi), torch.sigmoid(xf + hf), torch.tanh(xg + hg), torch.sigmoid(xo + ho)
+        c_new = f * c + i * g  # type: ignore[operator]
+        h_new = o * torch.tanh(c_new)
+        if w_hr is not None:
+            h_new = nn.functional.linear(h_new, w_hr)
+        return {"i": i, "f": f, "g": g, "o": o}, h_new, c_new
+    if mode == "GRU":
+        xr, xz, xn = xt.chunk(3, -1)
+        hr, hz, hn = hh.chunk(3, -1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return {"r": r, "z": z, "n": n}, (1 - z) * n + z * h, None
+    pre = xt + hh
+    h_new = torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)
+    return {"h": h_new}, h_new, None
+
+
+def _run_direction(mode: str, xi: Tensor, h: Tensor, c: Tensor | None, w_hh: Tensor,
+                   b_hh: Tensor | None, w_hr: Tensor | None, mask: Tensor | None
+                   ) -> tuple[dict[str, Tensor], Tensor, Tensor | None, Tensor, Tensor | None]:
+    """Loop over t of ``xi`` [B, T, G*H]; padded steps (mask False) keep the state."""
+    gates: dict[str, list[Tensor]] = {}
+    hs: list[Tensor] = []
+    cs: list[Tensor] = []
+    for t in range(xi.shape[1]):
+        g, h_new, c_new = _step(mode, xi[:, t], h, c, w_hh, b_hh, w_hr)
+        if mask is not None:
+            m = mask[:, t, None]
+            h = torch.where(m, h_new, h)
+            c = torch.where(m, c_new, c) if c_new is not None else None  # type: ignore[arg-type]
+        else:
+            h, c = h_new, c_new
+        for k, v in g.items():
+            gates.setdefault(k, []).append(v)
+        hs.append(h)
+        if c is not None:
+            cs.append(c)
+    H = torch.stack(hs, 1)
+    if mask is not None:
+        H = H * mask[..., None]
+    return ({k: torch.stack(v, 1) for k, v in gates.items()}, H,
+            torch.stack(cs, 1) if cs else None, h, c)
+
+
+def _reverse_index(lengths: Tensor, T: int) -> Tensor:
+    """[B, T] index reversing each row within its length (an involution), CPU int64."""
+    t = torch.arange(T)[None, :]
+    L = lengths[:, None]
+    return torch.where(t < L, L - 1 - t, t)
+
+
+def _unreverse(v: Tensor, rev_idx: Tensor | None) -> Tensor:
+    """Undo the per-row time reversal (a flip when every row has full length)."""
+    return v.flip(1) if rev_idx is None else v.gather(1, rev_idx[..., None].expand_as(v))
+
+
+@torch.no_grad()
+def replay(module: nn.Module, input: Tensor | PackedSequence, hx: Any = None) -> Replay:
+    """Recompute one call of a fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (eval semantics).
+
+    ``input`` and ``hx`` are exactly what the module was called with (a forward hook's
+    ``args``). Returns gates and states for every layer, direction and step, and the outputs
+    in the module's own layout. No host sync beyond what packing itself implies.
+    """
+    mode = _mode(module)
+    L, D = module.num_layers, 2 if module.bidirectional else 1
+    H = module.hidden_size
+    P = getattr(module, "proj_size", 0) or 0
+    Hout = P or H
+    batch_first = module.batch_first
+    packed = isinstance(input, PackedSequence)
+    unbatched = False
+    lengths = mask = None
+    if packed:
+        x, lengths = pad_packed_sequence(input, batch_first=True)  # original batch order
+        T = x.shape[1]
+        mask_cpu = torch.arange(T)[None, :] < lengths[:, None]
+        mask = mask_cpu.to(x.device, non_blocking=True)
+    else:
+        x = input
+        if x.dim() == 2:
+            unbatched = True
+            x = x.unsqueeze(0 if batch_first else 1)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        T = x.shape[1]
+    B = x.shape[0]
+
+    # initial state, [L*D, B, ·]
+    if mode == "LSTM":
+        h0, c0 = hx if hx is not None else (None, None)
+    else:
+        h0, c0 = hx, None
+    if h0 is not None and unbatched:
+        h0 = h0.unsqueeze(1)
+        c0 = c0.unsqueeze(1) if c0 is not None else None
+    if h0 is None:
+        h0 = x.new_zeros(L * D, B, Hout)
+    if mode == "LSTM" and c0 is None:
+        c0 = x.new_zeros(L * D, B, H)
+
+    rev_idx = None
+    layers: list[LayerReplay] = []
+    h_n: list[Tensor] = []
+    c_n: list[Tensor] = []
+    layer_in = x
+    for k in range(L):
+        outs = []
+        for d in range(D):
+            sfx = f"_l{k}" + ("_reverse" if d else "")
+            w_ih, w_hh = getattr(module, "weight_ih" + sfx), getattr(module, "weight_hh" + sfx)
+            b_ih = getattr(module, "bias_ih" + sfx) if module.bias else None
+            b_hh = getattr(module, "bias_hh" + sfx) if module.bias else None
+            w_hr = getattr(module, "weight_hr" + sfx) if P else None
+            xi = nn.functional.linear(layer_in, w_ih, b_ih)  # all t at once
+            if d:
+                if lengths is None:
+                    xi = xi.flip(1)
+                else:
+                    if rev_idx is None:
+                        rev_idx = _reverse_index(lengths, T).to(x.device, non_blocking=True)
+                    xi = xi.gather(1, rev_idx[..., None].expand_as(xi))
+            s = k * D + d
+            gates, hseq, cseq, hT, cT = _run_direction(
+                mode, xi, h0[s], c0[s] if c0 is not None else None, w_hh, b_hh, w_hr, mask)
+            if d:  # back to input time order
+                gates = {g: _unreverse(v, rev_idx) for g, v in gates.items()}
+                hseq = _unreverse(hseq, rev_idx)
+                cseq = _unreverse(cseq, rev_idx) if cseq is not None else None
+            layers.append(LayerReplay(k, d, gates, hseq, cseq, b_ih, b_hh))
+            outs.append(hseq)
+            h_n.append(hT)
+            if cT is not None:
+                c_n.append(cT)
+        layer_in = torch.cat(outs, -1) if D > 1 else outs[0]
+
+    output = layer_in  # [B, T, D*Hout]
+    hn = torch.stack(h_n)
+    cn = torch.stack(c_n) if c_n else None
+    if not batch_first:
+        output = output.transpose(0, 1)
+    if unbatched:
+        output = output.squeeze(0 if batch_first else 1)
+        hn = hn.squeeze(1)
+        cn = cn.squeeze(1) if cn is not None else None
+    exact = not (module.training and module.dropout > 0 and L > 1)
+    notes = [] if exact else [
+        "module in training mode with dropout between layers: replay computes eval behaviour"]
+    return Replay(mode, layers, output, hn, cn, mask, lengths, batch_first, packed, unbatched,
+                  exact, H, P, notes)
+
+
+@torch.no_grad()
+def replay_cell(cell: nn.Module, input: Tensor, hx: Any = None) -> Replay:
+    """One step of ``nn.LSTMCell``/``nn.GRUCell``/``nn.RNNCell``: gates and the new state.
+
+    Returned as a one-layer :class:`Replay` with T = 1 (so :func:`gate_stats` applies);
+    ``h_n``/``c_n`` (and ``output`` = ``h_n``) are the new state in the cell's layout.
+    """
+    mode = _mode(cell)
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    if mode == "LSTM":
+        h, c = hx if hx is not None else (None, None)
+    else:
+        h, c = hx, None
+    if h is None:
+        h = x.new_zeros(x.shape[0], cell.hidden_size)
+    elif unbatched:
+        h = h.unsqueeze(0)
+    if mode == "LSTM":
+        c = x.new_zeros(x.shape[0], cell.hidden_size) if c is None else (c.unsqueeze(0) if unbatched else c)
+    b_ih = cell.bias_ih if cell.bias else None
+    b_hh = cell.bias_hh if cell.bias else None
+    xt = nn.functional.linear(x, cell.weight_ih, b_ih)
+    gates, h_new, c_new = _step(mode, xt, h, c, cell.weight_hh, b_hh, None)
+    lr = LayerReplay(0, 0, {k: v.unsqueeze(1) for k, v in gates.items()}, h_new.unsqueeze(1),
+                     c_new.unsqueeze(1) if c_new is not None else None, b_ih, b_hh)
+    if unbatched:
+        h_new = h_new.squeeze(0)
+        c_new = c_new.squeeze(0) if c_new is not None else None
+    return Replay(mode, [lr], h_new, h_new, c_new, batch_first=True, unbatched=unbatched,
+                  hidden_size=cell.hidden_size)
+
+
+def _percentiles(v: Tensor, valid: Tensor | None, n: Tensor) -> Tensor:
+    """Linear-interpolated PERCENTILES of ``v`` (flat) over ``valid`` entries, on device."""
+    if valid is not None:
+        v = torch.where(valid, v, torch.full_like(v, float("inf")))  # invalid sort last
+    s = v.sort().values
+    q = torch.tensor(PERCENTILES, dtype=s.dtype, device=s.device)
+    pos = (q * (n.to(s.dtype) - 1)).clamp(min=0)
+    lo = pos.floor().long()
+    hi = pos.ceil().long().clamp(max=s.numel() - 1)
+    a, b = s[lo], s[hi]
+    out = a + (b - a) * (pos - lo.to(s.dtype))
+    out = torch.where(b == a, a, out)  # exact when equal (also avoids inf - inf)
+    return torch.where(n > 0, out, torch.full_like(out, float("nan")))
+
+
+def _frac(cond: Tensor, m3: Tensor | None, nf: Tensor) -> Tensor:
+    """Fraction of valid entries where ``cond`` holds (device scalar)."""
+    if m3 is not None:
+        cond = cond & m3
+    return cond.sum().to(nf.dtype) / nf
+
+
+def gate_stats(rep: Replay) -> list[dict[str, Any]]:
+    """Reduce a replay to recorder rows; values are device tensors, keys plain Python.
+
+    One row per (layer, direction, gate) with keys ``layer, direction, gate, activation,
+    frac_low, frac_high, frac_saturated, mean, p10, p50, p90, unit_mean``:
+    sigmoid gates: frac_low = P(x < SIGMOID_LOW), frac_high = P(x > SIGMOID_HIGH);
+    tanh gates: frac_low = P(x < -TANH_SATURATED), frac_high = P(x > TANH_SATURATED);
+    frac_saturated = frac_low + frac_high; relu: frac_low = P(x == 0) (dead), frac_high and
+    frac_saturated NaN. ``unit_mean`` is [H] (mean per unit). All over valid entries only.
+    For an LSTM, also one row per (layer, direction) with ``gate=None`` and keys
+    ``c_norm`` ([T]: mean over valid batch rows of ||c_t||) and ``forget_bias``
+    ([H]: b_ih + b_hh of the f slice; zeros when the module has no bias).
+    """
+    rows: list[dict[str, Any]] = []
+    mask = rep.mask
+    for lr in rep.layers:
+        any_gate = next(iter(lr.gates.values()))
+        Bn, T, Hg = any_gate.shape
+        m3 = mask[..., None] if mask is not None else None  # [B, T, 1]
+        n_rows = mask.sum() if mask is not None else torch.tensor(Bn * T, device=any_gate.device)
+        n = n_rows * Hg
+        per_unit_n = n_rows.to(any_gate.dtype).clamp(min=1)
+        for name, v in lr.gates.items():
+            act = ACTIVATIONS.get(name, "tanh" if rep.mode == "RNN_TANH" else "relu")
+            nf = n.to(v.dtype).clamp(min=1)
+            if act == "sigmoid":
+                lo, hi = _frac(v < SIGMOID_LOW, m3, nf), _frac(v > SIGMOID_HIGH, m3, nf)
+                sat = lo + hi
+            elif act == "tanh":
+                lo, hi = _frac(v < -TANH_SATURATED, m3, nf), _frac(v > TANH_SATURATED, m3, nf)
+                sat = lo + hi
+            else:
+                lo = _frac(v == 0, m3, nf)
+                hi = sat = torch.full_like(lo, float("nan"))
+            vz = torch.where(m3, v, torch.zeros_like(v)) if m3 is not None else v
+            p = _percentiles(v.reshape(-1), m3.expand_as(v).reshape(-1) if m3 is not None else None, n)
+            rows.append({
+                "layer": lr.layer, "direction": lr.direction, "gate": name, "activation": act,
+                "frac_low": lo, "frac_high": hi, "frac_saturated": sat,
+                "mean": vz.sum() / nf, "p10": p[0], "p50": p[1], "p90": p[2],
+                "unit_mean": vz.sum((0, 1)) / per_unit_n,
+            })
+        if lr.c is not None:
+            cnorm = lr.c.norm(dim=-1)  # [B, T]
+            if mask is not None:
+                cnorm = (cnorm * mask).sum(0) / mask.sum(0).clamp(min=1).to(cnorm.dtype)
+            else:
+                cnorm = cnorm.mean(0)
+            Hc = lr.c.shape[-1]
+            if lr.b_ih is not None and lr.b_hh is not None:
+                fb = (lr.b_ih[Hc:2 * Hc] + lr.b_hh[Hc:2 * Hc]).detach().clone()
+            else:
+                fb = lr.c.new_zeros(Hc)
+            rows.append({"layer": lr.layer, "direction": lr.direction, "gate": None,
+                         "c_norm": cnorm, "forget_bias": fb})
+    return rows
