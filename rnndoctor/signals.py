@@ -133,6 +133,41 @@ REFETCH = Signal(
     when="once per DataLoader over a map-style dataset, before its first batch",
 )
 
+TIME_GRAD = Signal(
+    "time_grad",
+    keys=("step", "module"),
+    values={"grad_norm": "mean over the batch of ||dL/dx_t|| for every time step t of the recurrent input (list)",
+            "backward_step": "the step whose backward() produced it (> step: gradient reached an earlier batch)",
+            "pad_grad_share": "share of the input gradient on trailing all-zero steps (padding) of padded input"},
+    when="first fused-RNN call of the first 10 steps, then every 5th (training passes only)",
+)
+
+GATES = Signal(
+    "gates",
+    keys=("step", "module", "layer", "direction", "gate"),
+    values={"frac_low": "share of entries < 0.05 (sigmoid) / < -0.95 (tanh) / == 0 (relu)",
+            "frac_high": "share > 0.95", "frac_saturated": "frac_low + frac_high",
+            "mean": "mean activation", "p10": "10th percentile", "p50": "median", "p90": "90th percentile",
+            "replay_err": "max |h_n(replay) - h_n(module)|: the replay checks itself", "exact": "0 when dropout makes replay inexact"},
+    when="gate replay of fused RNNs, first 3 steps then every 25th (training passes, padding excluded)",
+)
+
+CELL = Signal(
+    "cell",
+    keys=("step", "module", "layer", "direction"),
+    values={"c_norm": "mean over the batch of ||c_t|| for every t (list)", "forget_bias": "b_ih + b_hh of the forget gate (list)"},
+    when="with the gate replay (LSTM)",
+)
+
+EVAL_PASSES = Signal(
+    "eval_passes",
+    keys=("step", "module"),
+    values={"model_training": "module.training of the model called without grad",
+            "dropout_active": "1 when a Dropout (or an RNN's inter-layer dropout) was in training mode",
+            "active_modules": "names of the active dropout modules"},
+    when="the first model call without grad in each step",
+)
+
 DATASETS = Signal(
     "datasets",
     keys=("dataset",),
@@ -140,4 +175,4 @@ DATASETS = Signal(
     when="once per DataLoader, at its first iteration",
 )
 
-CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS)}
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, EVAL_PASSES)}

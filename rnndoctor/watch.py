@@ -32,6 +32,8 @@ from torch.utils.hooks import RemovableHandle
 from . import __version__
 from .finding import Diagnosis, Finding, Severity
 from .probes import data as data_probe
+from .probes import gates
+from .probes import through_time
 from .probes.nonfinite import RECURRENT_TYPES, NonFiniteProbe
 from .probes.outputs import LossCall, LossStats, capture_losses, loss_stats
 from .probes.params import ParamProbe
@@ -46,6 +48,11 @@ DEFAULT_DETAIL = first_then_every(20, 10)
 DEFAULT_UPDATE_RATIO = first_then_every(20, 5)
 #: data fingerprints and input statistics: one small matmul and a few reductions per batch
 DEFAULT_DATA = first_then_every(50, 5)
+#: ‖∂L/∂x_t‖ profile: a tensor hook on the RNN input (design.md: 1.00-1.01x even every step)
+DEFAULT_TIME_GRAD = first_then_every(10, 5)
+#: gate replay: exact recompute of every layer and step costs ~0.5-0.7 of a step (design.md:
+#: 1.7x every step, 1.06x every 10th), so the first 3 steps, then every 25th
+DEFAULT_GATES = first_then_every(3, 25)
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,6 +151,12 @@ class Watch:
         self._detail_due = DEFAULT_DETAIL
         self._update_due = DEFAULT_UPDATE_RATIO
         self._data_due = DEFAULT_DATA
+        self._time_grad_due = DEFAULT_TIME_GRAD
+        self._time_grad_step = -1
+        self._gates_due = DEFAULT_GATES
+        self._gates_step = -1
+        self._eval_checked_step = -1
+        self._dropouts: list[tuple[str, nn.Module]] = []
         self._fingerprint = data_probe.Fingerprinter()
         self._pending_fp: torch.Tensor | None = None
         self._loader_patch: data_probe.LoaderPatch | None = None
@@ -220,6 +233,7 @@ class Watch:
         if not self.active:
             return self.diagnosis  # type: ignore[return-value]
         self.active = False
+        self.on_step = None  # the run is over: closing its last step must not stop it again
         try:
             self._maybe_close_step()
             self._emit_eval()
@@ -386,12 +400,15 @@ class Watch:
         multi = len(self._roots) > 1
         seen_params: set[int] = set()
         rnn_modules: list[tuple[str, nn.Module]] = []
+        dropouts: list[tuple[str, nn.Module]] = []
         device = None
         for root_name, root in self._roots.items():
             for sub_name, m in root.named_modules():
                 qual = ".".join(x for x in ((root_name if multi else ""), sub_name) if x) or root_name
                 self._names[id(m)] = qual
                 modules_meta.append({"name": qual, "type": type(m).__name__})
+                if isinstance(m, nn.modules.dropout._DropoutNd) or (isinstance(m, nn.RNNBase) and m.num_layers > 1):
+                    dropouts.append((qual, m))
                 if isinstance(m, RECURRENT_TYPES):
                     rnn_modules.append((qual, m))
                     recurrent.append({"name": qual, "type": type(m).__name__, **_rnn_config(m)})
@@ -407,6 +424,9 @@ class Watch:
             self._module_handles.append(root.register_forward_pre_hook(self._before_forward))
         for qual, m in rnn_modules:
             self._module_handles.append(m.register_forward_pre_hook(functools.partial(self._before_rnn, qual), with_kwargs=True))
+            if isinstance(m, nn.RNNBase):
+                self._module_handles.append(m.register_forward_hook(functools.partial(self._after_rnn, qual), with_kwargs=True))
+        self._dropouts = dropouts
         fused = [m for _, m in rnn_modules if isinstance(m, nn.RNNBase)]
         self._rnn_batch_first = bool(fused[0].batch_first) if fused else True
         self._params = ParamProbe(named_params)
@@ -432,6 +452,8 @@ class Watch:
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         self._maybe_close_step()
         self._set_localize(self._nan_seen or self._localize_due(self.steps))
+        if not torch.is_grad_enabled() and self._eval_checked_step != self.steps:
+            self._check_eval_pass(module)
         self._pending_fp = None
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point() and self._data_due(self.steps):
@@ -444,11 +466,71 @@ class Watch:
                 row.update(data_probe.input_stats(x))
                 self._recorder.add("inputs", row)
 
+    def _check_eval_pass(self, module: nn.Module) -> None:
+        """An evaluation pass (no grad): is dropout still active in it? (once per step)"""
+        assert self._recorder is not None
+        self._eval_checked_step = self.steps
+        active = [name for name, m in self._dropouts if m.training and getattr(m, "p", getattr(m, "dropout", 0)) > 0]
+        self._recorder.add(
+            "eval_passes",
+            {"step": self.steps, "module": self._names.get(id(module), "model"), "model_training": int(module.training),
+             "dropout_active": int(bool(active)), "active_modules": active[:8]},
+        )
+
     @_guarded
-    def _before_rnn(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
-        """Recurrent input as the RNN sees it: scale, constancy, lengths (on the data schedule)."""
-        if not self._data_due(self.steps) or self._recorder is None:
+    def _before_rnn(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> Any:
+        """Pre-hook of every recurrent module: input statistics (data schedule) and the
+        gradient-through-time hook (its own schedule; first fused-RNN call of the step)."""
+        if self._recorder is None:
+            return None
+        if self._data_due(self.steps):
+            self._record_rnn_input(name, module, args, kwargs)
+        if (
+            isinstance(module, nn.RNNBase)
+            and torch.is_grad_enabled()
+            and self._time_grad_step != self.steps
+            and self._time_grad_due(self.steps)
+        ):
+            self._time_grad_step = step = self.steps
+            packed = isinstance(data_probe.recurrent_input(module, args, kwargs), data_probe.PackedSequence)
+            return through_time.attach(module, args, kwargs, functools.partial(self._on_time_grad, name, step, packed))
+        return None
+
+    @_guarded
+    def _after_rnn(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        """Gate replay (scheduled): recompute gates and cell states from the module's own
+        weights and this call's input, before the optimizer moves the weights."""
+        if self._recorder is None or not torch.is_grad_enabled() or not self._gates_due(self.steps):
             return
+        if self._gates_step == self.steps:
+            return  # first call of the step only
+        self._gates_step = self.steps
+        x = data_probe.recurrent_input(module, args, kwargs)
+        hx = args[1] if len(args) > 1 else kwargs.get("hx")
+        with torch.no_grad():
+            rep = gates.replay(module, x, hx)
+            h_n = output[1][0] if isinstance(output[1], tuple) else output[1]
+            err = (rep.h_n - h_n.detach()).abs().max() if rep.h_n.shape == h_n.shape else torch.full((), float("nan"))
+            for row in gates.gate_stats(rep):
+                row = {k: v for k, v in row.items() if k != "unit_mean"}
+                base = {"step": self.steps, "module": name}
+                if row.get("gate") is None:
+                    self._recorder.add("cell", {**base, **{k: v for k, v in row.items() if k != "gate"}})
+                else:
+                    self._recorder.add("gates", {**base, **row, "replay_err": err, "exact": int(rep.exact)})
+
+    def _on_time_grad(self, name: str, step: int, packed: bool, profile: torch.Tensor, pad_share: torch.Tensor | None) -> None:
+        """Backward reached the recurrent input of ``step``; ``backward_step`` > ``step``
+        means gradient flowed into an earlier batch (state carried without detach)."""
+        if self._recorder is not None and self.active:
+            row = {"step": step, "backward_step": self.steps, "module": name, "packed": int(packed), "grad_norm": profile}
+            if pad_share is not None:
+                row["pad_grad_share"] = pad_share
+            self._recorder.add("time_grad", row)
+
+    def _record_rnn_input(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
+        """Recurrent input as the RNN sees it: scale, constancy, lengths, initial state."""
+        assert self._recorder is not None
         x = data_probe.recurrent_input(module, args, kwargs)
         with torch.no_grad():
             row: dict[str, Any] = {"step": self.steps, "module": name, "packed": int(isinstance(x, data_probe.PackedSequence))}

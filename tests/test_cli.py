@@ -185,3 +185,21 @@ def test_findings_so_far_reads_the_run_while_it_is_recorded(tmp_path):
             loss = F.cross_entropy(model(torch.randn(8, 3)) * float("nan"), torch.randint(0, 2, (8,)))
             opt.zero_grad(); loss.backward(); opt.step()
         assert "non-finite" in run.findings_so_far()
+
+
+def test_max_steps_reached_by_the_last_step_of_a_manual_update_loop(tmp_path):
+    """A loop without an optimizer closes its last step at exit; that must not raise."""
+    path = tmp_path / "manual.py"
+    path.write_text(textwrap.dedent("""
+        import torch, torch.nn as nn, torch.nn.functional as F
+        lstm = nn.LSTM(1, 4, batch_first=True)
+        for _ in range(3):
+            loss = lstm(torch.randn(2, 5, 1))[0].pow(2).mean()
+            lstm.zero_grad(); loss.backward()
+            with torch.no_grad():
+                for p in lstm.parameters():
+                    p -= 0.1 * p.grad
+    """))
+    p = rnndoctor("diagnose", path, "--max-steps", 3, "--out", tmp_path / "run", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert findings_json(tmp_path / "run" / "findings.json")["run"]["steps"] == 3

@@ -337,3 +337,58 @@ def test_dataset_refetch_leaves_the_users_random_stream_alone(tmp_path):
     watched, ctx = draws(True)
     assert watched == bare
     assert "resampled-parameters" in {f.id for f in ctx.findings}
+
+
+def test_recurrence_probes_record_gates_cell_and_time_gradients(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True):
+        train(model, 4, eval_every=2)
+    rec = rnndoctor.load_run(tmp_path / "r")
+    gates = rec["gates"]
+    assert set(gates["gate"]) == {"i", "f", "g", "o"} and set(gates["step"]) == {0, 1, 2}
+    assert (gates["replay_err"] < 1e-5).all()  # the replay reproduced the module's h_n
+    cell = rec["cell"]
+    assert len(cell.iloc[0]["c_norm"]) == 5 and len(cell.iloc[0]["forget_bias"]) == 8
+    tg = rec["time_grad"]
+    assert list(tg["step"]) == [0, 1, 2, 3] and (tg["backward_step"] == tg["step"]).all()
+    assert all(len(p) == 5 for p in tg["grad_norm"])
+    ev = rec["eval_passes"]
+    assert list(ev["step"]) == [2, 4] and (ev["dropout_active"] == 0).all()
+
+
+def test_time_gradient_hook_leaves_the_users_gradients_unchanged(tmp_path):
+    def grads(watched):
+        torch.manual_seed(0)
+        model = Tiny()
+        x, y = batch()
+        ctx = rnndoctor.watch(model, out=tmp_path / str(watched), summary=False, strict=True) if watched else None
+        if ctx:
+            ctx.__enter__()
+        F.cross_entropy(model(x), y).backward()
+        out = [p.grad.clone() for p in model.parameters()]
+        if ctx:
+            ctx.__exit__(None, None, None)
+        return out
+
+    for a, b in zip(grads(False), grads(True)):
+        assert torch.equal(a, b)
+
+
+def test_dropout_left_on_during_evaluation_is_recorded(tmp_path):
+    model = nn.Sequential()
+    lstm, drop, head = nn.LSTM(1, 8, batch_first=True), nn.Dropout(0.5), nn.Linear(8, 2)
+
+    class WithDropout(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.drop, self.head = lstm, drop, head
+
+        def forward(self, x):
+            return self.head(self.drop(self.lstm(x)[0][:, -1]))
+
+    model = WithDropout()
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
+        train(model, 3, eval_every=1)
+    assert "eval-in-train-mode" in {f.id for f in run.findings}
+    assert rnndoctor.load_run(tmp_path / "r")["eval_passes"]["active_modules"].iloc[0] == ["drop"]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import outcome, gradients, data, recurrence, wiring  # noqa: F401  (registration side effect, explicit list)
+from . import outcome, gradients, gates, data, recurrence, wiring  # noqa: F401  (registration side effect, explicit list)
 from .registry import REGISTRY, RuleSpec, rule
 
-FAMILIES = ("outcome", "gradients", "data", "recurrence", "wiring")
+FAMILIES = ("outcome", "gradients", "gates", "data", "recurrence", "wiring")
 
 __all__ = ["FAMILIES", "REGISTRY", "RuleSpec", "all_rules", "get_rule", "rule"]
 

@@ -427,3 +427,17 @@ def divergence(
         first_step=step,
         plots=("loss",),
     )
+
+
+def not_learning(run: Run, *, min_rel_decrease: float = 0.1) -> bool:
+    """The outcome is bad: stuck at the baseline, or the loss of the last tenth of the run is
+    not at least 10 % below that of the first tenth. Rules about causes (gradient horizon)
+    fire only then, as AUTOTRAINER gates its vanishing check on a bad outcome."""
+    if next(iter(stuck_at_chance(run)), None) is not None:
+        return True
+    loss = finite(run.train_steps().get("loss", pd.Series(dtype=float)))
+    if len(loss) < 20:
+        return False
+    k = max(1, len(loss) // 10)
+    first, last = float(loss.iloc[:k].mean()), float(loss.iloc[-k:].mean())
+    return first > 0 and (first - last) / first < min_rel_decrease

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
+
 from ..finding import Finding, Severity
+from ..probes.through_time import horizon
 from ..run import Run
+from .outcome import not_learning
 from .registry import rule
 
 
@@ -48,4 +52,201 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Finding]:
             where={"module": module},
             first_step=int(rows["step"].min()),
             plots=("inputs",),
+        )
+
+
+@rule("vanishing-gradient-through-time", Severity.WARNING, signals=("time_grad", "steps"))
+def vanishing_gradient_through_time(
+    run: Run,
+    *,
+    eps: float = 1e-2,  # research-notes §6: horizon H = steps back with g >= 1e-2 x peak (1e-3: strong)
+    min_len: int = 10,
+    horizon_fraction: float = 0.5,  # warn when H < T / 2 ...
+) -> Iterator[Finding]:
+    """The gradient fades out a few steps back from the end of the sequence.
+
+    What it detects: from ‖∂L/∂x_t‖ measured at every time step of a (padded, not packed)
+    recurrent input, the gradient horizon — how many steps back from the last one the
+    gradient stays at least 1 % of its peak — is under half the sequence length, and the run
+    is not learning (stuck at the baseline, or loss down less than 10 %).
+
+    Why it matters: the loss cannot assign credit to inputs beyond the horizon, so a target
+    that depends on them (parity of 50 bits) never gets a usable gradient: the loss surface
+    is flat at ln 2 and SGD sees noise (Pascanu et al. 2013; Shalev-Shwartz et al. 2017).
+
+    How to fix: shorten the path from the inputs to the loss: dense per-step targets (e.g.
+    running parity), a curriculum from short to long sequences (or random lengths, packed),
+    forget-gate bias 1; post-padding reinserts the long path, so pack or pre-pad.
+    """
+    tg = run["time_grad"]
+    if tg.empty or not not_learning(run):
+        return
+    own = tg[(tg["backward_step"] == tg["step"]) & (tg.get("packed", 0) == 0)]
+    for module, rows in own.groupby("module", sort=False):
+        rows = rows[rows["step"] >= rows["step"].max() // 2]  # the trained half
+        lengths = rows["grad_norm"].map(len)
+        t = int(lengths.mode().iloc[0])
+        if t < min_len:
+            continue
+        profile = np.mean([np.asarray(p, float) for p in rows["grad_norm"][lengths == t]], axis=0)
+        h = horizon(profile, eps)
+        if h >= horizon_fraction * t:
+            continue
+        peak = float(np.nanmax(profile))
+        yield Finding(
+            id="vanishing-gradient-through-time",
+            severity=Severity.WARNING,
+            title=f"The gradient reaches only {h} of {t} time steps back into '{module}'",
+            explanation=(
+                f"‖∂L/∂x_t‖ falls below 1 % of its peak {h} steps before the end of the {t}-step sequence "
+                f"(strong horizon at 0.1 %: {horizon(profile, eps / 10)} steps), and the run is not learning: "
+                "inputs further back get no usable credit."
+            ),
+            fix=(
+                "Give the model a short path to the inputs: dense per-step targets, a short-to-long curriculum or "
+                "random packed lengths, forget-gate bias 1; avoid post-padding (pack or pre-pad)."
+            ),
+            evidence={"horizon": h, "horizon_strong": horizon(profile, eps / 10), "sequence_length": t, "eps": eps,
+                      "profile_relative": [round(float(v) / peak, 6) if peak > 0 else 0.0 for v in profile],
+                      "steps_sampled": int(len(rows))},
+            where={"module": module, "time_steps": f"{t - h}-{t - 1} reached of 0-{t - 1}"},
+            first_step=int(rows["step"].min()),
+            plots=("time_grad",),
+        )
+
+
+@rule("undetached-state", Severity.WARNING, signals=("time_grad",))
+def undetached_state(run: Run) -> Iterator[Finding]:
+    """Hidden state is carried across batches without detach, so backprop reaches old batches.
+
+    What it detects: the backward pass of a later step produced gradient at the recurrent
+    input of an earlier step — only possible when the state handed from batch to batch
+    still carries its graph (measured by the gradient-through-time hook on sampled steps).
+
+    Why it matters: every step backpropagates through all earlier batches: step time and
+    memory grow with training, and without ``retain_graph=True`` it fails with "Trying to
+    backward through the graph a second time".
+
+    How to fix: truncate backprop through time at the batch boundary: ``h = h.detach()``
+    (and ``c = c.detach()``) before feeding the state into the next batch; drop
+    ``retain_graph=True``.
+    """
+    tg = run["time_grad"]
+    if tg.empty or "backward_step" not in tg:
+        return
+    late = tg[tg["backward_step"] > tg["step"]]
+    for module, rows in late.groupby("module", sort=False):
+        reach = int((rows["backward_step"] - rows["step"]).max())
+        first = rows.sort_values("backward_step").iloc[0]
+        yield Finding(
+            id="undetached-state",
+            severity=Severity.WARNING,
+            title=f"Backward at step {int(first['backward_step'])} reached the input of step {int(first['step'])} through '{module}'",
+            explanation=(
+                f"Gradient flowed from later steps into earlier batches' inputs {len(rows)} times, up to {reach} steps back: "
+                "the recurrent state is carried from batch to batch with its graph."
+            ),
+            fix="Detach the carried state each batch: h, c = h.detach(), c.detach(); then retain_graph=True is not needed.",
+            evidence={"reach_steps": reach, "occurrences": int(len(rows))},
+            where={"module": module, "step": int(first["backward_step"])},
+            first_step=int(first["backward_step"]),
+            plots=("time_grad",),
+        )
+
+
+@rule("eval-in-train-mode", Severity.WARNING, signals=("eval_passes",))
+def eval_in_train_mode(run: Run) -> Iterator[Finding]:
+    """Evaluation passes run with dropout still active.
+
+    What it detects: the model was called without gradient (an evaluation under
+    ``torch.no_grad()``) while a Dropout module, or an RNN's inter-layer dropout, was in
+    training mode — ``model.eval()`` was not called.
+
+    Why it matters: evaluation predictions are then random draws of a thinned network:
+    accuracy and loss fluctuate and read worse than the model is, and early stopping or
+    model selection on them picks noise (seed 003's misspelled ``determistic=True`` did the
+    same in Lasagne).
+
+    How to fix: call ``model.eval()`` before evaluating and ``model.train()`` after (or use
+    ``torch.inference_mode()`` together with ``model.eval()``).
+    """
+    ev = run["eval_passes"]
+    if ev.empty:
+        return
+    bad = ev[ev["dropout_active"] == 1]
+    if bad.empty:
+        return
+    first = bad.sort_values("step").iloc[0]
+    modules = sorted({m for ms in bad["active_modules"] for m in ms})
+    yield Finding(
+        id="eval-in-train-mode",
+        severity=Severity.WARNING,
+        title=f"{len(bad)} of {len(ev)} evaluation passes ran with dropout active ({', '.join(modules[:3])})",
+        explanation=(
+            f"'{first['module']}' was called without gradient (an evaluation) while {', '.join(modules)} "
+            "were in training mode: its evaluation outputs are random draws of a thinned network."
+        ),
+        fix="Call model.eval() before evaluating and model.train() afterwards.",
+        evidence={"eval_passes": int(len(ev)), "with_dropout_active": int(len(bad)), "dropout_modules": modules},
+        where={"module": str(first["module"]), "dropout": ", ".join(modules[:4]), "step": int(first["step"])},
+        first_step=int(first["step"]),
+        plots=("loss",),
+    )
+
+
+#: a sequence counts as padded when it ends (last non-zero step) by T / 2: random bits end in
+#: T/2 zeros with P = 2^-(T/2) (9 % for T = 7), uniformly drawn lengths half of the time
+PADDED_BEFORE = 0.5
+
+
+@rule("padding-not-masked", Severity.WARNING, signals=("rnn_inputs", "time_grad"))
+def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad: float = 0.05, min_sequences: int = 200) -> Iterator[Finding]:
+    """Padded variable-length sequences are fed whole and the answer is read after the padding.
+
+    What it detects: in a padded (not packed) recurrent input, at least 20 % of the
+    sequences end (last non-zero step) by half the padded length, and at least 5 % of
+    the input gradient lands on the trailing padding — the loss reads an output computed
+    after the padding, typically ``output[:, -1]``.
+
+    Why it matters: the recurrence runs through up to T - 1 padding steps between the last
+    real element and the answer, so the answer must survive a long, uninformative path
+    (seed 001: post-padded parity stays at 50 % while pre-padded or packed learns).
+
+    How to fix: pack the batch (``pack_padded_sequence(x, lengths, batch_first=True,
+    enforce_sorted=False)``) and read ``h_n``, or gather the output at ``lengths - 1``;
+    otherwise pre-pad so the real data ends at the last step.
+    """
+    ri = run["rnn_inputs"]
+    tg = run["time_grad"]
+    if ri.empty or tg.empty or "pad_grad_share" not in tg or "length_hist" not in ri:
+        return
+    ri = ri[(ri["packed"] == 0) & ri["length_hist"].notna()]
+    for module, rows in ri.groupby("module", sort=False):
+        t = int(rows["seq_len"].mode().iloc[0])
+        hists = [np.asarray(h, float) for h in rows["length_hist"] if len(h) == t + 1]
+        if not hists:
+            continue
+        hist = np.sum(hists, axis=0)
+        total = hist.sum()
+        padded = hist[1 : int(PADDED_BEFORE * t) + 1].sum() / total if total else 0.0
+        grads = tg[(tg["module"] == module) & (tg["packed"] == 0)]["pad_grad_share"].dropna()
+        if total < min_sequences or padded < min_padded_share or grads.empty:
+            continue
+        pad_grad = float(grads.mean())
+        if pad_grad < min_pad_grad:
+            continue
+        yield Finding(
+            id="padding-not-masked",
+            severity=Severity.WARNING,
+            title=f"'{module}' is fed padded sequences unpacked, and {pad_grad:.0%} of its input gradient lands on padding",
+            explanation=(
+                f"{padded:.0%} of the sequences end by step {int(PADDED_BEFORE * t)} of the padded length {t}, yet "
+                f"{pad_grad:.0%} of ‖∂L/∂x‖ sits on their trailing padding: the answer is read after the padding "
+                "(e.g. output[:, -1]), so the network must carry it across the padded steps."
+            ),
+            fix="Pack the batch with pack_padded_sequence(..., enforce_sorted=False) and use h_n, or gather output at lengths - 1; or pre-pad.",
+            evidence={"padded_length": t, "padded_share": float(padded), "gradient_on_padding": pad_grad, "sequences": int(total)},
+            where={"module": module},
+            first_step=int(rows["step"].min()),
+            plots=("time_grad",),
         )

@@ -1,0 +1,186 @@
+"""Gates and cell state of LSTM/GRU layers, from the scheduled gate replay."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..finding import Finding, Severity
+from ..run import Run
+from ._common import fmt
+from .outcome import not_learning
+from .registry import rule
+
+#: research-notes §6: "pinned" when >= 90 % of entries sit in a flat end of the sigmoid
+PINNED_SHARE = 0.9
+#: ... and an extreme bias explains it: mean |b_f| >= 6 gives f < 0.0025 or f > 0.9975
+EXTREME_FORGET_BIAS = 6.0
+#: gate-saturation: >= 50 % of entries saturated (DD's 50 %, SMD's 50 % of a layer)
+SATURATED_SHARE = 0.5
+
+
+def _early(rows: pd.DataFrame) -> pd.DataFrame:
+    """Sampled checks in the first half of the run: saturation later in a good run is normal
+    (trained LSTMs keep many forget gates open), so judge the start."""
+    return rows[rows["step"] <= rows["step"].max() // 2] if not rows.empty else rows
+
+
+def _where(module: str, layer: int, direction: int, gate: str) -> dict:
+    return {"module": module, "layer": int(layer), "direction": "reverse" if direction else "forward", "gate": gate}
+
+
+@rule("forget-gate-saturation", Severity.ERROR, signals=("gates",))
+def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extreme_bias: float = EXTREME_FORGET_BIAS) -> Iterator[Finding]:
+    """Forget gates pinned shut (memory wiped every step) or wide open (never forgets).
+
+    What it detects: in the replayed gates of an LSTM layer, at least 90 % of forget-gate
+    entries (units x time steps x batch) are below 0.05 or above 0.95 on the sampled steps of
+    the first half of the run. Error when the forget bias explains it (mean |b_f| >= 6);
+    warning when the run is also not learning.
+
+    Why it matters: f(1 - f) is the gradient through the gate: pinned gates cannot learn to
+    remember or forget, and f ≈ 0 turns the LSTM into a memoryless layer, f ≈ 1 lets the
+    cell state grow without bound (seed 003's ±10 biases). Jozefowicz et al. 2015: an LSTM
+    without a working forget gate performs like a plain tanh RNN.
+
+    How to fix: initialise the forget bias to about 1 (b_ih + b_hh of the f slice), not ±10;
+    keep the gate weights' scale moderate; normalise inputs.
+    """
+    g = run["gates"]
+    g = g[g["gate"] == "f"] if not g.empty else g
+    if g.empty:
+        return
+    cell = run["cell"]
+    learning_bad = None
+    for (module, layer, direction), rows in g.groupby(["module", "layer", "direction"], sort=False):
+        early = _early(rows)
+        low, high = float(early["frac_low"].mean()), float(early["frac_high"].mean())
+        share = low + high  # pinned at either flat end (seed 003 pins some units shut, the rest open)
+        if share < pinned_share:
+            continue
+        side = "closed" if low >= high else "open"
+        bias = float("nan")
+        if not cell.empty:
+            c = cell[(cell["module"] == module) & (cell["layer"] == layer) & (cell["direction"] == direction)]
+            if not c.empty:
+                bias = float(np.mean(np.abs(c.iloc[0]["forget_bias"])))
+        extreme = bias >= extreme_bias
+        if not extreme:
+            if learning_bad is None:
+                learning_bad = not_learning(run)
+            if not learning_bad:
+                continue
+        severity = Severity.ERROR if extreme else Severity.WARNING
+        yield Finding(
+            id="forget-gate-saturation",
+            severity=severity,
+            title=f"Forget gates of '{module}' layer {layer} are pinned: {share:.0%} of entries below 0.05 or above 0.95",
+            explanation=(
+                f"Across the sampled steps of the first half of training, {high:.1%} of forget-gate values were above 0.95 "
+                f"(the cell never forgets and accumulates) and {low:.1%} below 0.05 (memory wiped every step); the mean "
+                f"|forget bias| is {fmt(bias)}. The gate's gradient f(1-f) is ~0, so it cannot learn its way out."
+            ),
+            fix="Initialise the forget-gate bias to about 1 (set b_ih and b_hh of the f slice so their sum is 1), not ±10.",
+            evidence={"share_pinned": share, "share_open": high, "share_closed": low, "mostly": side, "mean_abs_forget_bias": bias, "checks": int(len(early)),
+                      "p10": float(early["p10"].mean()), "p50": float(early["p50"].mean()), "p90": float(early["p90"].mean())},
+            where=_where(module, layer, direction, "f"),
+            first_step=int(early["step"].min()),
+            plots=("gates",),
+        )
+
+
+@rule("gate-saturation", Severity.WARNING, signals=("gates",))
+def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Finding]:
+    """Input/output gates or the cell candidate saturated for most units.
+
+    What it detects: at least half of the entries of an LSTM input or output gate (sigmoid
+    below 0.05 or above 0.95), of the cell candidate g (|tanh| > 0.95), or of a GRU gate are
+    saturated on the sampled steps of the first half of the run.
+
+    Why it matters: saturated sigmoid/tanh units pass almost no gradient (σ' < 0.05 at
+    0.05/0.95), so those gates stop learning — typically because inputs are far from unit
+    scale (seed 004's points in the hundreds) or weights are large.
+
+    How to fix: standardise the inputs; keep initial weights small (PyTorch's default
+    U(-1/√H, 1/√H)); lower a learning rate that blew the weights up.
+    """
+    g = run["gates"]
+    if g.empty:
+        return
+    g = g[(g["gate"] != "f") & g["frac_saturated"].notna()]
+    for (module, layer, direction, gate), rows in g.groupby(["module", "layer", "direction", "gate"], sort=False):
+        early = _early(rows)
+        sat = float(early["frac_saturated"].mean())
+        if sat < share:
+            continue
+        yield Finding(
+            id="gate-saturation",
+            severity=Severity.WARNING,
+            title=f"Gate '{gate}' of '{module}' layer {layer} is saturated for {sat:.0%} of entries",
+            explanation=(
+                f"On the sampled steps of the first half of training {sat:.1%} of the '{gate}' gate's values sat in a flat end "
+                "of its sigmoid/tanh, where almost no gradient passes."
+            ),
+            fix="Standardise the inputs (zero mean, unit variance per feature) and keep initial weights small.",
+            evidence={"share_saturated": sat, "checks": int(len(early)), "mean": float(early["mean"].mean())},
+            where=_where(module, layer, direction, str(gate)),
+            first_step=int(early["step"].min()),
+            plots=("gates",),
+        )
+
+
+@rule("cell-state-growth", Severity.WARNING, signals=("cell",))
+def cell_state_growth(
+    run: Run,
+    *,
+    growth: float = 3.0,  # ||c_T|| / ||c_{T/4}||: linear accumulation from 0 gives ~4, a bounded cell ~1-1.5 (calibrated on lstm_saturated_gates 3.99 vs its twin)
+    min_len: int = 20,
+    magnitude: float = 1e3,  # mean |c| per unit > 1e3 (TDC's magnitude bound)
+) -> Iterator[Finding]:
+    """The LSTM cell state grows steadily along the sequence.
+
+    What it detects: on sequences of at least 20 steps, the mean ‖c_t‖ over the batch,
+    averaged over the sampled steps of the first half of the run, is at least 3x larger at
+    the last time step than a quarter of the way in and grows through the middle
+    (research-notes §6, TDC's divergence pattern applied over time; linear accumulation
+    from 0 gives 4x), or its mean magnitude per unit exceeds 1e3.
+
+    Why it matters: a cell that only accumulates (forget gate ≈ 1, input gate open) has no
+    bounded memory: h = o·tanh(c) saturates and, with unbounded activations, the values
+    overflow on long sequences — seed 003's road to NaN.
+
+    How to fix: forget bias about 1 instead of large positive values; bounded (tanh) cell
+    activations; shorter sequences or truncated backprop; gradient clipping.
+    """
+    cell = run["cell"]
+    if cell.empty or "c_norm" not in cell:
+        return
+    for (module, layer, direction), rows in cell.groupby(["module", "layer", "direction"], sort=False):
+        rows = _early(rows)  # a short sequence that learned to accumulate evidence is fine later on
+        lengths = rows["c_norm"].map(len)
+        t = int(lengths.mode().iloc[0])
+        if t < min_len:
+            continue
+        prof = np.mean([np.asarray(v, float) for v in rows["c_norm"][lengths == t]], axis=0)
+        q, mid, last = prof[t // 4], prof[t // 2], prof[-1]
+        hidden = max(1, len(rows.iloc[0]["forget_bias"]))
+        per_unit = last / np.sqrt(hidden)
+        if not ((q > 0 and last >= growth * q and q < mid < last) or per_unit > magnitude):
+            continue
+        yield Finding(
+            id="cell-state-growth",
+            severity=Severity.WARNING,
+            title=f"Cell state of '{module}' layer {layer} grows {fmt(last / q if q > 0 else float('inf'))}x from t={t // 4} to t={t - 1}",
+            explanation=(
+                f"Mean ‖c_t‖ rises from {fmt(q)} at t={t // 4} to {fmt(mid)} at t={t // 2} and {fmt(last)} at t={t - 1}: "
+                "the cell accumulates instead of forgetting."
+            ),
+            fix="Set the forget bias near 1 (not large positive), keep cell activations bounded (tanh), clip gradients, shorten sequences.",
+            evidence={"c_norm_quarter": float(q), "c_norm_half": float(mid), "c_norm_last": float(last), "sequence_length": t,
+                      "c_norm_profile": [round(float(v), 4) for v in prof]},
+            where={"module": module, "layer": int(layer), "direction": "reverse" if direction else "forward"},
+            first_step=int(rows["step"].min()),
+            plots=("cell_norm",),
+        )

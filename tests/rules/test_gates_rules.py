@@ -1,0 +1,62 @@
+"""Gate and cell-state rules on synthetic recordings."""
+
+import numpy as np
+
+from rnndoctor.finding import Severity
+from rnndoctor.rules import get_rule
+from synth import classification_run, make_run, with_signal
+
+forget = get_rule("forget-gate-saturation")
+saturation = get_rule("gate-saturation")
+growth = get_rule("cell-state-growth")
+
+
+def gate_rows(gate, low, high, steps=(0, 1, 2, 25, 50, 75, 100)):
+    sat = low + high
+    return [{"step": s, "module": "lstm", "layer": 0, "direction": 0, "gate": gate, "frac_low": low, "frac_high": high,
+             "frac_saturated": sat, "mean": 0.5, "p10": 0.1, "p50": 0.5, "p90": 0.9} for s in steps]
+
+
+def cell_rows(profile, bias, steps=(0, 1, 2, 25, 50)):
+    return [{"step": s, "module": "lstm", "layer": 0, "direction": 0, "c_norm": list(profile), "forget_bias": list(bias)} for s in steps]
+
+
+def test_forget_gates_pinned_by_extreme_bias_is_an_error():
+    run = make_run(gates=gate_rows("f", 0.2, 0.8), cell=cell_rows(np.ones(30), [10.0] * 25 + [-10.0] * 7))
+    (f,) = forget(run)
+    assert f.severity is Severity.ERROR and f.evidence["mean_abs_forget_bias"] == 10.0
+    assert f.where["gate"] == "f" and f.evidence["share_pinned"] == 1.0
+
+
+def test_forget_gates_pinned_without_extreme_bias_warns_only_when_not_learning():
+    stuck = classification_run(300, acc=0.5, loss=0.693)
+    run = with_signal(stuck, gates=gate_rows("f", 0.0, 0.95), cell=cell_rows(np.ones(30), [2.0] * 32))
+    (f,) = forget(run)
+    assert f.severity is Severity.WARNING
+    learning = classification_run(300, acc=np.linspace(0.5, 1, 300), loss=np.linspace(0.7, 0.05, 300))
+    assert list(forget(with_signal(learning, gates=gate_rows("f", 0.0, 0.95), cell=cell_rows(np.ones(30), [2.0] * 32)))) == []
+
+
+def test_forget_gates_in_the_middle_are_fine():
+    assert list(forget(make_run(gates=gate_rows("f", 0.01, 0.1), cell=cell_rows(np.ones(30), [1.0] * 32)))) == []
+
+
+def test_forget_gates_saturating_late_in_training_are_fine():
+    rows = gate_rows("f", 0.0, 0.2, steps=(0, 1, 2, 25)) + gate_rows("f", 0.0, 0.99, steps=(75, 100, 125, 150))
+    assert list(forget(make_run(gates=rows, cell=cell_rows(np.ones(30), [10.0] * 32)))) == []
+
+
+def test_gate_saturation():
+    (f,) = saturation(make_run(gates=gate_rows("i", 0.1, 0.6) + gate_rows("f", 0.0, 1.0)))
+    assert f.where["gate"] == "i" and f.evidence["share_saturated"] == 0.7
+    assert list(saturation(make_run(gates=gate_rows("i", 0.1, 0.2)))) == []
+
+
+def test_cell_state_growth():
+    t = np.arange(1, 301)
+    (f,) = growth(make_run(cell=cell_rows(1.5 * t, [10.0] * 32)))
+    assert f.evidence["sequence_length"] == 300 and f.evidence["c_norm_last"] > 3 * f.evidence["c_norm_quarter"]
+    bounded = 2.5 * (1 - np.exp(-t / 5))
+    assert list(growth(make_run(cell=cell_rows(bounded, [1.0] * 32)))) == []
+    short = np.arange(1, 9) * 1.0  # 8 steps: accumulating evidence over a short sequence is fine
+    assert list(growth(make_run(cell=cell_rows(short, [1.0] * 32)))) == []

@@ -1,0 +1,70 @@
+"""Wiring rules inside the recurrence, on synthetic recordings."""
+
+import numpy as np
+
+from rnndoctor.rules import get_rule
+from synth import classification_run, make_run, with_signal
+
+vanishing = get_rule("vanishing-gradient-through-time")
+undetached = get_rule("undetached-state")
+padding = get_rule("padding-not-masked")
+eval_mode = get_rule("eval-in-train-mode")
+
+
+def tg_rows(profile, steps=range(0, 300, 10), backward_offset=0, pad=None, packed=0):
+    rows = []
+    for s in steps:
+        row = {"step": s, "backward_step": s + backward_offset, "module": "lstm", "packed": packed, "grad_norm": list(profile)}
+        if pad is not None:
+            row["pad_grad_share"] = pad
+        rows.append(row)
+    return rows
+
+
+STUCK = classification_run(300, acc=0.5, loss=0.693)
+LEARNING = classification_run(300, acc=np.linspace(0.5, 1, 300), loss=np.linspace(0.7, 0.05, 300))
+DECAYING = 10.0 ** (np.arange(50) - 49) * 1.0  # falls 10x per step back from t = 49
+FLAT = np.ones(50)
+
+
+def test_vanishing_gradient_through_time_fires_on_short_horizon_when_stuck():
+    (f,) = vanishing(with_signal(STUCK, time_grad=tg_rows(DECAYING)))
+    assert f.evidence["horizon"] == 3 and f.evidence["sequence_length"] == 50  # t = 47, 48, 49 within 1 %
+
+
+def test_vanishing_quiet_when_learning_or_gradient_reaches_back_or_packed():
+    assert list(vanishing(with_signal(LEARNING, time_grad=tg_rows(DECAYING)))) == []
+    assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(FLAT)))) == []
+    assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(DECAYING, packed=1)))) == []
+
+
+def test_undetached_state():
+    rows = tg_rows(FLAT, steps=[0, 5]) + [{"step": 0, "backward_step": 3, "module": "lstm", "packed": 0, "grad_norm": list(FLAT)}]
+    (f,) = undetached(make_run(time_grad=rows))
+    assert f.evidence["reach_steps"] == 3 and f.where["step"] == 3
+    assert list(undetached(make_run(time_grad=tg_rows(FLAT)))) == []
+
+
+def rnn_rows(hist, t=20, n=20):
+    return [{"step": s, "module": "lstm", "packed": 0, "seq_len": t, "length_hist": list(hist)} for s in range(n)]
+
+
+UNIFORM = [0] + [20] * 19 + [0]  # lengths 1..19 of 20
+RANDOM_BITS = [0] * 15 + [1, 2, 4, 8, 16, 32]  # sequences that just happen to end in a few zeros
+
+
+def test_padding_not_masked():
+    (f,) = padding(make_run(rnn_inputs=rnn_rows(UNIFORM), time_grad=tg_rows(FLAT[:20], pad=0.9)))
+    assert abs(f.evidence["gradient_on_padding"] - 0.9) < 1e-9 and f.evidence["padded_share"] > 0.4
+    # packed / gathered: no gradient on padding
+    assert list(padding(make_run(rnn_inputs=rnn_rows(UNIFORM), time_grad=tg_rows(FLAT[:20], pad=0.0)))) == []
+    # fixed-length random bits ending in zeros are not padding
+    assert list(padding(make_run(rnn_inputs=rnn_rows(RANDOM_BITS), time_grad=tg_rows(FLAT[:20], pad=0.4)))) == []
+
+
+def test_eval_in_train_mode():
+    rows = [{"step": s, "module": "M", "model_training": 1, "dropout_active": 1, "active_modules": ["drop"]} for s in (50, 100)]
+    (f,) = eval_mode(make_run(eval_passes=rows))
+    assert f.evidence["dropout_modules"] == ["drop"] and f.first_step == 50
+    ok = [{"step": 50, "module": "M", "model_training": 0, "dropout_active": 0, "active_modules": []}]
+    assert list(eval_mode(make_run(eval_passes=ok))) == []
