@@ -139,7 +139,7 @@ TIME_GRAD = Signal(
     values={"grad_norm": "mean over the batch of ||dL/dx_t|| for every time step t of the recurrent input (list)",
             "backward_step": "the step whose backward() produced it (> step: gradient reached an earlier batch)",
             "pad_grad_share": "share of the input gradient on trailing all-zero steps (padding) of padded input"},
-    when="first fused-RNN call of the first 10 steps, then every 5th (training passes only)",
+    when="first fused-RNN call of the first 10 steps, then every 10th (training passes only)",
 )
 
 GATES = Signal(
@@ -149,7 +149,7 @@ GATES = Signal(
             "frac_high": "share > 0.95", "frac_saturated": "frac_low + frac_high",
             "mean": "mean activation", "p10": "10th percentile", "p50": "median", "p90": "90th percentile",
             "replay_err": "max |h_n(replay) - h_n(module)|: the replay checks itself", "exact": "0 when dropout makes replay inexact"},
-    when="gate replay of fused RNNs, first 3 steps then every 25th (training passes, padding excluded)",
+    when="gate replay of fused RNNs, first 3 steps then every 100th (training passes, padding excluded)",
 )
 
 CELL = Signal(

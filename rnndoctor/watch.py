@@ -49,10 +49,11 @@ DEFAULT_UPDATE_RATIO = first_then_every(20, 5)
 #: data fingerprints and input statistics: one small matmul and a few reductions per batch
 DEFAULT_DATA = first_then_every(50, 5)
 #: ‖∂L/∂x_t‖ profile: a tensor hook on the RNN input (design.md: 1.00-1.01x even every step)
-DEFAULT_TIME_GRAD = first_then_every(10, 5)
-#: gate replay: exact recompute of every layer and step costs ~0.5-0.7 of a step (design.md:
-#: 1.7x every step, 1.06x every 10th), so the first 3 steps, then every 25th
-DEFAULT_GATES = first_then_every(3, 25)
+DEFAULT_TIME_GRAD = first_then_every(10, 10)
+#: gate replay: an exact recompute of every layer and step plus its statistics cost ~5 steps
+#: of the seed-000 model (bench/overhead.py: 1.52x at every 25th step, 1.32x without), so the
+#: first 3 steps, then every 100th
+DEFAULT_GATES = first_then_every(3, 100)
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -90,7 +91,6 @@ class _StepAccumulator:
         self.kind: str | None = None
         self.n_classes = 0
         self.loss: torch.Tensor | None = None
-        self.finite: torch.Tensor | None = None
         self.n_pred: torch.Tensor | None = None
         self.n_label: torch.Tensor | None = None
         self.correct: torch.Tensor | None = None
@@ -100,11 +100,10 @@ class _StepAccumulator:
     def add(self, s: LossStats) -> None:
         if self.calls == 0:
             self.kind, self.n_classes = s.kind, s.n_classes
-            self.loss, self.finite = s.loss, s.finite
+            self.loss = s.loss
             self.n_pred, self.n_label, self.correct, self.total = s.n_pred, s.n_label, s.correct, s.total
         else:
             self.loss = self.loss + s.loss
-            self.finite = self.finite & s.finite
             if s.n_pred is not None and self.n_pred is not None and s.n_classes == self.n_classes:
                 self.n_pred = self.n_pred + s.n_pred
                 self.n_label = self.n_label + s.n_label
@@ -117,7 +116,7 @@ class _StepAccumulator:
     def row(self, step: int, mode: str) -> dict[str, Any]:
         row: dict[str, Any] = {"step": step, "mode": mode, "loss_calls": self.calls}
         if self.calls:
-            row.update(loss=self.loss / self.calls, loss_finite=self.finite, loss_kind=self.kind)
+            row.update(loss=self.loss / self.calls, loss_kind=self.kind)
             if self.n_pred is not None:
                 row.update(n_classes=self.n_classes, correct=self.correct, total=self.total)
             if self.detail:
@@ -669,7 +668,7 @@ class Watch:
 
     def _emit_eval(self) -> None:
         if self._eval.calls and self._recorder is not None:
-            self._recorder.add("steps", self._eval.row(self.steps, "eval"))
+            self._recorder.add("steps", self._eval.row(self.steps, "eval"), finalize=_with_loss_finite)
             self._add_predictions(self.steps, "eval", self._eval)
             self._eval = _StepAccumulator()
 
@@ -682,6 +681,7 @@ class Watch:
 
     def _check_sentinel(self, row: dict[str, Any]) -> dict[str, Any]:
         """Runs after the batched transfer: a non-finite loss turns localisation on for good."""
+        row = _with_loss_finite(row)
         if row.get("loss_finite") == 0 or not _finite(row.get("grad_norm")):
             self._nan_seen = True
         return row
@@ -701,6 +701,13 @@ class Watch:
 
     def _write_meta(self) -> None:
         write_meta(self.run_dir, self._meta)
+
+
+def _with_loss_finite(row: dict[str, Any]) -> dict[str, Any]:
+    """``loss_finite`` from the transferred mean loss (NaN/Inf anywhere makes the mean so)."""
+    if "loss" in row:
+        row["loss_finite"] = int(_finite(row["loss"]))
+    return row
 
 
 def _finite(v: Any) -> bool:

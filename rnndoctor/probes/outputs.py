@@ -97,7 +97,6 @@ class LossStats:
     kind: str
     n_classes: int
     loss: torch.Tensor
-    finite: torch.Tensor
     n_pred: torch.Tensor | None = None
     n_label: torch.Tensor | None = None
     correct: torch.Tensor | None = None
@@ -108,24 +107,30 @@ class LossStats:
 def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
     """Reduce a loss call to counts and scalars on its own device."""
     loss = call.loss.detach()
-    value = loss.float().mean()
-    finite = torch.isfinite(loss).all()
+    # every op here runs on every step: a scalar float32 loss is used as it is, and
+    # finiteness is read from the value after the transfer (a mean is non-finite iff an
+    # element is, short of float32 overflow)
+    value = loss if loss.dim() == 0 and loss.dtype == torch.float32 else loss.float().mean()
     x = call.input.detach()
     y = call.target.detach()
-    stats = LossStats(kind=call.kind, n_classes=0, loss=value, finite=finite)
+    stats = LossStats(kind=call.kind, n_classes=0, loss=value)
     with torch.no_grad():
         cls = _class_view(call.kind, x, y, call.kwargs)
         if cls is not None:
             k, pred, label, valid = cls
             stats.n_classes = k
-            w = valid.reshape(-1).to(torch.float32)
+            valid = valid.reshape(-1)
+            w = valid.to(torch.float32)
             # long before clamp: NaN outputs must land in a valid bin, not index out of range
-            pred = pred.reshape(-1).long().clamp(0, k - 1)
+            # (an argmax is always in range; ignore_index labels are clamped, then weighted 0)
+            pred = pred.reshape(-1).long()
+            if call.kind not in CLASSIFICATION_KINDS:
+                pred = pred.clamp(0, k - 1)
             label = label.reshape(-1).long().clamp(0, k - 1)
             stats.n_pred = torch.zeros(k, device=x.device).index_add_(0, pred, w)
             stats.n_label = torch.zeros(k, device=x.device).index_add_(0, label, w)
-            stats.correct = ((pred == label).to(torch.float32) * w).sum()
-            stats.total = w.sum()
+            stats.correct = ((pred == label) & valid).sum()
+            stats.total = valid.sum()
         if detail:
             stats.detail = _detail(call.kind, x, y)
             stats.detail["out_op"] = output_op(call.input)  # type: ignore[assignment]
