@@ -166,6 +166,21 @@ def long_run(n: int = 20_000, n_params: int = 12) -> Run:
         "numel": 100, "ndim": 2,
     })
     frames["nonfinite"] = pd.DataFrame({"step": [12_345], "module": ["lstm"], "call": [0], "t": [17]})
+    replayed = steps[(steps < 3) | (steps % 100 == 0)]
+    frames["gates"] = pd.DataFrame([
+        {"step": s, "module": "lstm", "layer": 0, "direction": 0, "gate": g, "frac_low": 0.1, "frac_high": 0.2,
+         "frac_saturated": 0.3, "mean": 0.5, "p10": 0.1, "p50": 0.5, "p90": 0.9}
+        for s in replayed for g in "ifgo"
+    ])
+    frames["cell"] = pd.DataFrame([
+        {"step": s, "module": "lstm", "layer": 0, "direction": 0, "c_norm": list(np.linspace(0.5, 2.0, 50)), "forget_bias": [1.0] * 8}
+        for s in replayed
+    ])
+    profiled = steps[(steps < 10) | (steps % 10 == 0)]
+    frames["time_grad"] = pd.DataFrame([
+        {"step": s, "backward_step": s, "module": "lstm", "packed": 0, "grad_norm": list(0.5 ** np.arange(50)[::-1])}
+        for s in profiled
+    ])
     return Run(meta={"status": "completed", "steps": n, "wall_s": 321.0, "script": "long.py"}, signals=frames)
 
 
@@ -230,3 +245,28 @@ def test_report_command_rewrites_report_html(tmp_path):
     p = subprocess.run([sys.executable, "-m", "rnndoctor", "report", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert html.is_file() and f"details: {html}" in p.stderr
+
+
+def test_recurrence_plots_render_from_a_real_run(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    import rnndoctor
+    from rnndoctor.report.plots import render
+
+    torch.manual_seed(0)
+    lstm, head = nn.LSTM(1, 8, batch_first=True), nn.Linear(8, 2)
+    model = nn.ModuleDict({"lstm": lstm, "head": head})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True):
+        for _ in range(4):
+            x = torch.randn(8, 12, 1)
+            loss = F.cross_entropy(head(lstm(x)[0][:, -1]), torch.randint(0, 2, (8,)))
+            opt.zero_grad(); loss.backward(); opt.step()
+    run = rnndoctor.load_run(tmp_path / "r")
+    for name in ("gates", "cell_norm", "time_grad"):
+        assert render(name, run) is not None, name
+    assert "horizon:" in render("time_grad", run)
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "Gradient reaching each time step" in page and "Cell state norm over time" in page

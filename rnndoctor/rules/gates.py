@@ -104,7 +104,7 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fin
     scale (seed 004's points in the hundreds) or weights are large.
 
     How to fix: standardise the inputs; keep initial weights small (PyTorch's default
-    U(-1/√H, 1/√H)); lower a learning rate that blew the weights up.
+    U(-1/√H, 1/√H)) and gate biases moderate; lower a learning rate that blew the weights up.
     """
     g = run["gates"]
     if g.empty:
@@ -123,7 +123,7 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fin
                 f"On the sampled steps of the first half of training {sat:.1%} of the '{gate}' gate's values sat in a flat end "
                 "of its sigmoid/tanh, where almost no gradient passes."
             ),
-            fix="Standardise the inputs (zero mean, unit variance per feature) and keep initial weights small.",
+            fix="Standardise the inputs (zero mean, unit variance per feature); keep initial weights small and gate biases moderate (|b| of a few units at most, not ±10).",
             evidence={"share_saturated": sat, "checks": int(len(early)), "mean": float(early["mean"].mean())},
             where=_where(module, layer, direction, str(gate)),
             first_step=int(early["step"].min()),

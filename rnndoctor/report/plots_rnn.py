@@ -1,0 +1,96 @@
+"""Plots of what happens inside the recurrence: gate saturation, ‖c_t‖ over t, and the
+gradient profile through time with its horizon. Registered into ``plots.PLOTS``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..probes.through_time import horizon
+from ..run import Run
+from .plots import PALETTE, _figure, _legend, _styled, label, to_markup
+
+#: the horizon is marked at the rule's threshold: 1 % of the peak
+HORIZON_EPS = 1e-2
+
+
+def _early(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["step"] <= df["step"].max() // 2]
+
+
+def _mean_profile(rows: pd.Series) -> np.ndarray | None:
+    lengths = rows.map(len)
+    if lengths.empty:
+        return None
+    t = int(lengths.mode().iloc[0])
+    return np.mean([np.asarray(p, float) for p in rows[lengths == t]], axis=0)
+
+
+@_styled
+def plot_time_grad(run: Run) -> str | None:
+    """Mean ‖∂L/∂x_t‖ over t (log scale) for each recurrent module, horizon marked."""
+    tg = run["time_grad"]
+    if tg.empty:
+        return None
+    own = tg[tg["backward_step"] == tg["step"]]
+    fig, ax = _figure()
+    drawn = False
+    for i, (module, rows) in enumerate(own.groupby("module", sort=False)):
+        prof = _mean_profile(_early(rows)["grad_norm"])
+        if prof is None or not np.isfinite(prof).any() or np.nanmax(prof) <= 0:
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        t = np.arange(len(prof))
+        ax.plot(t, np.where(prof > 0, prof, np.nan), color=color, lw=1.5, label=label(module, 32))
+        h = horizon(prof, HORIZON_EPS)
+        ax.axvline(len(prof) - h, color=color, ls="--", lw=1, label=f"horizon: {h} of {len(prof)} steps")
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_yscale("log")
+    ax.set_xlabel("time step t of the input")
+    ax.set_ylabel("‖∂L/∂x_t‖")
+    _legend(ax)
+    return to_markup(fig, "gradient reaching each time step")
+
+
+@_styled
+def plot_cell_norm(run: Run) -> str | None:
+    """Mean ‖c_t‖ over t per LSTM layer (sampled steps of the first half of the run)."""
+    cell = run["cell"]
+    if cell.empty:
+        return None
+    fig, ax = _figure()
+    for i, ((module, layer, direction), rows) in enumerate(cell.groupby(["module", "layer", "direction"], sort=False)):
+        prof = _mean_profile(_early(rows)["c_norm"])
+        if prof is None:
+            continue
+        name = f"{label(module, 24)} l{int(layer)}{' reverse' if direction else ''}"
+        ax.plot(np.arange(len(prof)), prof, color=PALETTE[i % len(PALETTE)], lw=1.5, label=name)
+    ax.set_xlabel("time step t")
+    ax.set_ylabel("mean ‖c_t‖")
+    _legend(ax)
+    return to_markup(fig, "cell state norm over time")
+
+
+@_styled
+def plot_gates(run: Run) -> str | None:
+    """Share of each gate's values in the flat ends (low / high), first half of the run."""
+    g = run["gates"]
+    if g.empty:
+        return None
+    g = _early(g)
+    keys = [k for k, _ in g.groupby(["module", "layer", "direction", "gate"], sort=False)]
+    means = g.groupby(["module", "layer", "direction", "gate"], sort=False)[["frac_low", "frac_high"]].mean()
+    names = [f"{label(m, 14)} l{int(layer)}{'r' if d else ''} {gate}" for m, layer, d, gate in keys]
+    low = np.nan_to_num(means["frac_low"].to_numpy(float))
+    high = np.nan_to_num(means["frac_high"].to_numpy(float))
+    fig, ax = _figure()
+    x = np.arange(len(names))
+    ax.bar(x, low, color=PALETTE[0], label="low end (σ < 0.05, tanh < -0.95)")
+    ax.bar(x, high, bottom=low, color=PALETTE[1], label="high end (σ > 0.95, tanh > 0.95)")
+    ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share saturated")
+    _legend(ax)
+    return to_markup(fig, "gate saturation")
