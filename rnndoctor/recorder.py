@@ -3,14 +3,18 @@
 Probes hand the recorder rows whose values may still be tensors on the GPU. Nothing is read
 back until ``flush()``: then every pending tensor of a device is concatenated and copied to
 the host in ONE transfer, and the rows are appended as JSON lines to
-``<run_dir>/signals/<signal>.jsonl``. A killed process therefore loses at most the rows since
-the last flush, and what was written stays readable (see ``run.load_run``).
+``<run_dir>/signals/<signal>.jsonl`` by a writer thread (JSON encoding is Python work that
+would otherwise sit on the training loop; torch ops release the GIL, so it overlaps). A killed
+process loses at most the rows of the last flushes, and what was written stays readable
+(see ``run.load_run``); ``close()`` and ``flush(wait=True)`` wait for the writer.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,9 @@ class Recorder:
         self._files: dict[str, TextIO] = {}
         self.rows_written = 0
         self.flushes = 0
+        self._queue: queue.Queue[list[tuple[str, Row]] | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write_loop, name="rnndoctor-writer", daemon=True)
+        self._writer.start()
 
     def add(self, signal: str, row: Row, finalize: Finalize | None = None) -> None:
         """Queue a row. Tensor values stay on their device until the next flush.
@@ -54,27 +61,43 @@ class Recorder:
     def pending(self) -> int:
         return len(self._pending)
 
-    def flush(self) -> None:
-        """Copy every pending tensor to the host (one transfer per device) and append rows."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        _materialize([p.row for p in pending])
-        for p in pending:
-            row = p.finalize(p.row) if p.finalize is not None else p.row
-            if row is None:
-                continue
-            self._file(p.signal).write(json.dumps(row, allow_nan=True, default=_jsonable) + "\n")
-            self.rows_written += 1
-        for f in self._files.values():
-            f.flush()
-        self.flushes += 1
+    def flush(self, wait: bool = False) -> None:
+        """Copy every pending tensor to the host (one transfer per device) and hand the rows
+        to the writer; ``wait`` returns only once everything queued is on disk."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            _materialize([p.row for p in pending])
+            rows = []
+            for p in pending:
+                row = p.finalize(p.row) if p.finalize is not None else p.row
+                if row is not None:
+                    rows.append((p.signal, row))
+            self.rows_written += len(rows)
+            self.flushes += 1
+            self._queue.put(rows)
+        if wait:
+            self._queue.join()
 
     def close(self) -> None:
         self.flush()
+        self._queue.put(None)
+        self._writer.join()
         for f in self._files.values():
             f.close()
         self._files.clear()
+
+    def _write_loop(self) -> None:
+        while True:
+            rows = self._queue.get()
+            try:
+                if rows is None:
+                    return
+                for signal, row in rows:
+                    self._file(signal).write(json.dumps(row, allow_nan=True, default=_jsonable) + "\n")
+                for f in self._files.values():
+                    f.flush()
+            finally:
+                self._queue.task_done()
 
     def _file(self, signal: str) -> TextIO:
         f = self._files.get(signal)
@@ -107,12 +130,7 @@ def _materialize(rows: list[Row]) -> None:
                 n = math.prod(shape)
                 chunk = host[offset : offset + n]
                 offset += n
-                if len(shape) == 0:
-                    row[key] = _py(chunk[0])
-                elif len(shape) == 1:
-                    row[key] = [_py(v) for v in chunk]
-                else:
-                    row[key] = chunk.reshape(shape).tolist()
+                row[key] = _py(chunk[0]) if len(shape) == 0 else chunk.reshape(shape).tolist()
 
 
 def _py(v: float) -> float | int:

@@ -265,7 +265,7 @@ class Watch:
         from .diagnose import diagnose
 
         try:
-            self._recorder.flush()
+            self._recorder.flush(wait=True)
             return diagnose(load_run(self.run_dir)).ids()
         except Exception:  # a progress line must never stop the run
             return []
