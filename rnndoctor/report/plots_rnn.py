@@ -4,9 +4,9 @@ gradient profile through time with its horizon. Registered into ``plots.PLOTS``.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from ..probes.through_time import horizon
+from ..rules._common import first_half, mean_profile, second_half
 from ..run import Run
 from .plots import PALETTE, _figure, _legend, _styled, label, to_markup
 
@@ -14,21 +14,10 @@ from .plots import PALETTE, _figure, _legend, _styled, label, to_markup
 HORIZON_EPS = 1e-2
 
 
-def _early(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["step"] <= df["step"].max() // 2]
-
-
-def _mean_profile(rows: pd.Series) -> np.ndarray | None:
-    lengths = rows.map(len)
-    if lengths.empty:
-        return None
-    t = int(lengths.mode().iloc[0])
-    return np.mean([np.asarray(p, float) for p in rows[lengths == t]], axis=0)
-
-
 @_styled
 def plot_time_grad(run: Run) -> str | None:
-    """Mean ‖∂L/∂x_t‖ over t (log scale) for each recurrent module, horizon marked."""
+    """Mean ‖∂L/∂x_t‖ over t (log scale) for each recurrent module in the second half of the
+    run (what vanishing-gradient-through-time judges), horizon marked."""
     tg = run["time_grad"]
     if tg.empty:
         return None
@@ -36,7 +25,7 @@ def plot_time_grad(run: Run) -> str | None:
     fig, ax = _figure()
     drawn = False
     for i, (module, rows) in enumerate(own.groupby("module", sort=False)):
-        prof = _mean_profile(_early(rows)["grad_norm"])
+        prof = mean_profile(second_half(rows)["grad_norm"])  # the half vanishing-gradient judges
         if prof is None or not np.isfinite(prof).any() or np.nanmax(prof) <= 0:
             continue
         color = PALETTE[i % len(PALETTE)]
@@ -62,7 +51,7 @@ def plot_cell_norm(run: Run) -> str | None:
         return None
     fig, ax = _figure()
     for i, ((module, layer, direction), rows) in enumerate(cell.groupby(["module", "layer", "direction"], sort=False)):
-        prof = _mean_profile(_early(rows)["c_norm"])
+        prof = mean_profile(first_half(rows)["c_norm"])
         if prof is None:
             continue
         name = f"{label(module, 24)} l{int(layer)}{' reverse' if direction else ''}"
@@ -79,7 +68,7 @@ def plot_gates(run: Run) -> str | None:
     g = run["gates"]
     if g.empty:
         return None
-    g = _early(g)
+    g = first_half(g)
     keys = [k for k, _ in g.groupby(["module", "layer", "direction", "gate"], sort=False)]
     means = g.groupby(["module", "layer", "direction", "gate"], sort=False)[["frac_low", "frac_high"]].mean()
     names = [f"{label(m, 14)} l{int(layer)}{'r' if d else ''} {gate}" for m, layer, d, gate in keys]

@@ -144,3 +144,23 @@ def fmt(x: float, digits: int = 3) -> str:
     if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
         return f"{x:.2e}"
     return f"{x:.{digits}g}"
+
+
+def first_half(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the first half of the run's sampled steps: saturation and growth are judged at
+    the start (a good run may saturate its forget gates later, by learning)."""
+    return df[df["step"] <= df["step"].max() // 2] if not df.empty else df
+
+
+def second_half(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the second half: what the gradient profile looks like once training had its chance."""
+    return df[df["step"] >= df["step"].max() // 2] if not df.empty else df
+
+
+def mean_profile(series: pd.Series) -> np.ndarray | None:
+    """Element-wise mean of the list-valued rows (per-t profiles) of the most common length."""
+    if series.empty:
+        return None
+    lengths = series.map(len)
+    t = int(lengths.mode().iloc[0])
+    return np.mean([np.asarray(v, float) for v in series[lengths == t]], axis=0)

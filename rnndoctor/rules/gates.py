@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 from ..finding import Finding, Severity
 from ..run import Run
-from ._common import fmt
+from ._common import first_half, fmt, mean_profile
 from .outcome import not_learning
 from .registry import rule
 
@@ -19,12 +18,6 @@ PINNED_SHARE = 0.9
 EXTREME_FORGET_BIAS = 6.0
 #: gate-saturation: >= 50 % of entries saturated (DD's 50 %, SMD's 50 % of a layer)
 SATURATED_SHARE = 0.5
-
-
-def _early(rows: pd.DataFrame) -> pd.DataFrame:
-    """Sampled checks in the first half of the run: saturation later in a good run is normal
-    (trained LSTMs keep many forget gates open), so judge the start."""
-    return rows[rows["step"] <= rows["step"].max() // 2] if not rows.empty else rows
 
 
 def _where(module: str, layer: int, direction: int, gate: str) -> dict:
@@ -55,7 +48,7 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
     cell = run["cell"]
     learning_bad = None
     for (module, layer, direction), rows in g.groupby(["module", "layer", "direction"], sort=False):
-        early = _early(rows)
+        early = first_half(rows)
         low, high = float(early["frac_low"].mean()), float(early["frac_high"].mean())
         share = low + high  # pinned at either flat end (seed 003 pins some units shut, the rest open)
         if share < pinned_share:
@@ -111,7 +104,7 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fin
         return
     g = g[(g["gate"] != "f") & g["frac_saturated"].notna()]
     for (module, layer, direction, gate), rows in g.groupby(["module", "layer", "direction", "gate"], sort=False):
-        early = _early(rows)
+        early = first_half(rows)
         sat = float(early["frac_saturated"].mean())
         if sat < share:
             continue
@@ -158,12 +151,11 @@ def cell_state_growth(
     if cell.empty or "c_norm" not in cell:
         return
     for (module, layer, direction), rows in cell.groupby(["module", "layer", "direction"], sort=False):
-        rows = _early(rows)  # a short sequence that learned to accumulate evidence is fine later on
-        lengths = rows["c_norm"].map(len)
-        t = int(lengths.mode().iloc[0])
+        rows = first_half(rows)  # a short sequence that learned to accumulate evidence is fine later on
+        prof = mean_profile(rows["c_norm"])
+        t = len(prof) if prof is not None else 0
         if t < min_len:
             continue
-        prof = np.mean([np.asarray(v, float) for v in rows["c_norm"][lengths == t]], axis=0)
         q, mid, last = prof[t // 4], prof[t // 2], prof[-1]
         hidden = max(1, len(rows.iloc[0]["forget_bias"]))
         per_unit = last / np.sqrt(hidden)

@@ -9,6 +9,7 @@ import numpy as np
 from ..finding import Finding, Severity
 from ..probes.through_time import horizon
 from ..run import Run
+from ._common import mean_profile, second_half
 from .outcome import not_learning
 from .registry import rule
 
@@ -83,12 +84,11 @@ def vanishing_gradient_through_time(
         return
     own = tg[(tg["backward_step"] == tg["step"]) & (tg.get("packed", 0) == 0)]
     for module, rows in own.groupby("module", sort=False):
-        rows = rows[rows["step"] >= rows["step"].max() // 2]  # the trained half
-        lengths = rows["grad_norm"].map(len)
-        t = int(lengths.mode().iloc[0])
+        rows = second_half(rows)  # the trained half
+        profile = mean_profile(rows["grad_norm"])
+        t = len(profile) if profile is not None else 0
         if t < min_len:
             continue
-        profile = np.mean([np.asarray(p, float) for p in rows["grad_norm"][lengths == t]], axis=0)
         h = horizon(profile, eps)
         if h >= horizon_fraction * t:
             continue
