@@ -98,8 +98,8 @@ def vanishing_gradient_through_time(
             severity=Severity.WARNING,
             title=f"The gradient reaches only {h} of {t} time steps back into '{module}'",
             explanation=(
-                f"‖∂L/∂x_t‖ falls below 1 % of its peak {h} steps before the end of the {t}-step sequence "
-                f"(strong horizon at 0.1 %: {horizon(profile, eps / 10)} steps), and the run is not learning: "
+                f"‖∂L/∂x_t‖ stays above 1 % of its peak only over the last {h} of the {t} time steps "
+                f"(above 0.1 %: {horizon(profile, eps / 10)} steps), and the run is not learning: "
                 "inputs further back get no usable credit."
             ),
             fix=(
