@@ -3,7 +3,8 @@
 Layout of a run directory::
 
     meta.json              script, args, versions, model summary, status, exception
-    signals/<name>.jsonl   one JSON object per row, appended in batches by the Recorder
+    signals/<name>.jsonl   one JSON object per row, appended in batches by the Recorder;
+                           arrays of 8+ values as {"$f64": base64 float64, "shape": [...]}
     findings.json          the diagnosis (written by reporters, not needed to load)
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from .recorder import unpack
 from .signals import CATALOGUE
 
 META_FILE = "meta.json"
@@ -91,7 +93,7 @@ def _read_signal(file: Path) -> pd.DataFrame:
             if not line:
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(line, object_hook=unpack)
             except ValueError:
                 continue  # a line torn by a killed process
             if isinstance(row, dict):

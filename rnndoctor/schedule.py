@@ -10,13 +10,24 @@ from typing import Callable
 Schedule = Callable[[int], bool]
 
 
-def first_then_every(first: int, every: int) -> Schedule:
-    """True for the first ``first`` steps, then on every ``every``-th step."""
+class first_then_every:  # noqa: N801 - used like a function, reads like one
+    """True for the first ``first`` steps, then on every ``every``-th step.
 
-    def schedule(step: int) -> bool:
-        return step < first or (every > 0 and step % every == 0)
+    ``str()`` says so in words, for the signal catalogue and the README."""
 
-    return schedule
+    def __init__(self, first: int, every: int) -> None:
+        self.first, self.every = first, every
+
+    def __call__(self, step: int) -> bool:
+        return step < self.first or (self.every > 0 and step % self.every == 0)
+
+    def __str__(self) -> str:
+        return f"first {self.first} steps, then every {_nth(self.every)}"
+
+
+def _nth(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def flush_schedule(every: int) -> Schedule:
@@ -30,8 +41,27 @@ def flush_schedule(every: int) -> Schedule:
     return schedule
 
 
-#: non-finite localisation: per-module isfinite checks cost one reduction per module call
-#: (measured 1.11-1.18x on a small LSTM when done on every module every step, design.md), so
-#: they run on the first steps, then every 10th, and on every step once a NaN was seen.
-DEFAULT_LOCALIZE = first_then_every(5, 10)
 DEFAULT_FLUSH_EVERY = 25
+
+# Steady-state intervals are set with bench/overhead.py on the seed-000 model (2.3-2.8 ms
+# steps on 2 CPU cores, where one small device op costs 5-30 us inside the loop): the start
+# of a run is recorded densely, the rest is sampled.
+
+#: non-finite localisation: per-module isfinite checks cost one reduction per module call
+#: (1.11-1.18x on a small LSTM when done on every module every step, design.md); on every
+#: step once a NaN was seen
+DEFAULT_LOCALIZE = first_then_every(5, 50)
+#: loss details (output/target ranges) are a handful of reductions
+DEFAULT_DETAIL = first_then_every(20, 50)
+#: update/weight ratios need a copy of every weight before the step (rules read medians
+#: over windows, so a sample is enough); on every step once a NaN was seen
+DEFAULT_UPDATE_RATIO = first_then_every(20, 10)
+#: data fingerprints and input statistics: one small matmul and a few reductions per batch;
+#: 50 dense steps give the duplicate and resampling rules their thousands of samples
+DEFAULT_DATA = first_then_every(50, 20)
+#: ‖∂L/∂x_t‖ profile: a tensor hook on the RNN input (design.md: 1.00-1.01x even every step
+#: on large models; on the seed-000 model the input's gradient is extra backward work)
+DEFAULT_TIME_GRAD = first_then_every(10, 20)
+#: gate replay (and per-module activation statistics): an exact recompute of every layer
+#: and step plus its statistics cost ~2 steps of the seed-000 model
+DEFAULT_GATES = first_then_every(3, 200)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .schedule import DEFAULT_DATA, DEFAULT_GATES, DEFAULT_LOCALIZE, DEFAULT_TIME_GRAD, DEFAULT_UPDATE_RATIO
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -76,7 +78,7 @@ UPDATES = Signal(
         "numel": "number of elements",
         "ndim": "number of dimensions",
     },
-    when="sampled steps (a copy of the weights is taken before the step): first 20, every 5th, every step after a NaN",
+    when=f"sampled steps (a copy of the weights is taken before the step): {DEFAULT_UPDATE_RATIO}, every step after a NaN",
     explode=("param", "weight_norm", "update_ratio", "numel", "ndim"),
 )
 
@@ -89,7 +91,7 @@ NONFINITE = Signal(
         "t": "first non-finite time step of a recurrent module's output sequence (-1: n/a)",
         "calls_checked": "module calls checked in the step",
     },
-    when="steps on the localisation schedule (first steps, every k-th, always after a NaN)",
+    when=f"steps on the localisation schedule ({DEFAULT_LOCALIZE}, every step after a NaN)",
 )
 
 _INPUT_STATS = {
@@ -105,7 +107,7 @@ INPUTS = Signal(
     "inputs",
     keys=("step", "mode", "module"),
     values=_INPUT_STATS,
-    when="the model's first argument, on the data schedule (first 50 steps, then every 5th)",
+    when=f"the model's first argument, on the data schedule ({DEFAULT_DATA})",
 )
 
 RNN_INPUTS = Signal(
@@ -114,7 +116,7 @@ RNN_INPUTS = Signal(
     values={**_INPUT_STATS, "packed": "1 for a PackedSequence", "seq_len": "padded (or longest packed) length T",
             "length_hist": "how many sequences had each length 0..T (last non-zero step; exact when packed)",
             "hx_given": "1 when an initial state was passed", "hx_zero": "1 when the passed state was all zeros"},
-    when="every recurrent module call on the data schedule",
+    when=f"every recurrent module call on the data schedule ({DEFAULT_DATA})",
 )
 
 SAMPLES = Signal(
@@ -139,7 +141,7 @@ TIME_GRAD = Signal(
     values={"grad_norm": "mean over the batch of ||dL/dx_t|| for every time step t of the recurrent input (list)",
             "backward_step": "the step whose backward() produced it (> step: gradient reached an earlier batch)",
             "pad_grad_share": "share of the input gradient on trailing all-zero steps (padding) of padded input"},
-    when="first fused-RNN call of the first 10 steps, then every 10th (training passes only)",
+    when=f"first fused-RNN call of the step, {DEFAULT_TIME_GRAD} (training passes only)",
 )
 
 GATES = Signal(
@@ -149,7 +151,7 @@ GATES = Signal(
             "frac_high": "share > 0.95", "frac_saturated": "frac_low + frac_high",
             "mean": "mean activation", "p10": "10th percentile", "p50": "median", "p90": "90th percentile",
             "replay_err": "max |h_n(replay) - h_n(module)|: the replay checks itself", "exact": "0 when dropout makes replay inexact"},
-    when="gate replay of fused RNNs, first 3 steps then every 100th (training passes, padding excluded)",
+    when=f"gate replay of fused RNNs (first call of the step) and of *Cell modules (every call of the step), {DEFAULT_GATES} (training passes, padding excluded)",
 )
 
 CELL = Signal(

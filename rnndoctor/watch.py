@@ -35,26 +35,31 @@ from .probes import data as data_probe
 from .probes import gates
 from .probes import through_time
 from .probes.nonfinite import RECURRENT_TYPES, NonFiniteProbe
-from .probes.outputs import LossCall, LossStats, capture_losses, loss_stats
+from .probes.outputs import (
+    LossCall,
+    LossStats,
+    batched_stats,
+    capture_losses,
+    class_count,
+    deferrable,
+    loss_detail,
+    loss_stats,
+    snapshot,
+)
 from .probes.params import ParamProbe
-from .recorder import Recorder
+from .recorder import Part, Recorder
 from .run import Run, load_run, write_meta
-from .schedule import DEFAULT_FLUSH_EVERY, DEFAULT_LOCALIZE, Schedule, first_then_every, flush_schedule
-
-#: loss details (output/target ranges) are a handful of reductions: first steps, then sampled
-DEFAULT_DETAIL = first_then_every(20, 10)
-#: update/weight ratios need a copy of every weight before the step: first steps, then every 5th
-#: (rules read medians over windows, so a sample is enough)
-DEFAULT_UPDATE_RATIO = first_then_every(20, 5)
-#: data fingerprints and input statistics: one small matmul and a few reductions per batch
-DEFAULT_DATA = first_then_every(50, 5)
-#: ‖∂L/∂x_t‖ profile: a tensor hook on the RNN input (design.md: 1.00-1.01x even every step)
-DEFAULT_TIME_GRAD = first_then_every(10, 10)
-#: gate replay: an exact recompute of every layer and step plus its statistics cost ~5 steps
-#: of the seed-000 model (bench/overhead.py: 1.52x at every 25th step, 1.32x without), so the
-#: first 3 steps, then every 100th
-DEFAULT_GATES = first_then_every(3, 100)
-
+from .schedule import (
+    DEFAULT_DATA,
+    DEFAULT_DETAIL,
+    DEFAULT_FLUSH_EVERY,
+    DEFAULT_GATES,
+    DEFAULT_LOCALIZE,
+    DEFAULT_TIME_GRAD,
+    DEFAULT_UPDATE_RATIO,
+    Schedule,
+    flush_schedule,
+)
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Hooks run inside the user's program: an error of ours must not become theirs.
@@ -84,44 +89,92 @@ def default_out_dir() -> Path:
 
 
 class _StepAccumulator:
-    """Sums loss statistics over the loss calls of one step (on the device)."""
+    """The loss calls of one step (train or eval): small ones as private copies reduced at
+    the next flush together with every other step's, large ones reduced at once."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.kind: str | None = None
         self.n_classes = 0
-        self.loss: torch.Tensor | None = None
-        self.n_pred: torch.Tensor | None = None
-        self.n_label: torch.Tensor | None = None
-        self.correct: torch.Tensor | None = None
-        self.total: torch.Tensor | None = None
+        self.snapshots: list[LossCall] = []
+        self.eager: list[LossStats] = []
         self.detail: dict[str, Any] | None = None
 
-    def add(self, s: LossStats) -> None:
+    def add(self, call: LossCall, *, detail: bool) -> None:
         if self.calls == 0:
-            self.kind, self.n_classes = s.kind, s.n_classes
-            self.loss = s.loss
-            self.n_pred, self.n_label, self.correct, self.total = s.n_pred, s.n_label, s.correct, s.total
+            self.kind, self.n_classes = call.kind, class_count(call.kind, call.input, call.target)
+        if detail and self.detail is None:
+            self.detail = loss_detail(call)
+        if deferrable(call):
+            self.snapshots.append(snapshot(call))
         else:
-            self.loss = self.loss + s.loss
-            if s.n_pred is not None and self.n_pred is not None and s.n_classes == self.n_classes:
-                self.n_pred = self.n_pred + s.n_pred
-                self.n_label = self.n_label + s.n_label
-                self.correct = self.correct + s.correct
-                self.total = self.total + s.total
-        if self.detail is None and s.detail is not None:
-            self.detail = s.detail
+            self.eager.append(loss_stats(call, detail=False))
         self.calls += 1
 
     def row(self, step: int, mode: str) -> dict[str, Any]:
         row: dict[str, Any] = {"step": step, "mode": mode, "loss_calls": self.calls}
         if self.calls:
-            row.update(loss=self.loss / self.calls, loss_kind=self.kind)
-            if self.n_pred is not None:
-                row.update(n_classes=self.n_classes, correct=self.correct, total=self.total)
+            row["loss_kind"] = self.kind
+            if self.n_classes:
+                row["n_classes"] = self.n_classes
             if self.detail:
                 row.update(self.detail)
         return row
+
+
+class _LossBatcher:
+    """Fills the loss, accuracy and class-count values of ``steps``/``predictions`` rows:
+    at once for steps with only large calls, else at the recorder's next flush, when the
+    copies kept from all those steps are reduced in one batch."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[dict[str, Any], dict[str, Any] | None, _StepAccumulator]] = []
+
+    def add(self, row: dict[str, Any], pred_row: dict[str, Any] | None, acc: _StepAccumulator) -> None:
+        if not acc.calls:
+            return
+        if acc.snapshots:
+            self._waiting.append((row, pred_row, acc))
+        else:
+            _fill_loss_values(row, pred_row, acc.eager)
+
+    def take_deferred(self) -> Callable[[], None] | None:
+        """Recorder ``before_flush`` taker: the waiting steps leave with a job that reduces
+        their copies in one batch on the writer thread."""
+        waiting, self._waiting = self._waiting, []
+        if not waiting:
+            return None
+
+        def job() -> None:
+            stats = iter(batched_stats([c for *_, acc in waiting for c in acc.snapshots]))
+            for row, pred_row, acc in waiting:
+                _fill_loss_values(row, pred_row, acc.eager + [next(stats) for _ in acc.snapshots])
+
+        return job
+
+
+def _fill_loss_values(row: dict[str, Any], pred_row: dict[str, Any] | None, stats: list[LossStats]) -> None:
+    """Mean loss over the step's calls; class counts summed over the calls that share the
+    first call's classes. One call (the usual case) hands its values over as they are."""
+    first = stats[0]
+    same = [s for s in stats if s.n_pred is not None and s.n_classes == first.n_classes] if first.n_pred is not None else []
+    if len(stats) == 1:
+        row["loss"] = first.loss
+    else:
+        row["loss"] = torch.stack([_tensor(s.loss) for s in stats]).sum() / len(stats)
+    if not same:
+        return
+    keys = ("n_pred", "n_label", "correct", "total")
+    values = {k: getattr(first, k) for k in keys} if len(same) == 1 else {
+        k: torch.stack([_tensor(getattr(s, k)) for s in same]).sum(0) for k in keys
+    }
+    row.update(correct=values["correct"], total=values["total"])
+    if pred_row is not None:
+        pred_row.update(n_pred=values["n_pred"], n_label=values["n_label"])
+
+
+def _tensor(v: "torch.Tensor | Part") -> torch.Tensor:
+    return v.base[v.index] if isinstance(v, Part) else v
 
 
 class Watch:
@@ -154,10 +207,13 @@ class Watch:
         self._time_grad_step = -1
         self._gates_due = DEFAULT_GATES
         self._gates_step = -1
+        #: replays of cell calls on the current gates step, per cell module
+        self._cell_calls: dict[str, list[tuple[gates.Replay, torch.Tensor]]] = {}
         self._eval_checked_step = -1
         self._dropouts: list[tuple[str, nn.Module]] = []
         self._fingerprint = data_probe.Fingerprinter()
         self._pending_fp: torch.Tensor | None = None
+        self._last_input_stats: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._loader_patch: data_probe.LoaderPatch | None = None
         self._rnn_batch_first: bool = True
         self._explicit_model = model
@@ -168,6 +224,9 @@ class Watch:
         self._grad_handles: list[RemovableHandle] = []
         self._localize_handles: list[RemovableHandle] = []
         self._optimizers: dict[int, bool] = {}
+        #: diagnose mode's global pre-hook: every module call in the process pays for it, so
+        #: it goes once an optimizer step shows the trained modules are all adopted
+        self._discovery: RemovableHandle | None = None
         self._param_ids: set[int] = set()
         self._params: ParamProbe | None = None
         self._nonfinite: NonFiniteProbe | None = None
@@ -175,7 +234,9 @@ class Watch:
         self._loss_ctx: Any = None
         self._train = _StepAccumulator()
         self._eval = _StepAccumulator()
+        self._losses = _LossBatcher()
         self._opt_stepped = False
+        self._flush_pending = False
         self._grads_seen = False
         self._params_captured = False
         self._optimizer_seen = False
@@ -193,6 +254,8 @@ class Watch:
     def __enter__(self) -> "Watch":
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._recorder = Recorder(self.run_dir)
+        self._recorder.before_flush(self._losses.take_deferred)
+        self._recorder.before_flush(self._take_param_norms)
         self._t0 = time.perf_counter()
         self._meta.update(
             rnndoctor=__version__,
@@ -209,7 +272,8 @@ class Watch:
                     raise TypeError(f"watch() needs a torch.nn.Module, got {type(self._explicit_model).__name__}")
                 self._adopt(self._explicit_model, name=type(self._explicit_model).__name__)
             else:
-                self._global_handles.append(nn.modules.module.register_module_forward_pre_hook(self._discover))
+                self._discovery = nn.modules.module.register_module_forward_pre_hook(self._discover)
+                self._global_handles.append(self._discovery)
             self._global_handles.append(register_optimizer_step_pre_hook(self._opt_pre))
             self._global_handles.append(register_optimizer_step_post_hook(self._opt_post))
             self._loss_ctx = capture_losses(self._on_loss)
@@ -249,6 +313,10 @@ class Watch:
             }
         assert self._recorder is not None
         self._recorder.close()
+        if self._recorder.errors:
+            if self.strict:
+                raise RuntimeError(self._recorder.errors[0])
+            self._meta.setdefault("internal_errors", []).extend(self._recorder.errors)
         self._write_meta()
         from .diagnose import diagnose
         from .report.output import write_outputs
@@ -417,6 +485,8 @@ class Watch:
                     named_params.append(((f"{root_name}.{p_name}" if multi else p_name), p))
                     device = device or p.device
         device = device or torch.device("cpu")
+        if self._recorder is not None:
+            self._recorder.cuda_devices = {p.device.index or 0 for _, p in named_params if p.device.type == "cuda"}
         self._set_localize(False)
         self._nonfinite = NonFiniteProbe(device)
         for root in self._roots.values():
@@ -425,6 +495,8 @@ class Watch:
             self._module_handles.append(m.register_forward_pre_hook(functools.partial(self._before_rnn, qual), with_kwargs=True))
             if isinstance(m, nn.RNNBase):
                 self._module_handles.append(m.register_forward_hook(functools.partial(self._after_rnn, qual), with_kwargs=True))
+            elif isinstance(m, nn.RNNCellBase):
+                self._module_handles.append(m.register_forward_hook(functools.partial(self._after_cell, qual), with_kwargs=True))
         self._dropouts = dropouts
         fused = [m for _, m in rnn_modules if isinstance(m, nn.RNNBase)]
         self._rnn_batch_first = bool(fused[0].batch_first) if fused else True
@@ -454,6 +526,7 @@ class Watch:
         if not torch.is_grad_enabled() and self._eval_checked_step != self.steps:
             self._check_eval_pass(module)
         self._pending_fp = None
+        self._last_input_stats = None
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point() and self._data_due(self.steps):
             with torch.no_grad():
@@ -462,8 +535,10 @@ class Watch:
                 self._pending_fp = self._fingerprint(xb)
                 assert self._recorder is not None
                 row = {"step": self.steps, "mode": "train" if torch.is_grad_enabled() else "eval", "module": self._names.get(id(module), "model")}
-                row.update(data_probe.input_stats(x))
-                self._recorder.add("inputs", row)
+                stats = data_probe.input_stats(x)
+                self._last_input_stats = (x, stats)
+                row.update(stats)
+                self._recorder.add("inputs", row, finalize=data_probe.with_all_zero)
 
     def _check_eval_pass(self, module: nn.Module) -> None:
         """An evaluation pass (no grad): is dropout still active in it? (once per step)"""
@@ -510,13 +585,47 @@ class Watch:
             rep = gates.replay(module, x, hx)
             h_n = output[1][0] if isinstance(output[1], tuple) else output[1]
             err = (rep.h_n - h_n.detach()).abs().max() if rep.h_n.shape == h_n.shape else torch.full((), float("nan"))
-            for row in gates.gate_stats(rep):
-                row = {k: v for k, v in row.items() if k != "unit_mean"}
-                base = {"step": self.steps, "module": name}
-                if row.get("gate") is None:
-                    self._recorder.add("cell", {**base, **{k: v for k, v in row.items() if k != "gate"}})
-                else:
-                    self._recorder.add("gates", {**base, **row, "replay_err": err, "exact": int(rep.exact)})
+            self._record_gates(name, self.steps, rep, err)
+
+    def _record_gates(self, name: str, step: int, rep: gates.Replay, err: torch.Tensor) -> None:
+        assert self._recorder is not None
+        for row in gates.gate_stats(rep):
+            row = {k: v for k, v in row.items() if k != "unit_mean"}
+            base = {"step": step, "module": name}
+            if row.get("gate") is None:
+                self._recorder.add("cell", {**base, **{k: v for k, v in row.items() if k != "gate"}})
+            else:
+                self._recorder.add("gates", {**base, **row, "replay_err": err, "exact": int(rep.exact)})
+
+    @_guarded
+    def _after_cell(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        """Gate replay of an ``nn.*Cell`` called once per time step in a Python loop: on a
+        gates step every call is replayed (one time step each) and the step's calls are
+        reduced together when the step closes, as one sequence of that many steps."""
+        if self._recorder is None or not torch.is_grad_enabled() or not self._gates_due(self.steps):
+            return
+        x = args[0] if args else kwargs.get("input")
+        hx = args[1] if len(args) > 1 else kwargs.get("hx")
+        if not isinstance(x, torch.Tensor):
+            return
+        calls = self._cell_calls.setdefault(name, [])
+        if len(calls) >= gates.MAX_CELL_CALLS:
+            return
+        with torch.no_grad():
+            rep = gates.replay_cell(module, x, hx)
+            if calls and calls[0][0].layers[0].h.shape != rep.layers[0].h.shape:
+                return  # the batch changed inside the step: keep the first shape's calls
+            h_mod = output[0] if isinstance(output, tuple) else output
+            err = (rep.h_n - h_mod.detach()).abs().max()
+        calls.append((rep, err))
+
+    def _emit_cell_gates(self, step: int) -> None:
+        cell_calls, self._cell_calls = self._cell_calls, {}
+        for name, calls in cell_calls.items():
+            with torch.no_grad():
+                rep = gates.join_cell_calls([r for r, _ in calls])
+                err = torch.stack([e for _, e in calls]).max()
+            self._record_gates(name, step, rep, err)
 
     def _on_time_grad(self, name: str, step: int, packed: bool, profile: torch.Tensor, pad_share: torch.Tensor | None) -> None:
         """Backward reached the recurrent input of ``step``; ``backward_step`` > ``step``
@@ -539,7 +648,9 @@ class Watch:
             elif isinstance(x, torch.Tensor) and x.is_floating_point():
                 batch_first = bool(getattr(module, "batch_first", True))
                 t, hist = data_probe.padded_lengths(x, batch_first) if x.dim() >= 2 and isinstance(module, nn.RNNBase) else (1, None)
-                row.update(data_probe.input_stats(x))
+                seen = self._last_input_stats
+                # the model's input often is the RNN's: its statistics are already on the device
+                row.update(seen[1] if seen is not None and seen[0] is x else data_probe.input_stats(x))
             else:
                 return
             row["seq_len"] = t
@@ -550,7 +661,7 @@ class Watch:
             row["hx_given"] = int(bool(states))
             if states:
                 row["hx_zero"] = torch.stack([(h == 0).all() for h in states]).all()
-            self._recorder.add("rnn_inputs", row)
+            self._recorder.add("rnn_inputs", row, finalize=data_probe.with_all_zero)
 
     def _on_loader(self, loader: Any) -> None:
         """First iteration of a DataLoader: fetch a few indices twice (resampling check)."""
@@ -595,9 +706,16 @@ class Watch:
             )
         return self._optimizers[key]
 
+    def _adopted_all(self, optimizer: torch.optim.Optimizer) -> bool:
+        return all(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"])
+
     @_guarded
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._watches(optimizer):
+            if self._explicit_model is None and self._discovery is None and self.active:
+                # an optimizer of modules not seen yet (a second model): look for them again
+                self._discovery = nn.modules.module.register_module_forward_pre_hook(self._discover)
+                self._global_handles.append(self._discovery)
             return
         if not self._optimizer_seen:
             self._optimizer_seen = True
@@ -613,6 +731,9 @@ class Watch:
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._watches(optimizer):
             self._opt_stepped = True
+            if self._discovery is not None and self._adopted_all(optimizer):
+                self._discovery.remove()
+                self._discovery = None
             if self.max_steps is not None and self.steps + 1 >= self.max_steps:
                 self._close_step()  # close now: on_step may stop the run at this step
 
@@ -630,8 +751,19 @@ class Watch:
             with torch.no_grad():
                 yfp = self._fingerprint(y.reshape(y.shape[0], -1).to(torch.float64))[:, 0]
             self._recorder.add("samples", {"step": self.steps, "mode": "train" if grad else "eval", "x1": fp[:, 0], "x2": fp[:, 1], "y": yfp})
-        stats = loss_stats(call, detail=self._detail_due(self.steps))
-        (self._train if grad else self._eval).add(stats)
+        (self._train if grad else self._eval).add(call, detail=self._detail_due(self.steps))
+        if self._flush_pending and grad:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the recorded rows to the writer thread. Done right after a training loss is
+        computed, so the writer's work overlaps the backward pass that follows."""
+        self._flush_pending = False
+        assert self._recorder is not None
+        self._recorder.flush()
+
+    def _take_param_norms(self) -> Callable[[], None] | None:
+        return self._params.take_deferred() if self._params is not None else None
 
     # ------------------------------------------------------------------ steps
     def _maybe_close_step(self) -> None:
@@ -641,19 +773,20 @@ class Watch:
     def _close_step(self) -> None:
         assert self._recorder is not None
         step = self.steps
+        if self._cell_calls:
+            self._emit_cell_gates(step)
         self._emit_eval()
         row = self._train.row(step, "train")
         row["time"] = round(time.perf_counter() - self._t0, 4)
         row["lr"] = self._lr
         if self._params is not None:
-            grads, updates = self._params.take_rows(step)
+            grads, updates = self._params.take_rows(step, row)
             if grads is not None:
-                row["grad_norm"] = self._params.global_grad_norm
                 self._recorder.add("params", grads)
             if updates is not None:
                 self._recorder.add("updates", updates)
         self._recorder.add("steps", row, finalize=self._check_sentinel)
-        self._add_predictions(step, "train", self._train)
+        self._losses.add(row, self._add_predictions(step, "train", self._train), self._train)
         if self._nonfinite is not None:
             taken = self._nonfinite.take_row(step)
             if taken is not None:
@@ -661,23 +794,27 @@ class Watch:
         self._train = _StepAccumulator()
         self._opt_stepped = self._grads_seen = self._params_captured = False
         self.steps += 1
+        if self._flush_pending:  # no loss was computed since the last one was due
+            self._flush()
         if self._flush_due(self.steps):
-            self._recorder.flush()
+            self._flush_pending = True
         if self.on_step is not None:
             self.on_step(self.steps)
 
     def _emit_eval(self) -> None:
         if self._eval.calls and self._recorder is not None:
-            self._recorder.add("steps", self._eval.row(self.steps, "eval"), finalize=_with_loss_finite)
-            self._add_predictions(self.steps, "eval", self._eval)
+            row = self._eval.row(self.steps, "eval")
+            self._recorder.add("steps", row, finalize=_with_loss_finite)
+            self._losses.add(row, self._add_predictions(self.steps, "eval", self._eval), self._eval)
             self._eval = _StepAccumulator()
 
-    def _add_predictions(self, step: int, mode: str, acc: _StepAccumulator) -> None:
-        if acc.n_pred is not None and self._recorder is not None:
-            self._recorder.add(
-                "predictions",
-                {"step": step, "mode": mode, "cls": list(range(acc.n_classes)), "n_pred": acc.n_pred, "n_label": acc.n_label},
-            )
+    def _add_predictions(self, step: int, mode: str, acc: _StepAccumulator) -> dict[str, Any] | None:
+        """The step's ``predictions`` row; its counts are filled in by the loss batcher."""
+        if not acc.n_classes or self._recorder is None:
+            return None
+        row = {"step": step, "mode": mode, "cls": list(range(acc.n_classes))}
+        self._recorder.add("predictions", row)
+        return row
 
     def _check_sentinel(self, row: dict[str, Any]) -> dict[str, Any]:
         """Runs after the batched transfer: a non-finite loss turns localisation on for good."""

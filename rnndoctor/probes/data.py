@@ -46,17 +46,27 @@ class Fingerprinter:
 
 
 def input_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Scale and constancy of a batch, reduced on its device (features = last dim)."""
+    """Scale and constancy of a batch, reduced on its device (features = last dim).
+
+    ``all_zero`` is not computed here: it is ``abs_max == 0``, read after the transfer
+    (``with_all_zero``)."""
     xf = x.detach().float()
+    ax = xf.abs()
     feats = xf.reshape(-1, xf.shape[-1]) if xf.dim() > 1 else xf.reshape(-1, 1)
     return {
-        "abs_max": xf.abs().max(),
-        "abs_mean": xf.abs().mean(),
+        "abs_max": ax.max(),
+        "abs_mean": ax.mean(),
         "std": xf.std() if xf.numel() > 1 else torch.zeros((), device=x.device),
         "feature_std_max": feats.std(0).max() if feats.shape[0] > 1 else torch.zeros((), device=x.device),
-        "frac_large": (xf.abs() > LARGE_INPUT).float().mean(),
-        "all_zero": (xf == 0).all(),
+        "frac_large": (ax > LARGE_INPUT).float().mean(),
     }
+
+
+def with_all_zero(row: dict[str, Any]) -> dict[str, Any]:
+    """Recorder finalizer for rows with ``input_stats``: every element is 0 iff max |x| is."""
+    if "abs_max" in row:
+        row["all_zero"] = int(row["abs_max"] == 0)
+    return row
 
 
 def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tensor]:
@@ -67,9 +77,8 @@ def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tenso
         seq = seq.unsqueeze(-1)
     b, t = seq.shape[0], seq.shape[1]
     nonzero = (seq != 0).flatten(2).any(-1)  # [B, T]
-    pos = torch.arange(1, t + 1, device=seq.device).expand(b, t)
-    lengths = (pos * nonzero).max(1).values  # 0 for an all-zero sample
-    hist = torch.zeros(t + 1, device=seq.device).index_add_(0, lengths, torch.ones(b, device=seq.device))
+    lengths = (nonzero * torch.arange(1, t + 1, device=seq.device)).amax(1)  # 0 for an all-zero sample
+    hist = torch.zeros(t + 1, device=seq.device).index_add_(0, lengths, torch.ones((), device=seq.device).expand(b))
     return t, hist
 
 

@@ -19,7 +19,7 @@ exactly like the module's own return values, so a test or a self-check can compa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -307,6 +307,27 @@ def replay_cell(cell: nn.Module, input: Tensor, hx: Any = None) -> Replay:
                   hidden_size=cell.hidden_size)
 
 
+#: cell calls of one step kept for the replay (a loop over this many time steps is
+#: sampled at its first MAX_CELL_CALLS steps)
+MAX_CELL_CALLS = 1000
+
+
+def join_cell_calls(calls: list[Replay]) -> Replay:
+    """The replays of a cell's successive calls (one time step each) as one sequence, so
+    ``gate_stats`` sees gates over t and ``c_norm`` is ‖c_t‖ along the loop."""
+    first = calls[0]
+    lr0 = first.layers[0]
+    joined = LayerReplay(
+        0, 0,
+        {g: torch.cat([r.layers[0].gates[g] for r in calls], 1) for g in lr0.gates},
+        torch.cat([r.layers[0].h for r in calls], 1),
+        torch.cat([r.layers[0].c for r in calls], 1) if lr0.c is not None else None,  # type: ignore[misc]
+        lr0.b_ih, lr0.b_hh,
+    )
+    last = calls[-1]
+    return replace(first, layers=[joined], output=last.output, h_n=last.h_n, c_n=last.c_n)
+
+
 #: percentiles are descriptive (the rules read fractions and means): take them from an evenly
 #: strided sample of at most this many entries — sorting every entry of every gate made
 #: gate_stats cost ~13 ms on the seed-000 model, ten times the replay itself
@@ -314,33 +335,42 @@ PERCENTILE_SAMPLE = 4096
 
 
 def _percentiles(v: Tensor, valid: Tensor | None, n: Tensor) -> Tensor:
-    """Linear-interpolated PERCENTILES of ``v`` (flat) over ``valid`` entries, on device."""
-    if v.numel() > PERCENTILE_SAMPLE:
-        stride = -(-v.numel() // PERCENTILE_SAMPLE)
-        v = v[::stride]
+    """Linear-interpolated PERCENTILES of each row of ``v`` ([G, N]) over its ``valid``
+    entries (``valid`` [N] shared by the rows, ``n`` its count); returns [G, len(PERCENTILES)]."""
+    if v.shape[1] > PERCENTILE_SAMPLE:
+        stride = -(-v.shape[1] // PERCENTILE_SAMPLE)
+        v = v[:, ::stride]
         if valid is not None:
             valid = valid[::stride]
             n = valid.sum()
         else:
-            n = torch.tensor(v.numel(), device=v.device)
+            n = torch.tensor(v.shape[1], device=v.device)
     if valid is not None:
         v = torch.where(valid, v, torch.full_like(v, float("inf")))  # invalid sort last
-    s = v.sort().values
+    s = v.sort(dim=1).values
     q = torch.tensor(PERCENTILES, dtype=s.dtype, device=s.device)
     pos = (q * (n.to(s.dtype) - 1)).clamp(min=0)
     lo = pos.floor().long()
-    hi = pos.ceil().long().clamp(max=s.numel() - 1)
-    a, b = s[lo], s[hi]
+    hi = pos.ceil().long().clamp(max=s.shape[1] - 1)
+    a, b = s[:, lo], s[:, hi]
     out = a + (b - a) * (pos - lo.to(s.dtype))
     out = torch.where(b == a, a, out)  # exact when equal (also avoids inf - inf)
     return torch.where(n > 0, out, torch.full_like(out, float("nan")))
 
 
-def _frac(cond: Tensor, m3: Tensor | None, nf: Tensor) -> Tensor:
-    """Fraction of valid entries where ``cond`` holds (device scalar)."""
-    if m3 is not None:
-        cond = cond & m3
-    return cond.sum().to(nf.dtype) / nf
+def _activation(rep: Replay, gate: str) -> str:
+    return ACTIVATIONS.get(gate, "tanh" if rep.mode == "RNN_TANH" else "relu")
+
+
+def _thresholds(acts: list[str], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-gate (low, high) bounds: a gate counts as low where x < low, high where x > high.
+    relu: low is the smallest positive float (x < it means x == 0, a dead unit), no high."""
+    tiny = torch.finfo(like.dtype).tiny
+    low = {"sigmoid": SIGMOID_LOW, "tanh": -TANH_SATURATED, "relu": tiny}
+    high = {"sigmoid": SIGMOID_HIGH, "tanh": TANH_SATURATED, "relu": float("inf")}
+    shape = (len(acts), 1, 1, 1)
+    return (torch.tensor([low[a] for a in acts], dtype=like.dtype).view(shape).to(like.device),
+            torch.tensor([high[a] for a in acts], dtype=like.dtype).view(shape).to(like.device))
 
 
 def gate_stats(rep: Replay) -> list[dict[str, Any]]:
@@ -355,47 +385,60 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
     For an LSTM, also one row per (layer, direction) with ``gate=None`` and keys
     ``c_norm`` ([T]: mean over valid batch rows of ||c_t||) and ``forget_bias``
     ([H]: b_ih + b_hh of the f slice; zeros when the module has no bias).
+
+    Every gate of every layer and direction is stacked into one [G, B, T, H] tensor and
+    reduced along its dimensions at once: a few dozen ops per replay however deep the
+    module, where one pass per gate cost ~25 ops each.
     """
     rows: list[dict[str, Any]] = []
-    mask = rep.mask
-    for lr in rep.layers:
-        any_gate = next(iter(lr.gates.values()))
-        Bn, T, Hg = any_gate.shape
-        m3 = mask[..., None] if mask is not None else None  # [B, T, 1]
-        n_rows = mask.sum() if mask is not None else torch.tensor(Bn * T, device=any_gate.device)
-        n = n_rows * Hg
-        per_unit_n = n_rows.to(any_gate.dtype).clamp(min=1)
-        for name, v in lr.gates.items():
-            act = ACTIVATIONS.get(name, "tanh" if rep.mode == "RNN_TANH" else "relu")
-            nf = n.to(v.dtype).clamp(min=1)
-            if act == "sigmoid":
-                lo, hi = _frac(v < SIGMOID_LOW, m3, nf), _frac(v > SIGMOID_HIGH, m3, nf)
-                sat = lo + hi
-            elif act == "tanh":
-                lo, hi = _frac(v < -TANH_SATURATED, m3, nf), _frac(v > TANH_SATURATED, m3, nf)
-                sat = lo + hi
-            else:
-                lo = _frac(v == 0, m3, nf)
-                hi = sat = torch.full_like(lo, float("nan"))
-            vz = torch.where(m3, v, torch.zeros_like(v)) if m3 is not None else v
-            p = _percentiles(v.reshape(-1), m3.expand_as(v).reshape(-1) if m3 is not None else None, n)
+    keys = [(lr, name) for lr in rep.layers for name in lr.gates]
+    if keys:
+        v = torch.stack([lr.gates[name] for lr, name in keys])  # [G, B, T, H]
+        G, Bn, T, H = v.shape
+        acts = [_activation(rep, name) for _, name in keys]
+        mask = rep.mask  # [B, T] or None
+        m4 = mask[None, :, :, None] if mask is not None else None
+        n_rows = mask.sum() if mask is not None else torch.tensor(Bn * T, device=v.device)
+        nf = (n_rows * H).to(v.dtype).clamp(min=1)
+        low, high = _thresholds(acts, v)
+        is_low, is_high = v < low, v > high
+        if m4 is not None:
+            is_low, is_high = is_low & m4, is_high & m4
+        frac_low = is_low.sum((1, 2, 3)).to(v.dtype) / nf
+        frac_high = is_high.sum((1, 2, 3)).to(v.dtype) / nf
+        relu = torch.tensor([a == "relu" for a in acts], device=v.device)
+        frac_high = torch.where(relu, torch.full_like(frac_high, float("nan")), frac_high)
+        vz = torch.where(m4, v, torch.zeros_like(v)) if m4 is not None else v
+        unit_mean = vz.sum((1, 2)) / n_rows.to(v.dtype).clamp(min=1)  # [G, H]
+        mean = vz.sum((1, 2, 3)) / nf
+        valid = m4.expand(1, Bn, T, H).reshape(-1) if m4 is not None else None
+        pct = _percentiles(v.reshape(G, -1), valid, n_rows * H)  # [G, 3]
+        sat = frac_low + frac_high
+        for g, ((lr, name), act) in enumerate(zip(keys, acts)):
             rows.append({
                 "layer": lr.layer, "direction": lr.direction, "gate": name, "activation": act,
-                "frac_low": lo, "frac_high": hi, "frac_saturated": sat,
-                "mean": vz.sum() / nf, "p10": p[0], "p50": p[1], "p90": p[2],
-                "unit_mean": vz.sum((0, 1)) / per_unit_n,
+                "frac_low": frac_low[g], "frac_high": frac_high[g], "frac_saturated": sat[g],
+                "mean": mean[g], "p10": pct[g, 0], "p50": pct[g, 1], "p90": pct[g, 2],
+                "unit_mean": unit_mean[g],
             })
+    for lr in rep.layers:
         if lr.c is not None:
-            cnorm = lr.c.norm(dim=-1)  # [B, T]
-            if mask is not None:
-                cnorm = (cnorm * mask).sum(0) / mask.sum(0).clamp(min=1).to(cnorm.dtype)
-            else:
-                cnorm = cnorm.mean(0)
-            Hc = lr.c.shape[-1]
-            if lr.b_ih is not None and lr.b_hh is not None:
-                fb = (lr.b_ih[Hc:2 * Hc] + lr.b_hh[Hc:2 * Hc]).detach().clone()
-            else:
-                fb = lr.c.new_zeros(Hc)
             rows.append({"layer": lr.layer, "direction": lr.direction, "gate": None,
-                         "c_norm": cnorm, "forget_bias": fb})
+                         "c_norm": _c_norm(lr.c, rep.mask), "forget_bias": _forget_bias(lr)})
     return rows
+
+
+def _c_norm(c: Tensor, mask: Tensor | None) -> Tensor:
+    """[T]: mean over valid batch rows of ||c_t||."""
+    cnorm = c.norm(dim=-1)  # [B, T]
+    if mask is None:
+        return cnorm.mean(0)
+    return (cnorm * mask).sum(0) / mask.sum(0).clamp(min=1).to(cnorm.dtype)
+
+
+def _forget_bias(lr: LayerReplay) -> Tensor:
+    assert lr.c is not None
+    Hc = lr.c.shape[-1]
+    if lr.b_ih is not None and lr.b_hh is not None:
+        return (lr.b_ih[Hc:2 * Hc] + lr.b_hh[Hc:2 * Hc]).detach().clone()
+    return lr.c.new_zeros(Hc)

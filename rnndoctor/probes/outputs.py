@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from ..recorder import Part
 
 #: functional name -> loss kind recorded in the ``steps`` signal
 LOSS_FUNCTIONS: dict[str, str] = {
@@ -90,64 +93,134 @@ def capture_losses(listener: LossListener) -> Iterator[None]:
             _originals.clear()
 
 
+#: loss calls whose output has at most this many elements are copied and reduced together
+#: with the other steps' calls at the next flush (one batch of ~15 ops instead of ~15 ops per
+#: step); larger ones are reduced at once, where the step itself dwarfs a few small ops
+DEFER_MAX_NUMEL = 1 << 16
+
+
 @dataclass
 class LossStats:
-    """Device tensors summarising one loss call (no host sync)."""
+    """Device tensors summarising one loss call (no host sync).
+
+    Values may be ``recorder.Part`` rows of a tensor batched over many steps."""
 
     kind: str
     n_classes: int
-    loss: torch.Tensor
-    n_pred: torch.Tensor | None = None
-    n_label: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
-    total: torch.Tensor | None = None
+    loss: "torch.Tensor | Part"
+    n_pred: "torch.Tensor | Part | None" = None
+    n_label: "torch.Tensor | Part | None" = None
+    correct: "torch.Tensor | Part | None" = None
+    total: "torch.Tensor | Part | None" = None
     detail: dict[str, "torch.Tensor | int"] | None = None
 
 
-def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
-    """Reduce a loss call to counts and scalars on its own device."""
-    loss = call.loss.detach()
-    # every op here runs on every step: a scalar float32 loss is used as it is, and
-    # finiteness is read from the value after the transfer (a mean is non-finite iff an
-    # element is, short of float32 overflow)
-    value = loss if loss.dim() == 0 and loss.dtype == torch.float32 else loss.float().mean()
-    x = call.input.detach()
-    y = call.target.detach()
-    stats = LossStats(kind=call.kind, n_classes=0, loss=value)
+def class_count(kind: str, x: torch.Tensor, y: torch.Tensor) -> int:
+    """K when the call can be read as a K-class prediction, else 0 (shapes only, no device work)."""
+    if kind in CLASSIFICATION_KINDS:
+        return int(x.shape[1] if x.dim() > 1 else x.shape[0]) if x.dim() else 0
+    if kind in BINARY_KINDS:
+        return 2
+    if kind in REGRESSION_KINDS and x.shape == y.shape:
+        return REGRESSION_CLASS_BINS
+    return 0
+
+
+def deferrable(call: LossCall) -> bool:
+    return call.input.numel() <= DEFER_MAX_NUMEL and call.target.numel() <= DEFER_MAX_NUMEL
+
+
+def snapshot(call: LossCall) -> LossCall:
+    """A private copy of a small loss call, reduced later by ``batched_stats``. Copies, since
+    a loop may refill its target buffer in place before the flush."""
     with torch.no_grad():
-        cls = _class_view(call.kind, x, y, call.kwargs)
-        if cls is not None:
-            k, pred, label, valid = cls
-            stats.n_classes = k
-            valid = valid.reshape(-1)
-            w = valid.to(torch.float32)
-            # long before clamp: NaN outputs must land in a valid bin, not index out of range
-            # (an argmax is always in range; ignore_index labels are clamped, then weighted 0)
-            pred = pred.reshape(-1).long()
-            if call.kind not in CLASSIFICATION_KINDS:
-                pred = pred.clamp(0, k - 1)
-            label = label.reshape(-1).long().clamp(0, k - 1)
-            stats.n_pred = torch.zeros(k, device=x.device).index_add_(0, pred, w)
-            stats.n_label = torch.zeros(k, device=x.device).index_add_(0, label, w)
-            stats.correct = ((pred == label) & valid).sum()
-            stats.total = valid.sum()
-        if detail:
-            stats.detail = _detail(call.kind, x, y)
-            stats.detail["out_op"] = output_op(call.input)  # type: ignore[assignment]
+        return LossCall(call.kind, call.input.detach().clone(), call.target.detach().clone(), call.loss.detach(), call.kwargs)
+
+
+def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
+    """Reduce one loss call to counts and scalars on its own device, now."""
+    stats = batched_stats([call])[0]
+    if detail:
+        stats.detail = loss_detail(call)
+    return stats
+
+
+def loss_detail(call: LossCall) -> dict[str, "torch.Tensor | int | str"]:
+    """Output and target ranges and the op that made the output (sampled steps only)."""
+    with torch.no_grad():
+        d: dict[str, "torch.Tensor | int | str"] = dict(_detail(call.kind, call.input.detach(), call.target.detach()))
+    d["out_op"] = output_op(call.input)
+    return d
+
+
+def batched_stats(calls: list[LossCall]) -> list[LossStats]:
+    """``LossStats`` for each call; calls of the same kind, shapes and device are reduced
+    together in one pass over their stacked outputs and targets."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, c in enumerate(calls):
+        key = (c.kind, tuple(c.input.shape), tuple(c.target.shape), c.input.dtype, c.target.dtype,
+               c.input.device, c.kwargs.get("ignore_index", -100))
+        groups.setdefault(key, []).append(i)
+    out: list[LossStats | None] = [None] * len(calls)
+    with torch.no_grad():
+        for idx in groups.values():
+            group = [calls[i] for i in idx]
+            for j, stats in enumerate(_group_stats(group)):
+                out[idx[j]] = stats
+    return out  # type: ignore[return-value]
+
+
+def _group_stats(calls: list[LossCall]) -> list[LossStats]:
+    from ..recorder import Part
+
+    first = calls[0]
+    kind, n = first.kind, len(calls)
+    if n == 1:
+        x, y = first.input.detach().unsqueeze(0), first.target.detach().unsqueeze(0)
+    else:
+        x, y = torch.stack([c.input.detach() for c in calls]), torch.stack([c.target.detach() for c in calls])
+    # a scalar float32 loss is used as it is; finiteness is read from the value after the
+    # transfer (a mean is non-finite iff an element is, short of float32 overflow)
+    losses = [c.loss.detach() for c in calls]
+    losses = [v if v.dim() == 0 and v.dtype == torch.float32 else v.float().mean() for v in losses]
+    loss = losses[0].unsqueeze(0) if n == 1 else torch.stack(losses)
+    stats = [LossStats(kind=kind, n_classes=0, loss=Part(loss, i)) for i in range(n)]
+    cls = _class_view(kind, x, y, first.kwargs)
+    if cls is None:
+        return stats
+    k, pred, label, valid = cls
+    # long before clamp: NaN outputs must land in a valid bin, not index out of range
+    # (an argmax is always in range; ignore_index labels are clamped, then weighted 0)
+    pred = pred.reshape(n, -1).long()
+    if kind not in CLASSIFICATION_KINDS:
+        pred = pred.clamp(0, k - 1)
+    label = label.reshape(n, -1).long().clamp(0, k - 1)
+    valid = valid.reshape(n, -1)
+    w = valid.to(torch.float32).reshape(-1)
+    offset = (torch.arange(n, device=x.device) * k).unsqueeze(1)
+    n_pred = torch.zeros(n * k, device=x.device).index_add_(0, (pred + offset).reshape(-1), w).view(n, k)
+    n_label = torch.zeros(n * k, device=x.device).index_add_(0, (label + offset).reshape(-1), w).view(n, k)
+    correct = ((pred == label) & valid).sum(1)
+    total = valid.sum(1)
+    for i, s in enumerate(stats):
+        s.n_classes = k
+        s.n_pred, s.n_label, s.correct, s.total = Part(n_pred, i), Part(n_label, i), Part(correct, i), Part(total, i)
     return stats
 
 
 def _class_view(
     kind: str, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(K, predicted class, label class, valid mask) for losses that can be read as classes."""
+    """(K, predicted class, label class, valid mask) for losses that can be read as classes.
+
+    ``x`` and ``y`` carry a leading dimension over the stacked calls."""
     if kind in CLASSIFICATION_KINDS:
-        if x.dim() == 1:
-            x, y = x.unsqueeze(0), y.unsqueeze(0)
-        k = x.shape[1]
-        pred = x.argmax(1)
+        if x.dim() == 2:  # unbatched [K] inputs
+            x, y = x.unsqueeze(1), y.unsqueeze(1)
+        k = x.shape[2]
+        pred = x.argmax(2)
         if y.is_floating_point() and y.shape == x.shape:  # class probabilities as targets
-            label = y.argmax(1)
+            label = y.argmax(2)
             valid = torch.ones_like(label, dtype=torch.bool)
         else:
             ignore = kwargs.get("ignore_index", -100)
@@ -161,7 +234,9 @@ def _class_view(
         return 2, pred, label, torch.ones_like(label, dtype=torch.bool)
     if kind in REGRESSION_KINDS and x.shape == y.shape:
         # Read as classes only counts when targets are labels; tgt_integral says so.
-        lo, hi = y.min(), y.max()
+        flat = y.reshape(y.shape[0], -1)
+        bound = (y.shape[0],) + (1,) * (y.dim() - 1)
+        lo, hi = flat.amin(1).view(bound), flat.amax(1).view(bound)
         pred = torch.maximum(torch.minimum(x.round(), hi), lo)
         return REGRESSION_CLASS_BINS, pred, y.round(), torch.ones_like(y, dtype=torch.bool)
     return None

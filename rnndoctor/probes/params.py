@@ -6,10 +6,14 @@ tensors; nothing here reads a value back to the host.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..recorder import Part
+
+Row = dict[str, Any]
 
 
 def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -31,12 +35,16 @@ class ParamProbe:
         self.params = [p for _, p in named_params]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self._grad_norm: torch.Tensor | None = None
+        #: this step's per-parameter norms, unstacked: stacked with other steps' at flush
+        self._grad_list: list[torch.Tensor] | None = None
+        self._deferred: list[tuple[Row, Row, list[torch.Tensor]]] = []
         self._grad_none: list[int] = []
         self._before: list[torch.Tensor] | None = None
         self._before_norm: torch.Tensor | None = None
         self._manual: dict[int, torch.Tensor] = {}
         self._last_weight_norm: torch.Tensor | None = None  # weights after the last step = before this one
-        #: global L2 norm of the gradients of the step being recorded (device scalar)
+        #: global L2 norm of the gradients of the step being recorded (device scalar; None
+        #: when it is computed with other steps' at the next flush)
         self.global_grad_norm: torch.Tensor | None = None
 
     def before_update(self, snapshot: bool = True) -> None:
@@ -45,7 +53,12 @@ class ParamProbe:
         ``snapshot`` copies the weights so the update ratio can be measured after the step
         (scheduled: a copy of every parameter is the dearest part of this probe)."""
         with torch.no_grad():
-            self._grad_norm, self._grad_none = self._grad_norms()
+            grads = [p.grad for p in self.params]
+            if grads and all(g is not None for g in grads):  # the common case: one op now, the rest at flush
+                self._grad_list = list(torch._foreach_norm(grads))  # type: ignore[arg-type]
+                self._grad_none = [0] * len(grads)
+            else:
+                self._grad_norm, self._grad_none = self._grad_norms()
             if snapshot:
                 self._before = list(torch._foreach_mul([p.detach() for p in self.params], 1.0))
                 self._before_norm = self._last_weight_norm if self._last_weight_norm is not None else _norms(self._before, self.device)
@@ -73,16 +86,23 @@ class ParamProbe:
             out[torch.tensor(present, device=self.device)] = norms
         return out, none
 
-    def take_rows(self, step: int) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def take_rows(self, step: int, step_row: Row) -> tuple[Row | None, Row | None]:
         """The ``params`` row (gradients) and, on snapshot steps, the ``updates`` row
-        (weight norms, update ratios) of the step that just ended."""
+        (weight norms, update ratios) of the step that just ended; ``step_row`` gets the
+        global gradient norm (now, or at the next ``resolve``)."""
         with torch.no_grad():
-            if self._grad_norm is None and self._manual:
-                idx = sorted(self._manual)
-                self._grad_norm, self._grad_none = self._per_param(idx, torch.stack([self._manual[i] for i in idx]))
-            if self._grad_norm is None:
-                return None, None
-            grads = {"step": step, "param": list(self.names), "grad_norm": self._grad_norm, "grad_none": list(self._grad_none)}
+            if self._grad_list is not None:
+                grads: Row = {"step": step, "param": list(self.names), "grad_none": list(self._grad_none)}
+                self._deferred.append((grads, step_row, self._grad_list))
+                self._grad_list = None
+            else:
+                if self._grad_norm is None and self._manual:
+                    idx = sorted(self._manual)
+                    self._grad_norm, self._grad_none = self._per_param(idx, torch.stack([self._manual[i] for i in idx]))
+                if self._grad_norm is None:
+                    return None, None
+                grads = {"step": step, "param": list(self.names), "grad_norm": self._grad_norm, "grad_none": list(self._grad_none)}
+                step_row["grad_norm"] = self.global_grad_norm
             updates = None
             if self._before is not None and self._before_norm is not None:
                 weight_norm = _norms([p.detach() for p in self.params], self.device)
@@ -101,3 +121,26 @@ class ParamProbe:
         self._grad_norm, self._before, self._before_norm = None, None, None
         self._manual.clear()
         return grads, updates
+
+    def take_deferred(self) -> "Callable[[], None] | None":
+        """Recorder ``before_flush`` taker: the deferred steps' norms leave with a job that
+        stacks them (one op for all) and fills their rows, on the writer thread."""
+        entries, self._deferred = self._deferred, []
+        if not entries:
+            return None
+        n_params, device = len(self.params), self.device
+
+        def job() -> None:
+            flat = [n for *_, norms in entries for n in norms]
+            with torch.no_grad():
+                try:
+                    stacked = torch.stack(flat)
+                except RuntimeError:  # parameters spread over several devices
+                    stacked = torch.stack([n.to(device) for n in flat])
+                per_step = stacked.to(torch.float32).view(len(entries), n_params)
+                global_norm = per_step.square().sum(1).sqrt()
+            for i, (grads, step_row, _) in enumerate(entries):
+                grads["grad_norm"] = Part(per_step, i)
+                step_row["grad_norm"] = Part(global_norm, i)
+
+        return job

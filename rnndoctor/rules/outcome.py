@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..finding import Finding, Severity
 from ..run import Run
+from ..schedule import DEFAULT_LOCALIZE
 from ._common import (
     CLASS_LOSSES,
     Window,
@@ -347,7 +348,7 @@ def non_finite(run: Run) -> Iterator[Finding]:
         title = f"Non-finite {kind} at step {first_step}"
         expl = (
             f"The {kind} became NaN/Inf at step {first_step}. Module outputs were not being checked at that "
-            "step (checks run on the first steps, every 10th, and always after a NaN), so the module is not named."
+            f"step (checks run on the {DEFAULT_LOCALIZE}, and always after a NaN), so the module is not named."
         )
     yield Finding(
         id="non-finite",
