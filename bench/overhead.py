@@ -57,13 +57,16 @@ class Net(nn.Module):
 WARMUP_STEPS = 60
 
 
-def one_run(s: Setting, steps: int, instrumented: bool, seed: int) -> float:
-    """Seconds per optimizer step over ``steps`` steps (after WARMUP_STEPS warm-up steps)."""
+def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str = "cpu") -> float:
+    """Seconds per optimizer step over ``steps`` steps (after WARMUP_STEPS warm-up steps).
+
+    On CUDA the clock is read after a synchronize, so queued kernels are counted."""
     torch.manual_seed(seed)
-    model = Net(s)
+    model = Net(s).to(device)
     opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    data = [torch.randint(0, 2, (s.batch, s.seq, s.features)).float() for _ in range(8)]
+    data = [torch.randint(0, 2, (s.batch, s.seq, s.features)).float().to(device) for _ in range(8)]
     labels = [(x.sum((1, 2)) % 2).long() for x in data]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def loop(n: int) -> None:
         for i in range(n):
@@ -73,17 +76,18 @@ def one_run(s: Setting, steps: int, instrumented: bool, seed: int) -> float:
             loss.backward()
             opt.step()
 
-    if not instrumented:
+    def timed() -> float:
         loop(WARMUP_STEPS)
+        sync()
         t0 = time.perf_counter()
         loop(steps)
+        sync()
         return (time.perf_counter() - t0) / steps
+
+    if not instrumented:
+        return timed()
     with tempfile.TemporaryDirectory() as d, rnndoctor.watch(model, out=d, summary=False):
-        loop(WARMUP_STEPS)
-        t0 = time.perf_counter()
-        loop(steps)
-        elapsed = time.perf_counter() - t0
-    return elapsed / steps
+        return timed()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -92,17 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rnndoctor {rnndoctor.__version__}")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}, rnndoctor {rnndoctor.__version__}")
     for key in args.model or ["S", "M"]:
         s = SETTINGS[key]
         steps = args.steps if key == "S" else max(20, args.steps // 4)
         bare, inst = [], []
         for r in range(args.repeats):
-            bare.append(one_run(s, steps, False, r))
-            inst.append(one_run(s, steps, True, r))
+            bare.append(one_run(s, steps, False, r, args.device))
+            inst.append(one_run(s, steps, True, r, args.device))
         ratios = [i / b for i, b in zip(inst, bare)]
         print(
             f"{s.name}: bare {statistics.median(bare) * 1e3:.2f} ms/step, watched "
