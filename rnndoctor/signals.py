@@ -161,6 +161,16 @@ CELL = Signal(
     when="with the gate replay (LSTM)",
 )
 
+ACTIVATIONS = Signal(
+    "activations",
+    keys=("step", "module"),
+    values={"calls": "calls of the module in the step (a cell in a loop: one per time step)",
+            "numel": "output elements summed over", "mean": "mean output", "std": "standard deviation of the output",
+            "abs_max": "largest |output|", "frac_large": "share of |output| > 2.944 (a sigmoid of it is outside [0.05, 0.95])",
+            "frac_zero": "share of exact zeros (dead ReLU units)"},
+    when=f"every submodule's first output tensor, summed over the step's training calls, {DEFAULT_GATES}",
+)
+
 EVAL_PASSES = Signal(
     "eval_passes",
     keys=("step", "module"),
@@ -177,4 +187,4 @@ DATASETS = Signal(
     when="once per DataLoader, at its first iteration",
 )
 
-CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, EVAL_PASSES)}
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, ACTIVATIONS, EVAL_PASSES)}

@@ -20,6 +20,7 @@ import random
 import sys
 import time
 import traceback
+import weakref
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -32,6 +33,7 @@ from torch.utils.hooks import RemovableHandle
 from . import __version__
 from .finding import Diagnosis, Finding, Severity
 from .probes import data as data_probe
+from .probes.activations import ActivationProbe
 from .probes import gates
 from .probes import through_time
 from .probes.nonfinite import RECURRENT_TYPES, NonFiniteProbe
@@ -223,7 +225,11 @@ class Watch:
         self._global_handles: list[RemovableHandle] = []
         self._grad_handles: list[RemovableHandle] = []
         self._localize_handles: list[RemovableHandle] = []
-        self._optimizers: dict[int, bool] = {}
+        self._activations = ActivationProbe()
+        self._activation_handles: list[RemovableHandle] = []
+        #: optimizer -> whether it updates watched parameters (weak keys: an id() could be
+        #: reused by the next optimizer a loop creates)
+        self._optimizers: "weakref.WeakKeyDictionary[torch.optim.Optimizer, bool]" = weakref.WeakKeyDictionary()
         #: diagnose mode's global pre-hook: every module call in the process pays for it, so
         #: it goes once an optimizer step shows the trained modules are all adopted
         self._discovery: RemovableHandle | None = None
@@ -488,6 +494,7 @@ class Watch:
         if self._recorder is not None:
             self._recorder.cuda_devices = {p.device.index or 0 for _, p in named_params if p.device.type == "cuda"}
         self._set_localize(False)
+        self._set_activations(False)
         self._nonfinite = NonFiniteProbe(device)
         for root in self._roots.values():
             self._module_handles.append(root.register_forward_pre_hook(self._before_forward))
@@ -523,6 +530,7 @@ class Watch:
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         self._maybe_close_step()
         self._set_localize(self._nan_seen or self._localize_due(self.steps))
+        self._set_activations(torch.is_grad_enabled() and self._gates_due(self.steps))
         if not torch.is_grad_enabled() and self._eval_checked_step != self.steps:
             self._check_eval_pass(module)
         self._pending_fp = None
@@ -679,6 +687,20 @@ class Watch:
             row.update(step=self.steps, dataset=type(ds).__name__)
             self._recorder.add("refetch", row)
 
+    def _set_activations(self, on: bool) -> None:
+        """Activation-statistics hooks on every module, only on gates steps (as localisation)."""
+        if on and not self._activation_handles:
+            for root in self._roots.values():
+                for m in root.modules():
+                    if m is not root:
+                        self._activation_handles.append(m.register_forward_hook(self._activations.hook_for(self._names[id(m)])))
+            self._activations.active = True
+        elif not on and self._activation_handles:
+            for h in self._activation_handles:
+                h.remove()
+            self._activation_handles = []
+            self._activations.active = False
+
     def _set_localize(self, on: bool) -> None:
         """Per-module isfinite hooks exist only on localisation steps (a hook, even idle,
         costs every module call a trip through Python)."""
@@ -699,12 +721,12 @@ class Watch:
             probe.on_grad_accumulated(index, param)
 
     def _watches(self, optimizer: torch.optim.Optimizer) -> bool:
-        key = id(optimizer)
-        if key not in self._optimizers:
-            self._optimizers[key] = any(
+        known = self._optimizers.get(optimizer)
+        if known is None:
+            known = self._optimizers[optimizer] = any(
                 id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"]
             )
-        return self._optimizers[key]
+        return known
 
     def _adopted_all(self, optimizer: torch.optim.Optimizer) -> bool:
         return all(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"])
@@ -775,6 +797,8 @@ class Watch:
         step = self.steps
         if self._cell_calls:
             self._emit_cell_gates(step)
+        for act_row in self._activations.take_rows(step):
+            self._recorder.add("activations", act_row)
         self._emit_eval()
         row = self._train.row(step, "train")
         row["time"] = round(time.perf_counter() - self._t0, 4)
@@ -826,6 +850,7 @@ class Watch:
     # ------------------------------------------------------------------ teardown
     def _detach(self) -> None:
         self._set_localize(False)
+        self._set_activations(False)
         for h in self._module_handles + self._grad_handles + self._global_handles:
             h.remove()
         self._module_handles, self._grad_handles, self._global_handles = [], [], []

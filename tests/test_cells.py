@@ -91,3 +91,45 @@ def test_cell_calls_without_grad_are_not_replayed(tmp_path):
         with torch.no_grad():
             model(torch.rand(B, T, F_IN))
     assert "gates" not in rnndoctor.load_run(tmp_path / "r").signals
+
+
+class HandCell(nn.Module):
+    """Seed 003's kind of cell: gates from nn.Linear, sigmoid/tanh by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates = nn.Linear(F_IN + H, 4 * H)
+
+    def forward(self, x, h, c):
+        i, f, g, o = self.gates(torch.cat([x, h], 1)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+
+class HandNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cell = HandCell()
+        self.out = nn.Linear(H, 1)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], H)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], h, c)
+        return self.out(h).squeeze(-1)
+
+
+@pytest.mark.parametrize("bias,saturated", [(10.0, True), (0.0, False)])
+def test_hand_written_cell_gets_activation_statistics(tmp_path, bias, saturated):
+    """No replay can name a hand-written cell's gates; its modules' output statistics over
+    the loop's calls show the ±10 pre-activations all the same."""
+    torch.manual_seed(0)
+    model = HandNet()
+    with torch.no_grad():
+        model.cell.gates.bias.fill_(bias)
+    run(model, tmp_path / "r", steps=3)
+    acts = rnndoctor.load_run(tmp_path / "r")["activations"]
+    gate_rows = acts[acts["module"] == "cell.gates"]
+    assert len(gate_rows) == 3 and (gate_rows["calls"] == T).all()
+    share = gate_rows["frac_large"].mean()
+    assert (share > 0.9) if saturated else (share < 0.2), share

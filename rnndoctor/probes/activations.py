@@ -1,0 +1,70 @@
+"""Output statistics of every module call on sampled steps: what can be seen of a
+hand-written recurrent cell (seed 003: nn.Linear + torch.sigmoid/tanh called in a loop),
+whose gates no replay can name.
+
+A forward hook per module, present only on the gates schedule, adds each call's output
+moments to a per-module accumulator on the device (seven small reductions per call); one row
+per module and step is recorded when the step closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .nonfinite import tensors_in
+
+#: |z| above this counts as "large": a sigmoid of it is outside [0.05, 0.95] and a tanh is
+#: within 0.005 of ±1 (the gate-saturation bounds in probes/gates.py, as pre-activations)
+LARGE_PREACTIVATION = 2.944
+
+
+class ActivationProbe:
+    """Sums, per module, the output moments of its calls while ``active``."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self._acc: dict[str, list[Any]] = {}  # name -> [calls, numel, sums [4] tensor, absmax tensor]
+
+    def hook_for(self, name: str):  # noqa: ANN201 - a forward hook
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not self.active:
+                return
+            t = next(iter(tensors_in(output)), None)
+            if t is None or t.numel() == 0:
+                return
+            try:
+                self._add(name, t)
+            except Exception:  # never break the user's forward pass
+                self.active = False
+
+        return hook
+
+    def _add(self, name: str, t: torch.Tensor) -> None:
+        with torch.no_grad():
+            x = t.detach().float()
+            a = x.abs()
+            sums = torch.stack([x.sum(), (x * x).sum(), (a > LARGE_PREACTIVATION).sum().float(), (x == 0).sum().float()])
+            amax = a.max()
+            entry = self._acc.get(name)
+            if entry is None:
+                self._acc[name] = [1, x.numel(), sums, amax]
+            else:
+                entry[0] += 1
+                entry[1] += x.numel()
+                entry[2] = entry[2] + sums
+                entry[3] = torch.maximum(entry[3], amax)
+
+    def take_rows(self, step: int) -> list[dict[str, Any]]:
+        """One row per module seen since the last call: calls, mean, std, abs_max, the share
+        of |y| > LARGE_PREACTIVATION and of exact zeros (device tensors)."""
+        acc, self._acc = self._acc, {}
+        rows = []
+        for name, (calls, n, sums, amax) in acc.items():
+            mean = sums[0] / n
+            var = (sums[1] / n - mean * mean).clamp_min(0)
+            rows.append({"step": step, "module": name, "calls": calls, "numel": n, "mean": mean, "std": var.sqrt(),
+                         "abs_max": amax, "frac_large": sums[2] / n, "frac_zero": sums[3] / n})
+        return rows
