@@ -98,8 +98,10 @@ def _read_signal(file: Path) -> pd.DataFrame:
                 continue  # a line torn by a killed process
             if isinstance(row, dict):
                 rows.append(row)
-    df = pd.DataFrame(rows)
     spec = CATALOGUE.get(file.stem)
+    if spec and (spec.carried or spec.zeros_if_absent):
+        _fill_carried(rows, spec.carried, spec.zeros_if_absent)
+    df = pd.DataFrame(rows)
     if spec and spec.explode and not df.empty:
         cols = [c for c in spec.explode if c in df.columns]
         if cols:
@@ -110,3 +112,17 @@ def _read_signal(file: Path) -> pd.DataFrame:
                 except (ValueError, TypeError):
                     pass  # names (params, modules) stay strings
     return df
+
+
+def _fill_carried(rows: list[dict[str, Any]], carried: tuple[str, ...], zeros: tuple[str, ...]) -> None:
+    """Columns the recorder writes only when they change take the last written value."""
+    last: dict[str, Any] = {}
+    for row in rows:
+        for key in carried:
+            if key in row:
+                last[key] = row[key]
+            elif key in last:
+                row[key] = last[key]
+        for key in zeros:
+            if key not in row and carried and isinstance(row.get(carried[0]), list):
+                row[key] = [0] * len(row[carried[0]])

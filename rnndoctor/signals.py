@@ -19,6 +19,11 @@ class Signal:
     values: dict[str, str]  # column -> meaning and unit
     when: str
     explode: tuple[str, ...] = ()
+    #: list columns written only when they change (parameter names, sizes): a row without
+    #: them has the previous row's, filled in on load
+    carried: tuple[str, ...] = ()
+    #: list columns left out while all zero: filled with zeros as long as ``carried[0]``
+    zeros_if_absent: tuple[str, ...] = ()
 
 
 STEPS = Signal(
@@ -67,6 +72,8 @@ PARAMS = Signal(
     },
     when="every optimizer step",
     explode=("param", "grad_norm", "grad_none"),
+    carried=("param",),
+    zeros_if_absent=("grad_none",),
 )
 
 UPDATES = Signal(
@@ -80,6 +87,7 @@ UPDATES = Signal(
     },
     when=f"sampled steps (a copy of the weights is taken before the step): {DEFAULT_UPDATE_RATIO}, every step after a NaN",
     explode=("param", "weight_norm", "update_ratio", "numel", "ndim"),
+    carried=("param", "numel", "ndim"),
 )
 
 NONFINITE = Signal(
@@ -167,7 +175,8 @@ ACTIVATIONS = Signal(
     values={"calls": "calls of the module in the step (a cell in a loop: one per time step)",
             "numel": "output elements summed over", "mean": "mean output", "std": "standard deviation of the output",
             "abs_max": "largest |output|", "frac_large": "share of |output| > 2.944 (a sigmoid of it is outside [0.05, 0.95])",
-            "frac_zero": "share of exact zeros (dead ReLU units)"},
+            "frac_zero": "share of exact zeros (dead ReLU units)",
+            "frac_nonfinite": "share of NaN/Inf outputs (the other values are over the finite ones)"},
     when=f"every submodule's first output tensor, summed over the step's training calls, {DEFAULT_GATES}",
 )
 

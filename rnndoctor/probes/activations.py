@@ -3,8 +3,8 @@ hand-written recurrent cell (seed 003: nn.Linear + torch.sigmoid/tanh called in 
 whose gates no replay can name.
 
 A forward hook per module, present only on the gates schedule, adds each call's output
-moments to a per-module accumulator on the device (seven small reductions per call); one row
-per module and step is recorded when the step closes.
+moments (over its finite entries) to a per-module accumulator on the device (about ten small
+ops per call); one row per module and step is recorded when the step closes.
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ class ActivationProbe:
     def _add(self, name: str, t: torch.Tensor) -> None:
         with torch.no_grad():
             x = t.detach().float()
+            finite = torch.isfinite(x)
+            x = torch.where(finite, x, torch.zeros((), device=x.device))  # moments of the finite part
             a = x.abs()
-            sums = torch.stack([x.sum(), (x * x).sum(), (a > LARGE_PREACTIVATION).sum().float(), (x == 0).sum().float()])
+            sums = torch.stack([x.sum(), (x * x).sum(), (a > LARGE_PREACTIVATION).sum().float(),
+                                ((x == 0) & finite).sum().float(), finite.sum().float()])
             amax = a.max()
             entry = self._acc.get(name)
             if entry is None:
@@ -63,8 +66,10 @@ class ActivationProbe:
         acc, self._acc = self._acc, {}
         rows = []
         for name, (calls, n, sums, amax) in acc.items():
-            mean = sums[0] / n
-            var = (sums[1] / n - mean * mean).clamp_min(0)
+            n_finite = sums[4].clamp_min(1)
+            mean = sums[0] / n_finite
+            var = (sums[1] / n_finite - mean * mean).clamp_min(0)
             rows.append({"step": step, "module": name, "calls": calls, "numel": n, "mean": mean, "std": var.sqrt(),
-                         "abs_max": amax, "frac_large": sums[2] / n, "frac_zero": sums[3] / n})
+                         "abs_max": amax, "frac_large": sums[2] / n_finite, "frac_zero": sums[3] / n_finite,
+                         "frac_nonfinite": 1 - sums[4] / n})
         return rows

@@ -38,6 +38,7 @@ class ParamProbe:
         #: this step's per-parameter norms, unstacked: stacked with other steps' at flush
         self._grad_list: list[torch.Tensor] | None = None
         self._deferred: list[tuple[Row, Row, list[torch.Tensor]]] = []
+        self._named: set[str] = set()
         self._grad_none: list[int] = []
         self._before: list[torch.Tensor] | None = None
         self._before_norm: torch.Tensor | None = None
@@ -92,7 +93,7 @@ class ParamProbe:
         global gradient norm (now, or at the next ``resolve``)."""
         with torch.no_grad():
             if self._grad_list is not None:
-                grads: Row = {"step": step, "param": list(self.names), "grad_none": list(self._grad_none)}
+                grads: Row = self._with_names("params", {"step": step})
                 self._deferred.append((grads, step_row, self._grad_list))
                 self._grad_list = None
             else:
@@ -101,26 +102,35 @@ class ParamProbe:
                     self._grad_norm, self._grad_none = self._per_param(idx, torch.stack([self._manual[i] for i in idx]))
                 if self._grad_norm is None:
                     return None, None
-                grads = {"step": step, "param": list(self.names), "grad_norm": self._grad_norm, "grad_none": list(self._grad_none)}
+                grads = self._with_names("params", {"step": step, "grad_norm": self._grad_norm})
+                if any(self._grad_none):
+                    grads["grad_none"] = list(self._grad_none)
                 step_row["grad_norm"] = self.global_grad_norm
             updates = None
             if self._before is not None and self._before_norm is not None:
                 weight_norm = _norms([p.detach() for p in self.params], self.device)
                 self._last_weight_norm = weight_norm
                 torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # in place: before - after
-                updates = {
+                updates = self._with_names("updates", {
                     "step": step,
-                    "param": list(self.names),
                     "weight_norm": weight_norm,
                     "update_ratio": _norms(self._before, self.device) / self._before_norm.clamp_min(1e-30),
-                    "numel": [p.numel() for p in self.params],
-                    "ndim": [p.dim() for p in self.params],
-                }
+                })
             else:
                 self._last_weight_norm = None
         self._grad_norm, self._before, self._before_norm = None, None, None
         self._manual.clear()
         return grads, updates
+
+    def _with_names(self, signal: str, row: Row) -> Row:
+        """Names (and sizes) go into this probe's first row of a signal only; the loader
+        carries them forward (signals.Signal.carried): they were a third of each row."""
+        if signal not in self._named:
+            self._named.add(signal)
+            row["param"] = list(self.names)
+            if signal == "updates":
+                row.update(numel=[p.numel() for p in self.params], ndim=[p.dim() for p in self.params])
+        return row
 
     def take_deferred(self) -> "Callable[[], None] | None":
         """Recorder ``before_flush`` taker: the deferred steps' norms leave with a job that
