@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from .schedule import DEFAULT_DATA, DEFAULT_GATES, DEFAULT_LOCALIZE, DEFAULT_TIME_GRAD, DEFAULT_UPDATE_RATIO
 
 
+#: |z| above this counts as "large" in the ``activations`` signal: a sigmoid of it is outside
+#: [0.05, 0.95] and a tanh of it within 0.005 of ±1 (the gate-saturation bounds of
+#: probes/gates.py, as pre-activations)
+LARGE_PREACTIVATION = 2.944
+
+
 @dataclass(frozen=True)
 class Signal:
     name: str
@@ -174,7 +180,7 @@ ACTIVATIONS = Signal(
     keys=("step", "module"),
     values={"calls": "calls of the module in the step (a cell in a loop: one per time step)",
             "numel": "output elements summed over", "mean": "mean output", "std": "standard deviation of the output",
-            "abs_max": "largest |output|", "frac_large": "share of |output| > 2.944 (a sigmoid of it is outside [0.05, 0.95])",
+            "abs_max": "largest |output|", "frac_large": f"share of |output| > {LARGE_PREACTIVATION} (a sigmoid of it is outside [0.05, 0.95])",
             "frac_zero": "share of exact zeros (dead ReLU units)",
             "frac_nonfinite": "share of NaN/Inf outputs (the other values are over the finite ones)"},
     when=f"every submodule's first output tensor, summed over the step's training calls, {DEFAULT_GATES}",

@@ -52,6 +52,8 @@ def test_seed_003_nan_is_traced_to_the_cell_and_its_time_step(tmp_path):
     assert f.where["step"] == 0
     assert 200 <= f.where["call"] <= 400  # the time step at which |h| overflows
     assert run.record.meta["status"] == "completed"
+    # a hand-written cell: no replay names its gates, its Linears' outputs show the ±10
+    assert {"cell.ingate", "cell.forgetgate", "cell.outgate"} <= set(f.evidence["saturated_inside"])
 
 
 @pytest.mark.parametrize("name", ["parity_healthy", "or_bce_healthy", "identity_lstm_healthy"])

@@ -14,11 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..signals import LARGE_PREACTIVATION
 from .nonfinite import tensors_in
-
-#: |z| above this counts as "large": a sigmoid of it is outside [0.05, 0.95] and a tanh is
-#: within 0.005 of ±1 (the gate-saturation bounds in probes/gates.py, as pre-activations)
-LARGE_PREACTIVATION = 2.944
 
 
 class ActivationProbe:

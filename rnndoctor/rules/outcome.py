@@ -11,6 +11,7 @@ import pandas as pd
 from ..finding import Finding, Severity
 from ..run import Run
 from ..schedule import DEFAULT_LOCALIZE
+from ..signals import LARGE_PREACTIVATION
 from ._common import (
     CLASS_LOSSES,
     Window,
@@ -324,6 +325,14 @@ def non_finite(run: Run) -> Iterator[Finding]:
             f"values ({when}; for a cell called once per time step the call number is the time step). "
             "Everything downstream — loss, gradients, weights — became non-finite from there."
         )
+        pinned = _saturated_submodules(run, str(module_row["module"]), int(module_row["step"]))
+        if pinned:
+            ev["saturated_inside"] = pinned
+            expl += (
+                " Inside it, " + ", ".join(f"'{m}'" for m in pinned)
+                + f" produced |output| > {LARGE_PREACTIVATION:g} on at least {SATURATED_INSIDE_SHARE:.0%} of their "
+                "finite outputs in that step: fed to a sigmoid or tanh, those are pinned gates (seed 003's ±10 biases)."
+            )
     elif weight is not None and (first_loss is None or int(weight["step"]) < first_loss):
         where = {"param": weight["param"], "step": int(weight["step"])}
         prev = updates[(updates["param"] == weight["param"]) & (updates["step"] == int(weight["step"]))]
@@ -442,3 +451,21 @@ def not_learning(run: Run, *, min_rel_decrease: float = 0.1) -> bool:
     k = max(1, len(loss) // 10)
     first, last = float(loss.iloc[:k].mean()), float(loss.iloc[-k:].mean())
     return first > 0 and (first - last) / first < min_rel_decrease
+
+
+#: share of a submodule's finite outputs beyond LARGE_PREACTIVATION that names it in the
+#: non-finite finding (the gate-saturation bound, applied to pre-activations)
+SATURATED_INSIDE_SHARE = 0.9
+
+
+def _saturated_submodules(run: Run, module: str, step: int) -> dict[str, float]:
+    """Submodules of ``module`` whose outputs at ``step`` were almost all beyond ±2.944
+    (the ``activations`` signal: what can be seen of a hand-written cell's gates)."""
+    if not run.has("activations"):
+        return {}
+    acts = run["activations"]
+    if acts.empty or "frac_large" not in acts:
+        return {}
+    rows = acts[(acts["step"] == step) & acts["module"].astype(str).str.startswith(module + ".")]
+    share = pd.to_numeric(rows["frac_large"], errors="coerce")
+    return {str(m): float(v) for m, v in zip(rows["module"], share) if v >= SATURATED_INSIDE_SHARE}

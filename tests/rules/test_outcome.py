@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
@@ -81,6 +82,27 @@ def test_non_finite_names_the_module_and_time_step():
     (f,) = non_finite(run)
     assert f.where == {"module": "cell", "call": 212, "step": 0}
     assert f.first_step == 0
+
+
+def _act(module: str, frac_large: float, step: int = 0) -> dict:
+    return {"step": step, "module": module, "calls": 400, "numel": 12800, "mean": 1.0, "std": 1.0,
+            "abs_max": 10.0, "frac_large": frac_large, "frac_zero": 0.0, "frac_nonfinite": 0.0}
+
+
+@pytest.mark.parametrize("gate_share,named", [(1.0, True), (0.3, False)])
+def test_non_finite_names_saturated_submodules_of_a_hand_written_cell(gate_share, named):
+    """Seed 003: the overflowing cell's gate Linears sat at |z| = 10; a cell whose gates did
+    not is named without that sentence; modules outside the cell never are."""
+    run = classification_run(10, loss=[float("nan")] * 10)
+    acts = [_act("cell.forgetgate", gate_share), _act("cell.ingate", gate_share), _act("readout", 1.0), _act("cell.forgetgate", 1.0, step=1)]
+    run = with_signal(run, nonfinite=[{"step": 0, "any": 1, "module": "cell", "call": 297, "t": None, "outputs_bad": 1, "calls_checked": 900}],
+                      activations=acts)
+    (f,) = non_finite(run)
+    if named:
+        assert set(f.evidence["saturated_inside"]) == {"cell.forgetgate", "cell.ingate"}
+        assert "'cell.forgetgate'" in f.explanation and "pinned gates" in f.explanation
+    else:
+        assert "saturated_inside" not in f.evidence and "pinned gates" not in f.explanation
 
 
 def test_non_finite_names_a_parameter_made_nan_by_an_update():
