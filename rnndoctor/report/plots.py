@@ -448,12 +448,13 @@ PLOTS: dict[str, PlotSpec] = {
     "nonfinite": PlotSpec("Non-finite values", plot_nonfinite),
 }
 
-from .plots_rnn import plot_cell_norm, plot_gates, plot_time_grad  # noqa: E402  (they use the helpers above)
+from .plots_rnn import plot_activations, plot_cell_norm, plot_gates, plot_time_grad  # noqa: E402  (they use the helpers above)
 
 PLOTS.update(
     gates=PlotSpec("Gate saturation (first half of the run)", plot_gates),
     cell_norm=PlotSpec("Cell state norm over time", plot_cell_norm),
     time_grad=PlotSpec("Gradient reaching each time step, horizon marked", plot_time_grad),
+    activations=PlotSpec("Module outputs beyond sigmoid/tanh saturation (first sampled step)", plot_activations),
 )
 
 

@@ -1,5 +1,6 @@
-"""Plots of what happens inside the recurrence: gate saturation, ‖c_t‖ over t, and the
-gradient profile through time with its horizon. Registered into ``plots.PLOTS``."""
+"""Plots of what happens inside the recurrence: gate saturation, ‖c_t‖ over t, the
+gradient profile through time with its horizon, and the per-module activation statistics
+that stand in for the gates of hand-written cells. Registered into ``plots.PLOTS``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 from ..probes.through_time import horizon
 from ..rules._common import first_half, mean_profile, second_half
 from ..run import Run
-from .plots import PALETTE, _figure, _legend, _styled, label, to_markup
+from ..signals import LARGE_PREACTIVATION
+from .plots import BAD, PALETTE, _figure, _legend, _styled, label, to_markup
 
 #: the horizon is marked at the rule's threshold: 1 % of the peak
 HORIZON_EPS = 1e-2
@@ -83,3 +85,29 @@ def plot_gates(run: Run) -> str | None:
     ax.set_ylabel("share saturated")
     _legend(ax)
     return to_markup(fig, "gate saturation")
+
+
+#: modules shown in the activation plot (the most saturated first)
+ACTIVATION_MODULES = 16
+
+
+@_styled
+def plot_activations(run: Run) -> str | None:
+    """Per module, at the first sampled step: share of finite outputs with |y| beyond
+    LARGE_PREACTIVATION, and share of non-finite outputs."""
+    acts = run["activations"]
+    if acts.empty or "frac_large" not in acts:
+        return None
+    rows = acts[acts["step"] == acts["step"].min()].copy()
+    rows["frac_large"] = rows["frac_large"].astype(float).fillna(0.0)
+    rows["frac_nonfinite"] = rows["frac_nonfinite"].astype(float).fillna(0.0) if "frac_nonfinite" in rows else 0.0
+    rows = rows.sort_values("frac_large", ascending=False).head(ACTIVATION_MODULES)[::-1]
+    fig, ax = _figure()
+    y = np.arange(len(rows))
+    ax.barh(y, rows["frac_large"], color=PALETTE[1], label=f"|output| > {LARGE_PREACTIVATION:g} (of finite)")
+    ax.barh(y, rows["frac_nonfinite"], left=0, height=0.35, color=BAD, label="non-finite")
+    ax.set_yticks(y, [label(str(m), 28) for m in rows["module"]], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"share of outputs, step {int(rows['step'].iloc[0])}")
+    _legend(ax)
+    return to_markup(fig, "activation statistics per module")

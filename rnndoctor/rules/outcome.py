@@ -372,7 +372,7 @@ def non_finite(run: Run) -> Iterator[Finding]:
         evidence=ev,
         where=where,
         first_step=first_step,
-        plots=("loss", "nonfinite"),
+        plots=("loss", "nonfinite") + (("activations",) if ev.get("saturated_inside") else ()),
     )
 
 
