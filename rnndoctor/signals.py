@@ -12,6 +12,15 @@ from dataclasses import dataclass
 from .schedule import DEFAULT_DATA, DEFAULT_GATES, DEFAULT_LOCALIZE, DEFAULT_TIME_GRAD, DEFAULT_UPDATE_RATIO
 
 
+# Saturation thresholds. Karpathy, Johnson & Fei-Fei 2015, "Visualizing and Understanding
+# Recurrent Networks" (arXiv 1506.02078) plot per-gate left/right saturation fractions; we use
+# the tighter 0.05/0.95 bounds as the recorded statistic (see shared/research-notes.md, "Gate
+# statistics": the rules apply their own, stricter verdict thresholds to these fractions).
+SIGMOID_LOW = 0.05
+SIGMOID_HIGH = 0.95
+#: |tanh| above this counts as saturated (same origin as the sigmoid bounds)
+TANH_SATURATED = 0.95
+
 #: |z| above this counts as "large" in the ``activations`` signal: a sigmoid of it is outside
 #: [0.05, 0.95] and a tanh of it within 0.005 of ±1 (the gate-saturation bounds of
 #: probes/gates.py, as pre-activations)
@@ -164,6 +173,7 @@ GATES = Signal(
     values={"frac_low": "share of entries < 0.05 (sigmoid) / < -0.95 (tanh) / == 0 (relu)",
             "frac_high": "share > 0.95", "frac_saturated": "frac_low + frac_high",
             "mean": "mean activation", "p10": "10th percentile", "p50": "median", "p90": "90th percentile",
+            "unit_mean": "mean activation of each unit (list over the hidden units)",
             "replay_err": "max |h_n(replay) - h_n(module)|: the replay checks itself", "exact": "0 when dropout makes replay inexact"},
     when=f"gate replay of fused RNNs (first call of the step) and of *Cell modules (every call of the step), {DEFAULT_GATES} (training passes, padding excluded)",
 )

@@ -598,7 +598,6 @@ class Watch:
     def _record_gates(self, name: str, step: int, rep: gates.Replay, err: torch.Tensor) -> None:
         assert self._recorder is not None
         for row in gates.gate_stats(rep):
-            row = {k: v for k, v in row.items() if k != "unit_mean"}
             base = {"step": step, "module": name}
             if row.get("gate") is None:
                 self._recorder.add("cell", {**base, **{k: v for k, v in row.items() if k != "gate"}})

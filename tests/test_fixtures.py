@@ -56,6 +56,12 @@ def test_seed_003_nan_is_traced_to_the_cell_and_its_time_step(tmp_path):
     assert {"cell.ingate", "cell.forgetgate", "cell.outgate"} <= set(f.evidence["saturated_inside"])
 
 
+def test_seed_003_on_a_fused_lstm_names_the_pinned_units(tmp_path):
+    """The recipe shuts the forget gate on the 7 pass-through units and opens it on the rest."""
+    f = by_id(run_fixture("lstm_saturated_gates", tmp_path, "--steps", "20"))["forget-gate-saturation"]
+    assert f.where["units"] == "0-6 closed; 7-31 open of 32"
+
+
 @pytest.mark.parametrize("name", ["parity_healthy", "or_bce_healthy", "identity_lstm_healthy"])
 def test_healthy_twins_have_no_errors(tmp_path, name):
     run = run_fixture(name, tmp_path)

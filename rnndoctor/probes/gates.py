@@ -26,14 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-# Saturation thresholds. Karpathy, Johnson & Fei-Fei 2015, "Visualizing and Understanding
-# Recurrent Networks" (arXiv 1506.02078) plot per-gate left/right saturation fractions; we use
-# the tighter 0.05/0.95 bounds as the recorded statistic (see shared/research-notes.md, "Gate
-# statistics": the rules apply their own, stricter verdict thresholds to these fractions).
-SIGMOID_LOW = 0.05
-SIGMOID_HIGH = 0.95
-#: |tanh| above this counts as saturated (same origin as the sigmoid bounds)
-TANH_SATURATED = 0.95
+# Saturation thresholds (defined with their origin in signals.py, shared with the rules)
+from ..signals import SIGMOID_HIGH, SIGMOID_LOW, TANH_SATURATED  # noqa: E402,F401
 #: percentiles recorded per gate, over valid (non-padding) entries
 PERCENTILES = (0.10, 0.50, 0.90)
 

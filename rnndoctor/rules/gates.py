@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 
 from ..finding import Finding, Severity
 from ..run import Run
+from ..signals import SIGMOID_HIGH, SIGMOID_LOW, TANH_SATURATED
 from ._common import first_half, fmt, mean_profile
 from .outcome import not_learning
 from .registry import rule
@@ -20,8 +22,37 @@ EXTREME_FORGET_BIAS = 6.0
 SATURATED_SHARE = 0.5
 
 
-def _where(module: str, layer: int, direction: int, gate: str) -> dict:
-    return {"module": module, "layer": int(layer), "direction": "reverse" if direction else "forward", "gate": gate}
+def _where(module: str, layer: int, direction: int, gate: str, units: str | None = None) -> dict:
+    where = {"module": module, "layer": int(layer), "direction": "reverse" if direction else "forward", "gate": gate}
+    if units:
+        where["units"] = units
+    return where
+
+
+def _ranges(idx: np.ndarray) -> str:
+    """``[0 1 2 5 7 8]`` -> ``"0-2, 5, 7-8"``."""
+    parts, start = [], None
+    for i, k in enumerate(idx):
+        if start is None:
+            start = k
+        if i + 1 == len(idx) or idx[i + 1] != k + 1:
+            parts.append(f"{start}" if start == k else f"{start}-{k}")
+            start = None
+    return ", ".join(parts)
+
+
+def pinned_units(rows: pd.DataFrame, low: float, high: float) -> tuple[str | None, dict[str, list[int]]]:
+    """Which units sit at a flat end on average over ``rows`` (their ``unit_mean`` lists):
+    ``"0-6 low; 7-31 high"`` and the index lists; (None, {}) without per-unit means."""
+    if "unit_mean" not in rows:
+        return None, {}
+    means = [np.asarray(v, dtype=float) for v in rows["unit_mean"] if isinstance(v, (list, np.ndarray)) and len(v)]
+    if not means or len({len(m) for m in means}) != 1:
+        return None, {}
+    m = np.nanmean(np.stack(means), axis=0)
+    groups = {"low": np.flatnonzero(m < low), "high": np.flatnonzero(m > high)}
+    text = "; ".join(f"{_ranges(idx)} {side}" for side, idx in groups.items() if len(idx))
+    return (f"{text} of {len(m)}" if text else None), {k: [int(i) for i in v] for k, v in groups.items() if len(v)}
 
 
 @rule("forget-gate-saturation", Severity.ERROR, signals=("gates",))
@@ -66,6 +97,7 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
             if not learning_bad:
                 continue
         severity = Severity.ERROR if extreme else Severity.WARNING
+        text, units = pinned_units(early, SIGMOID_LOW, SIGMOID_HIGH)
         yield Finding(
             id="forget-gate-saturation",
             severity=severity,
@@ -77,8 +109,9 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
             ),
             fix="Initialise the forget-gate bias to about 1 (set b_ih and b_hh of the f slice so their sum is 1), not ±10.",
             evidence={"share_pinned": share, "share_open": high, "share_closed": low, "mostly": side, "mean_abs_forget_bias": bias, "checks": int(len(early)),
-                      "p10": float(early["p10"].mean()), "p50": float(early["p50"].mean()), "p90": float(early["p90"].mean())},
-            where=_where(module, layer, direction, "f"),
+                      "p10": float(early["p10"].mean()), "p50": float(early["p50"].mean()), "p90": float(early["p90"].mean()),
+                      **({"units_pinned": units} if units else {})},
+            where=_where(module, layer, direction, "f", text and text.replace("low", "closed").replace("high", "open")),
             first_step=int(early["step"].min()),
             plots=("gates",),
         )
@@ -108,6 +141,9 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fin
         sat = float(early["frac_saturated"].mean())
         if sat < share:
             continue
+        act = str(early["activation"].iloc[0]) if "activation" in early else "sigmoid"
+        lo, hi = (-TANH_SATURATED, TANH_SATURATED) if act == "tanh" else (SIGMOID_LOW, SIGMOID_HIGH)
+        text, units = pinned_units(early, lo, hi)
         yield Finding(
             id="gate-saturation",
             severity=Severity.WARNING,
@@ -117,8 +153,9 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fin
                 "of its sigmoid/tanh, where almost no gradient passes."
             ),
             fix="Standardise the inputs (zero mean, unit variance per feature); keep initial weights small and gate biases moderate (|b| of a few units at most, not ±10).",
-            evidence={"share_saturated": sat, "checks": int(len(early)), "mean": float(early["mean"].mean())},
-            where=_where(module, layer, direction, str(gate)),
+            evidence={"share_saturated": sat, "checks": int(len(early)), "mean": float(early["mean"].mean()),
+                      **({"units_pinned": units} if units else {})},
+            where=_where(module, layer, direction, str(gate), text),
             first_step=int(early["step"].min()),
             plots=("gates",),
         )

@@ -28,6 +28,21 @@ def test_forget_gates_pinned_by_extreme_bias_is_an_error():
     assert f.where["gate"] == "f" and f.evidence["share_pinned"] == 1.0
 
 
+def test_forget_gate_finding_names_the_pinned_unit_ranges():
+    """Seed 003: the forget gate is shut on the 7 pass-through units and open on the rest."""
+    rows = gate_rows("f", 0.2, 0.8)
+    for r in rows:
+        r["unit_mean"] = [0.0001] * 7 + [0.9999] * 25
+    (f,) = forget(make_run(gates=rows, cell=cell_rows(np.ones(30), [-10.0] * 7 + [10.0] * 25)))
+    assert f.where["units"] == "0-6 closed; 7-31 open of 32"
+    assert f.evidence["units_pinned"] == {"low": list(range(7)), "high": list(range(7, 32))}
+    middle = gate_rows("f", 0.2, 0.8)
+    for r in middle:
+        r["unit_mean"] = [0.5] * 32  # pinned entries spread over units that are not pinned on average
+    (g,) = forget(make_run(gates=middle, cell=cell_rows(np.ones(30), [10.0] * 32)))
+    assert "units" not in g.where
+
+
 def test_forget_gates_pinned_without_extreme_bias_warns_only_when_not_learning():
     stuck = classification_run(300, acc=0.5, loss=0.693)
     run = with_signal(stuck, gates=gate_rows("f", 0.0, 0.95), cell=cell_rows(np.ones(30), [2.0] * 32))
