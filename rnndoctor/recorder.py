@@ -19,7 +19,6 @@ readable (see ``run.load_run``); ``close()`` and ``flush(wait=True)`` wait for t
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import math
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import torch
+
+from .run import PACK_MIN, pack
 
 Row = dict[str, Any]
 Finalize = Callable[[Row], "Row | None"]
@@ -238,38 +239,14 @@ def _materialize(rows: list[Row]) -> None:
                     _put(sink[0], sink[1], chunk)
 
 
-#: arrays of at least this many values are written as base64 of their float64 bytes
-#: (``{"$f64": ..., "shape": [...]}``, decoded by ``run.load_run``): formatting floats was
-#: the writer's dearest work, ~0.5 us a value (110 us for one 300-value ``samples`` row),
-#: and bytes keep NaN and Inf exact
-PACK_MIN = 8
-
-
 def _put(row: Row, key: str, values: Any) -> None:
+    """A host value into its row: a number, a short list, or a packed array (run.PACK_MIN)."""
     if values.ndim == 0:
         row[key] = _py(values)
     elif values.size >= PACK_MIN:
         row[key] = pack(values)
     else:
         row[key] = values.tolist()
-
-
-def pack(values: Any) -> dict[str, Any]:
-    """A float64 array as a JSON-able dict (see PACK_MIN)."""
-    import numpy as np
-
-    a = np.ascontiguousarray(values, dtype="<f8")
-    return {"$f64": base64.b64encode(a.tobytes()).decode("ascii"), "shape": list(a.shape)}
-
-
-def unpack(obj: dict[str, Any]) -> Any:
-    """``json.loads`` object hook: packed arrays back to (nested) lists of floats."""
-    packed = obj.get("$f64")
-    if packed is None or len(obj) != 2:
-        return obj
-    import numpy as np
-
-    return np.frombuffer(base64.b64decode(packed), dtype="<f8").reshape(obj["shape"]).tolist()
 
 
 def _py(v: float) -> float | int:

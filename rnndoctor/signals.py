@@ -22,8 +22,8 @@ SIGMOID_HIGH = 0.95
 TANH_SATURATED = 0.95
 
 #: |z| above this counts as "large" in the ``activations`` signal: a sigmoid of it is outside
-#: [0.05, 0.95] and a tanh of it within 0.005 of ±1 (the gate-saturation bounds of
-#: probes/gates.py, as pre-activations)
+#: [SIGMOID_LOW, SIGMOID_HIGH] and a tanh of it within 0.005 of ±1 (the bounds above, as
+#: pre-activations)
 LARGE_PREACTIVATION = 2.944
 
 

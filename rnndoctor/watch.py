@@ -33,9 +33,9 @@ from torch.utils.hooks import RemovableHandle
 from . import __version__
 from .finding import Diagnosis, Finding, Severity
 from .probes import data as data_probe
-from .probes.activations import ActivationProbe
 from .probes import gates
 from .probes import through_time
+from .probes.activations import ActivationProbe
 from .probes.nonfinite import RECURRENT_TYPES, NonFiniteProbe
 from .probes.outputs import (
     LossCall,
@@ -62,6 +62,7 @@ from .schedule import (
     Schedule,
     flush_schedule,
 )
+
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     """Hooks run inside the user's program: an error of ours must not become theirs.
@@ -278,8 +279,7 @@ class Watch:
                     raise TypeError(f"watch() needs a torch.nn.Module, got {type(self._explicit_model).__name__}")
                 self._adopt(self._explicit_model, name=type(self._explicit_model).__name__)
             else:
-                self._discovery = nn.modules.module.register_module_forward_pre_hook(self._discover)
-                self._global_handles.append(self._discovery)
+                self._arm_discovery()
             self._global_handles.append(register_optimizer_step_pre_hook(self._opt_pre))
             self._global_handles.append(register_optimizer_step_post_hook(self._opt_post))
             self._loss_ctx = capture_losses(self._on_loss)
@@ -450,6 +450,11 @@ class Watch:
             return
         self._adopt(module, name=type(module).__name__)
         self._before_forward(module, args)
+
+    def _arm_discovery(self) -> None:
+        """Diagnose mode: adopt modules as they are first called (a global pre-hook)."""
+        self._discovery = nn.modules.module.register_module_forward_pre_hook(self._discover)
+        self._global_handles.append(self._discovery)
 
     def _adopt(self, model: nn.Module, name: str) -> None:
         # A newly adopted root may contain earlier roots (a sub-module called first).
@@ -686,32 +691,33 @@ class Watch:
             row.update(step=self.steps, dataset=type(ds).__name__)
             self._recorder.add("refetch", row)
 
-    def _set_activations(self, on: bool) -> None:
-        """Activation-statistics hooks on every module, only on gates steps (as localisation)."""
-        if on and not self._activation_handles:
+    def _module_hooks(self, handles: list[RemovableHandle], on: bool, hook_for: Callable[[str], Any], *, roots: bool) -> None:
+        """Forward hooks on every module of the watched models (their roots too when
+        ``roots``) while ``on``: a hook, even idle, costs every module call a trip through
+        Python, so these exist only on the steps that use them."""
+        if on and not handles:
             for root in self._roots.values():
                 for m in root.modules():
-                    if m is not root:
-                        self._activation_handles.append(m.register_forward_hook(self._activations.hook_for(self._names[id(m)])))
-            self._activations.active = True
-        elif not on and self._activation_handles:
-            for h in self._activation_handles:
+                    if roots or m is not root:
+                        handles.append(m.register_forward_hook(hook_for(self._names[id(m)])))
+        elif not on and handles:
+            for h in handles:
                 h.remove()
-            self._activation_handles = []
-            self._activations.active = False
+            handles.clear()
+
+    def _set_activations(self, on: bool) -> None:
+        """Activation statistics of every submodule, on gates steps only."""
+        self._module_hooks(self._activation_handles, on, self._activations.hook_for, roots=False)
+        self._activations.active = on
 
     def _set_localize(self, on: bool) -> None:
-        """Per-module isfinite hooks exist only on localisation steps (a hook, even idle,
-        costs every module call a trip through Python)."""
-        if on and not self._localize_handles and self._nonfinite is not None:
-            for root in self._roots.values():
-                for m in root.modules():
-                    self._localize_handles.append(m.register_forward_hook(self._nonfinite.hook_for(self._names[id(m)])))
+        """Per-module isfinite checks, on localisation steps only (the probe exists from the
+        first adoption on, and so do any hooks it placed)."""
+        if self._nonfinite is None:
+            return
+        self._module_hooks(self._localize_handles, on, self._nonfinite.hook_for, roots=True)
+        if on:
             self._nonfinite.active = True
-        elif not on and self._localize_handles:
-            for h in self._localize_handles:
-                h.remove()
-            self._localize_handles = []
 
     @_guarded
     def _on_grad(self, probe: ParamProbe, index: int, param: torch.Tensor) -> None:
@@ -734,9 +740,7 @@ class Watch:
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._watches(optimizer):
             if self._explicit_model is None and self._discovery is None and self.active:
-                # an optimizer of modules not seen yet (a second model): look for them again
-                self._discovery = nn.modules.module.register_module_forward_pre_hook(self._discover)
-                self._global_handles.append(self._discovery)
+                self._arm_discovery()  # an optimizer of modules not seen yet (a second model)
             return
         if not self._optimizer_seen:
             self._optimizer_seen = True

@@ -7,7 +7,6 @@ Skipped where there is no GPU (CI); run on a GPU machine with ``python -m pytest
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import rnndoctor
 from rnndoctor.probes.gates import replay
 from rnndoctor.watch import Watch
+from readbacks import count_read_backs
 
 # cuBLAS needs this before its first handle for deterministic mode (the last test)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -136,27 +136,12 @@ def test_training_thread_never_reads_back_on_cuda(tmp_path, monkeypatch):
     model = Net().to(DEV)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = parity_batches(60)
-    calls = {"main": [], "writer": 0}
-
-    def counter(name):
-        real = getattr(torch.Tensor, name)
-
-        def wrapped(self, *a, **k):
-            if threading.current_thread() is threading.main_thread():
-                calls["main"].append(name)
-            else:
-                calls["writer"] += 1
-            return real(self, *a, **k)
-
-        return wrapped
-
     with Watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
-        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__"):
-            monkeypatch.setattr(torch.Tensor, name, counter(name))
+        seen = count_read_backs(monkeypatch)
         train(model, batches, opt)
         run._recorder.flush(wait=True)
         monkeypatch.undo()
-    assert calls["main"] == [] and calls["writer"] > 0
+    assert seen.on_main == [] and seen.elsewhere > 0
 
 
 def test_deterministic_algorithms_mode(tmp_path):

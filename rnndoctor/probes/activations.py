@@ -9,6 +9,7 @@ ops per call); one row per module and step is recorded when the step closes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,12 +19,23 @@ from ..signals import LARGE_PREACTIVATION
 from .nonfinite import tensors_in
 
 
+@dataclass
+class _ModuleSums:
+    """One module's output moments summed over its calls (device tensors)."""
+
+    calls: int
+    numel: int
+    #: sum, sum of squares, count beyond LARGE_PREACTIVATION, zeros, finite entries
+    sums: torch.Tensor
+    abs_max: torch.Tensor
+
+
 class ActivationProbe:
     """Sums, per module, the output moments of its calls while ``active``."""
 
     def __init__(self) -> None:
         self.active = False
-        self._acc: dict[str, list[Any]] = {}  # name -> [calls, numel, sums [4] tensor, absmax tensor]
+        self._acc: dict[str, _ModuleSums] = {}
 
     def hook_for(self, name: str):  # noqa: ANN201 - a forward hook
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -50,23 +62,23 @@ class ActivationProbe:
             amax = a.max()
             entry = self._acc.get(name)
             if entry is None:
-                self._acc[name] = [1, x.numel(), sums, amax]
+                self._acc[name] = _ModuleSums(1, x.numel(), sums, amax)
             else:
-                entry[0] += 1
-                entry[1] += x.numel()
-                entry[2] = entry[2] + sums
-                entry[3] = torch.maximum(entry[3], amax)
+                entry.calls += 1
+                entry.numel += x.numel()
+                entry.sums = entry.sums + sums
+                entry.abs_max = torch.maximum(entry.abs_max, amax)
 
     def take_rows(self, step: int) -> list[dict[str, Any]]:
         """One row per module seen since the last call: calls, mean, std, abs_max, the share
-        of |y| > LARGE_PREACTIVATION and of exact zeros (device tensors)."""
+        of |y| > LARGE_PREACTIVATION, of exact zeros and of non-finite values (device tensors)."""
         acc, self._acc = self._acc, {}
         rows = []
-        for name, (calls, n, sums, amax) in acc.items():
-            n_finite = sums[4].clamp_min(1)
-            mean = sums[0] / n_finite
-            var = (sums[1] / n_finite - mean * mean).clamp_min(0)
-            rows.append({"step": step, "module": name, "calls": calls, "numel": n, "mean": mean, "std": var.sqrt(),
-                         "abs_max": amax, "frac_large": sums[2] / n_finite, "frac_zero": sums[3] / n_finite,
-                         "frac_nonfinite": 1 - sums[4] / n})
+        for name, m in acc.items():
+            n_finite = m.sums[4].clamp_min(1)
+            mean = m.sums[0] / n_finite
+            var = (m.sums[1] / n_finite - mean * mean).clamp_min(0)
+            rows.append({"step": step, "module": name, "calls": m.calls, "numel": m.numel, "mean": mean, "std": var.sqrt(),
+                         "abs_max": m.abs_max, "frac_large": m.sums[2] / n_finite, "frac_zero": m.sums[3] / n_finite,
+                         "frac_nonfinite": 1 - m.sums[4] / m.numel})
         return rows

@@ -26,8 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-# Saturation thresholds (defined with their origin in signals.py, shared with the rules)
-from ..signals import SIGMOID_HIGH, SIGMOID_LOW, TANH_SATURATED  # noqa: E402,F401
+# saturation thresholds: defined with their origin in signals.py, shared with the rules
+from ..signals import SIGMOID_HIGH, SIGMOID_LOW, TANH_SATURATED
+
 #: percentiles recorded per gate, over valid (non-padding) entries
 PERCENTILES = (0.10, 0.50, 0.90)
 

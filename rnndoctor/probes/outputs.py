@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from ..recorder import Part
+from ..recorder import Part
 
 #: functional name -> loss kind recorded in the ``steps`` signal
 LOSS_FUNCTIONS: dict[str, str] = {
@@ -132,9 +131,9 @@ def deferrable(call: LossCall) -> bool:
 
 def snapshot(call: LossCall) -> LossCall:
     """A private copy of a small loss call, reduced later by ``batched_stats``. Copies, since
-    a loop may refill its target buffer in place before the flush."""
-    with torch.no_grad():
-        return LossCall(call.kind, call.input.detach().clone(), call.target.detach().clone(), call.loss.detach(), call.kwargs)
+    a loop may refill its target buffer in place before the flush. Runs every step: a
+    detached clone carries no graph, so no ``no_grad`` context is needed."""
+    return LossCall(call.kind, call.input.detach().clone(), call.target.detach().clone(), call.loss.detach(), call.kwargs)
 
 
 def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
@@ -148,7 +147,7 @@ def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
 def loss_detail(call: LossCall) -> dict[str, "torch.Tensor | int | str"]:
     """Output and target ranges and the op that made the output (sampled steps only)."""
     with torch.no_grad():
-        d: dict[str, "torch.Tensor | int | str"] = dict(_detail(call.kind, call.input.detach(), call.target.detach()))
+        d: dict[str, "torch.Tensor | int | str"] = _detail(call.kind, call.input.detach(), call.target.detach())  # type: ignore[assignment]
     d["out_op"] = output_op(call.input)
     return d
 
@@ -171,8 +170,6 @@ def batched_stats(calls: list[LossCall]) -> list[LossStats]:
 
 
 def _group_stats(calls: list[LossCall]) -> list[LossStats]:
-    from ..recorder import Part
-
     first = calls[0]
     kind, n = first.kind, len(calls)
     if n == 1:

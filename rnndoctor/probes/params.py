@@ -90,7 +90,7 @@ class ParamProbe:
     def take_rows(self, step: int, step_row: Row) -> tuple[Row | None, Row | None]:
         """The ``params`` row (gradients) and, on snapshot steps, the ``updates`` row
         (weight norms, update ratios) of the step that just ended; ``step_row`` gets the
-        global gradient norm (now, or at the next ``resolve``)."""
+        global gradient norm (now, or from the job ``take_deferred`` hands the next flush)."""
         with torch.no_grad():
             if self._grad_list is not None:
                 grads: Row = self._with_names("params", {"step": step})

@@ -41,9 +41,12 @@ def _ranges(idx: np.ndarray) -> str:
     return ", ".join(parts)
 
 
-def pinned_units(rows: pd.DataFrame, low: float, high: float) -> tuple[str | None, dict[str, list[int]]]:
+def pinned_units(
+    rows: pd.DataFrame, low: float, high: float, words: tuple[str, str] = ("low", "high")
+) -> tuple[str | None, dict[str, list[int]]]:
     """Which units sit at a flat end on average over ``rows`` (their ``unit_mean`` lists):
-    ``"0-6 low; 7-31 high"`` and the index lists; (None, {}) without per-unit means."""
+    ``"0-6 low; 7-31 high of 32"`` (``words`` name the two ends) and the index lists keyed
+    ``low``/``high``; (None, {}) without per-unit means."""
     if "unit_mean" not in rows:
         return None, {}
     means = [np.asarray(v, dtype=float) for v in rows["unit_mean"] if isinstance(v, (list, np.ndarray)) and len(v)]
@@ -51,7 +54,7 @@ def pinned_units(rows: pd.DataFrame, low: float, high: float) -> tuple[str | Non
         return None, {}
     m = np.nanmean(np.stack(means), axis=0)
     groups = {"low": np.flatnonzero(m < low), "high": np.flatnonzero(m > high)}
-    text = "; ".join(f"{_ranges(idx)} {side}" for side, idx in groups.items() if len(idx))
+    text = "; ".join(f"{_ranges(idx)} {word}" for word, idx in zip(words, groups.values()) if len(idx))
     return (f"{text} of {len(m)}" if text else None), {k: [int(i) for i in v] for k, v in groups.items() if len(v)}
 
 
@@ -97,7 +100,7 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
             if not learning_bad:
                 continue
         severity = Severity.ERROR if extreme else Severity.WARNING
-        text, units = pinned_units(early, SIGMOID_LOW, SIGMOID_HIGH)
+        text, units = pinned_units(early, SIGMOID_LOW, SIGMOID_HIGH, words=("closed", "open"))
         yield Finding(
             id="forget-gate-saturation",
             severity=severity,
@@ -111,7 +114,7 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
             evidence={"share_pinned": share, "share_open": high, "share_closed": low, "mostly": side, "mean_abs_forget_bias": bias, "checks": int(len(early)),
                       "p10": float(early["p10"].mean()), "p50": float(early["p50"].mean()), "p90": float(early["p90"].mean()),
                       **({"units_pinned": units} if units else {})},
-            where=_where(module, layer, direction, "f", text and text.replace("low", "closed").replace("high", "open")),
+            where=_where(module, layer, direction, "f", text),
             first_step=int(early["step"].min()),
             plots=("gates",),
         )

@@ -459,10 +459,9 @@ SATURATED_INSIDE_SHARE = 0.9
 
 
 def _saturated_submodules(run: Run, module: str, step: int) -> dict[str, float]:
-    """Submodules of ``module`` whose outputs at ``step`` were almost all beyond ±2.944
-    (the ``activations`` signal: what can be seen of a hand-written cell's gates)."""
-    if not run.has("activations"):
-        return {}
+    """Submodules of ``module`` whose outputs at ``step`` were almost all beyond
+    ±LARGE_PREACTIVATION (the ``activations`` signal: what can be seen of a hand-written
+    cell's gates)."""
     acts = run["activations"]
     if acts.empty or "frac_large" not in acts:
         return {}
