@@ -1,17 +1,29 @@
 """Device-side buffers, batched host transfer, incremental crash-safe writes.
 
-Probes hand the recorder rows whose values may still be tensors on the GPU. Nothing is read
-back on the training thread. ``flush()`` only hands the pending rows (and the deferred
-reductions the probes left for flush time) to a writer thread; there the reductions run,
-every pending tensor of a device is concatenated and copied to the host in ONE transfer,
-and the rows are appended as JSON lines to ``<run_dir>/signals/<signal>.jsonl``.
+Probes hand the recorder rows whose values may still be tensors on the GPU. ``flush()``
+takes the pending rows (and the deferred reductions the probes left for flush time) and
+writes them: the reductions run, every pending tensor of a device is concatenated and copied
+to the host in ONE transfer, and the rows are appended as JSON lines to
+``<run_dir>/signals/<signal>.jsonl``.
 
-Why a thread: the flush is ~70 rows of Python (tensor grouping, JSON) plus a few dozen small
-ops; on the training thread it cost the seed-000 model ~4 ms every 25 steps. The watcher
-flushes right after a loss is computed, so this work overlaps the backward pass, which runs
-without the GIL. On CUDA the writer waits on an event recorded on the training thread's
-stream at hand-off and works on its own stream, so it never blocks the training stream; the
-tensors it reads stay referenced until its host copy has completed.
+Where that work runs (``writer_in_background``):
+
+* On a writer thread when the model is on a GPU or the process has a core that torch's
+  intra-op threads leave free. Nothing is then read back on the training thread. The
+  watcher flushes right after a loss is computed and ticks the writer there on every step,
+  and the writer does its work in short slices, one per tick, so its Python runs while the
+  training thread is in backward (which releases the GIL). On CUDA the writer waits on an
+  event recorded on the training thread's stream at hand-off and works on its own stream;
+  the tensors it reads stay referenced until its host copy has completed. It runs at the
+  lowest CPU priority where the OS gives a thread its own (Linux).
+* Inline, on the training thread, at the flush, when the model is on the CPU and every core
+  already runs a torch thread. A CPU tensor needs no transfer, and a second Python thread
+  there only competes for the GIL and the cores: on 2 cores the seed-000 model measured
+  ~1.08x inline against ~1.18x with the thread (bench/overhead.py).
+
+``RNNDOCTOR_WRITER=thread|inline`` (or ``watch(writer=...)``) overrides the choice.
+If the writer thread falls behind by ``MAX_QUEUED_BATCHES``, ``flush()`` waits for it, so
+memory stays bounded.
 
 A killed process loses at most the rows of the last flushes, and what was written stays
 readable (see ``run.load_run``); ``close()`` and ``flush(wait=True)`` wait for the writer.
@@ -22,13 +34,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import queue
+import sys
 import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import torch
 
@@ -40,6 +54,17 @@ Finalize = Callable[[Row], "Row | None"]
 Job = Callable[[], None]
 #: runs on the training thread at a flush: takes what was deferred so far, returns its Job
 Taker = Callable[[], "Job | None"]
+
+#: ``flush()`` waits for the writer when this many batches are still queued: rows and the
+#: device tensors they hold are bounded even if the writer gets little CPU
+MAX_QUEUED_BATCHES = 8
+#: the writer does one slice of a batch per training step (see ``Recorder.tick``); a slice
+#: writes this many rows of JSON
+ROWS_PER_SLICE = 16
+#: ... and waits at most this long for the next tick
+PACE_TIMEOUT_S = 0.02
+#: the writer thread's niceness (Linux: per thread; 19 is the lowest priority)
+WRITER_NICENESS = 19
 
 
 @dataclass(frozen=True)
@@ -70,7 +95,9 @@ class _Batch:
 class Recorder:
     """Collects rows per signal and writes them in batches, on a writer thread."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, background: bool = True) -> None:
+        """``background``: write on the writer thread (see the module docstring); may be
+        changed until the first flush."""
         self.signals_dir = Path(run_dir) / "signals"
         self.signals_dir.mkdir(parents=True, exist_ok=True)
         for old in self.signals_dir.glob("*.jsonl"):  # a reused run directory starts empty
@@ -89,9 +116,12 @@ class Recorder:
         #: one encoder for the run; rows are trees of fresh dicts and lists, so the
         #: circular-reference bookkeeping is skipped (~30 % of the JSON time)
         self._encoder = json.JSONEncoder(allow_nan=True, default=_jsonable, check_circular=False, separators=(", ", ": "))
+        self._ticked = threading.Event()
+        self._closing = False
+        self._hurry = False
+        self.background = background
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
-        self._writer = threading.Thread(target=self._write_loop, name="rnndoctor-writer", daemon=True)
-        self._writer.start()
+        self._writer: threading.Thread | None = None  # started with the first background batch
 
     def before_flush(self, take: Taker) -> None:
         """``take`` runs on the training thread at every flush and takes what its probe
@@ -118,19 +148,34 @@ class Recorder:
         jobs = [job for job in (take() for take in self._takers) if job is not None]
         if self._pending or jobs:
             pending, self._pending = self._pending, []
+            if not self.background:
+                self._write_now(_Batch(jobs, pending))
+                return
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="rnndoctor-writer", daemon=True)
+                self._writer.start()
             self._queue.put(_Batch(jobs, pending, _stream_events(self.cuda_devices)))
-        if wait:
-            self._queue.join()
+        if self._writer is not None and (wait or self._queue.qsize() > MAX_QUEUED_BATCHES):
+            self._hurry = True  # someone waits for the writer: no pacing
+            self._ticked.set()
+            try:
+                self._queue.join()
+            finally:
+                self._hurry = self._closing
 
     def close(self) -> None:
+        self._closing = self._hurry = True
+        self._ticked.set()
         self.flush()
-        self._queue.put(None)
-        self._writer.join()
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
         for f in self._files.values():
             f.close()
         self._files.clear()
 
     def _write_loop(self) -> None:
+        _lower_priority()
         while True:
             batch = self._queue.get()
             try:
@@ -144,10 +189,31 @@ class Recorder:
                 self._queue.task_done()
 
     def _write(self, batch: _Batch) -> None:
+        for _ in self._write_steps(batch):
+            self._pace()
+
+    def _write_now(self, batch: _Batch) -> None:
+        """Inline mode: the whole batch on the calling (training) thread, errors kept like
+        the writer thread keeps them."""
+        if self._writer is not None:  # switched from the thread: keep the order of rows
+            self._hurry = True
+            self._queue.join()
+            self._hurry = self._closing
+        try:
+            for _ in self._write_steps(batch):
+                pass
+        except Exception as exc:
+            if len(self.errors) < 20:
+                self.errors.append(f"writer: {type(exc).__name__}: {exc}")
+
+    def _write_steps(self, batch: _Batch) -> Iterator[None]:
+        """The batch's work in slices of ~0.1-0.3 ms of CPU; the writer paces between them."""
         with self._on_side_streams(batch.events):
             for job in batch.jobs:
                 job()
+                yield
             _materialize([p.row for p in batch.pending])
+        yield
         rows = []
         for p in batch.pending:
             row = p.finalize(p.row) if p.finalize is not None else p.row
@@ -156,12 +222,28 @@ class Recorder:
         encode = self._encoder.encode
         for i, (signal, row) in enumerate(rows):
             self._file(signal).write(encode(row) + "\n")
-            if i % 8 == 7:
-                time.sleep(0)  # let a training thread that waits for the GIL have it now
+            if i % ROWS_PER_SLICE == ROWS_PER_SLICE - 1:
+                yield
         for f in self._files.values():
             f.flush()
         self.rows_written += len(rows)
         self.flushes += 1
+
+    def tick(self) -> None:
+        """The training thread is about to spend a while without the GIL (a backward pass
+        follows a loss): the writer may run its next slice now."""
+        if self._writer is not None:
+            self._ticked.set()
+
+    def _pace(self) -> None:
+        """Wait for the next tick before the next slice, so the writer's Python runs while
+        the training thread is in backward (GIL released) instead of holding up its forward
+        pass; a loop without ticks (evaluation only) is paced by the timeout, and closing
+        stops the pacing."""
+        if self._hurry:
+            return
+        self._ticked.clear()
+        self._ticked.wait(PACE_TIMEOUT_S)
 
     @contextlib.contextmanager
     def _on_side_streams(self, events: list[tuple[int, Any]]):  # noqa: ANN202 - a context manager
@@ -182,6 +264,40 @@ class Recorder:
             f = open(self.signals_dir / f"{signal}.jsonl", "a", encoding="utf-8")
             self._files[signal] = f
         return f
+
+
+#: ``RNNDOCTOR_WRITER``: ``thread`` or ``inline`` forces where the recorder writes
+WRITER_ENV = "RNNDOCTOR_WRITER"
+
+
+def writer_in_background(on_cuda: bool, choice: str | None = None) -> bool:
+    """Write on a thread of its own only where that thread gets something: a GPU to
+    overlap with, or a core no torch thread uses. ``choice`` (or RNNDOCTOR_WRITER):
+    ``thread``/``inline`` to force it."""
+    choice = choice or os.environ.get(WRITER_ENV)
+    if choice in ("thread", "inline"):
+        return choice == "thread"
+    if choice:
+        raise ValueError(f"{WRITER_ENV}/writer must be 'thread' or 'inline', not {choice!r}")
+    return on_cuda or _available_cpus() > torch.get_num_threads()
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _lower_priority() -> None:
+    """Make the calling thread (the writer) yield the CPU to training threads (Linux only:
+    elsewhere the niceness applies to the whole process, so nothing is changed)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+    except OSError:  # not permitted in this sandbox: run at normal priority
+        pass
 
 
 def _stream_events(devices: set[int]) -> list[tuple[int, Any]]:

@@ -40,6 +40,7 @@ from .probes.nonfinite import RECURRENT_TYPES, NonFiniteProbe
 from .probes.outputs import (
     LossCall,
     LossStats,
+    batched_losses,
     batched_stats,
     capture_losses,
     class_count,
@@ -49,7 +50,7 @@ from .probes.outputs import (
     snapshot,
 )
 from .probes.params import ParamProbe
-from .recorder import Part, Recorder
+from .recorder import Part, Recorder, writer_in_background
 from .run import Run, load_run, write_meta
 from .schedule import (
     DEFAULT_DATA,
@@ -57,6 +58,7 @@ from .schedule import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_GATES,
     DEFAULT_LOCALIZE,
+    DEFAULT_STEP_STATS,
     DEFAULT_TIME_GRAD,
     DEFAULT_UPDATE_RATIO,
     Schedule,
@@ -92,8 +94,9 @@ def default_out_dir() -> Path:
 
 
 class _StepAccumulator:
-    """The loss calls of one step (train or eval): small ones as private copies reduced at
-    the next flush together with every other step's, large ones reduced at once."""
+    """The loss calls of one step (train or eval). On steps with class counts, small calls
+    are kept as private copies reduced at the next flush together with every other step's,
+    large ones reduced at once; on the other steps only the loss is kept (no device work)."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -101,14 +104,20 @@ class _StepAccumulator:
         self.n_classes = 0
         self.snapshots: list[LossCall] = []
         self.eager: list[LossStats] = []
+        #: (kind, detached loss) of calls recorded without class counts
+        self.losses: list[tuple[str, torch.Tensor]] = []
         self.detail: dict[str, Any] | None = None
 
-    def add(self, call: LossCall, *, detail: bool) -> None:
+    def add(self, call: LossCall, *, detail: bool, counts: bool) -> None:
         if self.calls == 0:
-            self.kind, self.n_classes = call.kind, class_count(call.kind, call.input, call.target)
+            self.kind = call.kind
+            if counts:
+                self.n_classes = class_count(call.kind, call.input, call.target)
         if detail and self.detail is None:
             self.detail = loss_detail(call)
-        if deferrable(call):
+        if not counts:
+            self.losses.append((call.kind, call.loss.detach()))
+        elif deferrable(call):
             self.snapshots.append(snapshot(call))
         else:
             self.eager.append(loss_stats(call, detail=False))
@@ -128,7 +137,7 @@ class _StepAccumulator:
 class _LossBatcher:
     """Fills the loss, accuracy and class-count values of ``steps``/``predictions`` rows:
     at once for steps with only large calls, else at the recorder's next flush, when the
-    copies kept from all those steps are reduced in one batch."""
+    copies and losses kept from all those steps are reduced in one batch."""
 
     def __init__(self) -> None:
         self._waiting: list[tuple[dict[str, Any], dict[str, Any] | None, _StepAccumulator]] = []
@@ -136,7 +145,7 @@ class _LossBatcher:
     def add(self, row: dict[str, Any], pred_row: dict[str, Any] | None, acc: _StepAccumulator) -> None:
         if not acc.calls:
             return
-        if acc.snapshots:
+        if acc.snapshots or acc.losses:
             self._waiting.append((row, pred_row, acc))
         else:
             _fill_loss_values(row, pred_row, acc.eager)
@@ -150,8 +159,12 @@ class _LossBatcher:
 
         def job() -> None:
             stats = iter(batched_stats([c for *_, acc in waiting for c in acc.snapshots]))
+            kept = [loss for *_, acc in waiting for _, loss in acc.losses]
+            losses = iter(batched_losses(kept) if kept else [])
             for row, pred_row, acc in waiting:
-                _fill_loss_values(row, pred_row, acc.eager + [next(stats) for _ in acc.snapshots])
+                step_stats = acc.eager + [next(stats) for _ in acc.snapshots]
+                step_stats += [LossStats(kind=kind, n_classes=0, loss=next(losses)) for kind, _ in acc.losses]
+                _fill_loss_values(row, pred_row, step_stats)
 
         return job
 
@@ -195,15 +208,21 @@ class Watch:
         meta: dict[str, Any] | None = None,
         max_steps: int | None = None,
         on_step: Callable[[int], None] | None = None,
+        writer: str | None = None,
     ) -> None:
         self.run_dir = Path(out) if out is not None else default_out_dir()
         self.summary = summary
         self.strict = strict
         self.max_steps = max_steps
         self.on_step = on_step
+        self._flush_every = flush_every
+        if writer not in (None, "thread", "inline"):
+            raise ValueError(f"writer must be 'thread' or 'inline', not {writer!r}")
+        self._writer_choice = writer
         self._flush_due = flush_schedule(flush_every)
         self._localize_due = localize
         self._detail_due = DEFAULT_DETAIL
+        self._stats_due = DEFAULT_STEP_STATS
         self._update_due = DEFAULT_UPDATE_RATIO
         self._data_due = DEFAULT_DATA
         self._time_grad_due = DEFAULT_TIME_GRAD
@@ -260,7 +279,8 @@ class Watch:
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> "Watch":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._recorder = Recorder(self.run_dir)
+        # CPU until the model is adopted (``_rebuild_hooks`` decides again, knowing its device)
+        self._recorder = Recorder(self.run_dir, background=writer_in_background(False, self._writer_choice))
         self._recorder.before_flush(self._losses.take_deferred)
         self._recorder.before_flush(self._take_param_norms)
         self._t0 = time.perf_counter()
@@ -498,6 +518,7 @@ class Watch:
         device = device or torch.device("cpu")
         if self._recorder is not None:
             self._recorder.cuda_devices = {p.device.index or 0 for _, p in named_params if p.device.type == "cuda"}
+            self._recorder.background = writer_in_background(bool(self._recorder.cuda_devices), self._writer_choice)
         self._set_localize(False)
         self._set_activations(False)
         self._nonfinite = NonFiniteProbe(device)
@@ -512,7 +533,7 @@ class Watch:
         self._dropouts = dropouts
         fused = [m for _, m in rnn_modules if isinstance(m, nn.RNNBase)]
         self._rnn_batch_first = bool(fused[0].batch_first) if fused else True
-        self._params = ParamProbe(named_params)
+        self._params = ParamProbe(named_params, hold_steps=self._flush_every + 1)
         self._param_ids = {id(p) for _, p in named_params}
         self._optimizers.clear()
         probe = self._params
@@ -748,7 +769,9 @@ class Watch:
                 h.remove()
             self._grad_handles = []
         if not self._params_captured and self._params is not None:
-            self._params.before_update(snapshot=self._nan_seen or self._update_due(self.steps))
+            self._params.before_update(
+                norms=self._nan_seen or self._stats_due(self.steps), snapshot=self._nan_seen or self._update_due(self.steps)
+            )
             self._params_captured = True
             self._lr = float(optimizer.param_groups[0].get("lr", float("nan")))
 
@@ -776,9 +799,14 @@ class Watch:
             with torch.no_grad():
                 yfp = self._fingerprint(y.reshape(y.shape[0], -1).to(torch.float64))[:, 0]
             self._recorder.add("samples", {"step": self.steps, "mode": "train" if grad else "eval", "x1": fp[:, 0], "x2": fp[:, 1], "y": yfp})
-        (self._train if grad else self._eval).add(call, detail=self._detail_due(self.steps))
-        if self._flush_pending and grad:
-            self._flush()
+        (self._train if grad else self._eval).add(
+            call, detail=self._detail_due(self.steps), counts=self._nan_seen or self._stats_due(self.steps)
+        )
+        if grad:
+            if self._flush_pending:
+                self._flush()
+            assert self._recorder is not None
+            self._recorder.tick()  # backward follows: the writer's next slice overlaps it
 
     def _flush(self) -> None:
         """Hand the recorded rows to the writer thread. Done right after a training loss is

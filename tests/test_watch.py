@@ -228,13 +228,13 @@ def test_explicit_log_records_a_hand_written_loss(tmp_path):
 
 
 def test_training_thread_never_reads_a_tensor_back(tmp_path, monkeypatch):
-    """No host sync on the training thread at all: not per step and not at flushes either
-    (the batched transfer happens on the recorder's writer thread)."""
+    """With the writer thread (chosen on a GPU or where a core is free): no host sync on the
+    training thread at all, not per step and not at flushes either."""
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     data = [batch() for _ in range(60)]
-    with Watch(model, out=tmp_path / "r", summary=False) as run:
+    with Watch(model, out=tmp_path / "r", summary=False, writer="thread") as run:
         seen = count_read_backs(monkeypatch)
         for x, y in data:
             loss = F.cross_entropy(model(x), y)
@@ -245,7 +245,40 @@ def test_training_thread_never_reads_a_tensor_back(tmp_path, monkeypatch):
     assert seen.elsewhere > 0  # the counters see the transfers where they do happen
     assert run.steps == 60
     steps = rnndoctor.load_run(tmp_path / "r").train_steps()
+    assert len(steps) == 60 and steps["loss"].notna().all()
+    assert steps["grad_norm"].notna().sum() == 60  # the dense start records every step's norm
+
+
+def test_inline_writer_reads_back_only_at_flushes(tmp_path, monkeypatch):
+    """Inline (CPU, no free core): the batched transfer runs on the training thread, once
+    per flush and never per step, and writes the same rows."""
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [batch() for _ in range(60)]
+    with Watch(model, out=tmp_path / "r", summary=False, writer="inline") as run:
+        seen = count_read_backs(monkeypatch)
+        for x, y in data:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+        flushes = run._recorder.flushes
+        monkeypatch.undo()
+    assert run._recorder._writer is None  # no thread was started
+    assert seen.elsewhere == 0 and 0 < len(seen.on_main) <= 2 * flushes < 60
+    steps = rnndoctor.load_run(tmp_path / "r").train_steps()
     assert len(steps) == 60 and steps["loss"].notna().all() and steps["grad_norm"].notna().all()
+
+
+def test_writer_choice():
+    from rnndoctor.recorder import writer_in_background
+
+    assert writer_in_background(True) is True  # a GPU: always the thread
+    assert writer_in_background(False, "inline") is False
+    assert writer_in_background(False, "thread") is True
+    with pytest.raises(ValueError, match="thread"):
+        writer_in_background(False, "sometimes")
+    with pytest.raises(ValueError, match="writer must be"):
+        Watch(Tiny(), writer="sometimes")
 
 
 def test_recorder_survives_a_torn_last_line(tmp_path):

@@ -136,6 +136,16 @@ def snapshot(call: LossCall) -> LossCall:
     return LossCall(call.kind, call.input.detach().clone(), call.target.detach().clone(), call.loss.detach(), call.kwargs)
 
 
+def batched_losses(losses: list[torch.Tensor]) -> list[Part]:
+    """Each loss as a float32 scalar, all in one tensor (one op for a flush's steps).
+
+    A scalar float32 loss is used as it is; finiteness is read from the value after the
+    transfer (a mean is non-finite iff an element is, short of float32 overflow)."""
+    values = [v if v.dim() == 0 and v.dtype == torch.float32 else v.float().mean() for v in (t.detach() for t in losses)]
+    base = values[0].unsqueeze(0) if len(values) == 1 else torch.stack(values)
+    return [Part(base, i) for i in range(len(values))]
+
+
 def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
     """Reduce one loss call to counts and scalars on its own device, now."""
     stats = batched_stats([call])[0]
@@ -176,12 +186,7 @@ def _group_stats(calls: list[LossCall]) -> list[LossStats]:
         x, y = first.input.detach().unsqueeze(0), first.target.detach().unsqueeze(0)
     else:
         x, y = torch.stack([c.input.detach() for c in calls]), torch.stack([c.target.detach() for c in calls])
-    # a scalar float32 loss is used as it is; finiteness is read from the value after the
-    # transfer (a mean is non-finite iff an element is, short of float32 overflow)
-    losses = [c.loss.detach() for c in calls]
-    losses = [v if v.dim() == 0 and v.dtype == torch.float32 else v.float().mean() for v in losses]
-    loss = losses[0].unsqueeze(0) if n == 1 else torch.stack(losses)
-    stats = [LossStats(kind=kind, n_classes=0, loss=Part(loss, i)) for i in range(n)]
+    stats = [LossStats(kind=kind, n_classes=0, loss=part) for part in batched_losses([c.loss for c in calls])]
     cls = _class_view(kind, x, y, first.kwargs)
     if cls is None:
         return stats

@@ -2,10 +2,20 @@
 
 ``torch._foreach_norm`` computes every parameter's norm in a few kernels and returns device
 tensors; nothing here reads a value back to the host.
+
+Small models go further: a step's finished gradients are kept by reference until the next
+flush and normed there, every step's at once, on the writer thread. That is safe only while
+the loop leaves a finished gradient alone (``zero_grad()`` sets it to None, the next
+backward makes a new one), so the probe first checks that for a few steps, keeps checking
+every step, and goes back to norming at once, for good, the first time an old gradient
+was modified in place (``zero_grad(set_to_none=False)``, an optimizer that rewrites its
+gradients). A held gradient found modified when its norm is taken gives no value (the row
+has none) rather than a wrong one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -14,6 +24,28 @@ from torch import nn
 from ..recorder import Part
 
 Row = dict[str, Any]
+
+#: gradients are held for the flush only while a flush interval's worth of them fits in
+#: this many bytes (a 2-layer hidden-256 LSTM's 3 MB of gradients x 25 steps does not: its
+#: steps are long enough that one norm op per step costs nothing measurable)
+HOLD_GRADS_MAX_BYTES = 32 << 20
+#: ... and once this many consecutive steps showed the loop leaves finished gradients alone
+HOLD_AFTER_CLEAN_STEPS = 3
+
+
+@dataclass
+class _Deferred:
+    """One step's gradient norms, waiting for the flush: computed (``norms``) or still to
+    compute from the ``held`` gradients, valid while their ``versions`` are unchanged."""
+
+    grads_row: Row
+    step_row: Row
+    norms: list[torch.Tensor] | None = None
+    held: list[torch.Tensor] | None = None
+    versions: list[int] | None = None
+
+    def intact(self) -> bool:
+        return self.held is None or all(g._version == v for g, v in zip(self.held, self.versions or ()))
 
 
 def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -30,14 +62,23 @@ def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
 class ParamProbe:
     """Per-parameter gradient norm before the update, weight norm and update ratio after."""
 
-    def __init__(self, named_params: list[tuple[str, nn.Parameter]]) -> None:
+    def __init__(self, named_params: list[tuple[str, nn.Parameter]], hold_steps: int = 0) -> None:
+        """``hold_steps``: the most steps between two flushes (0: never hold gradients)."""
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
         self.device = self.params[0].device if self.params else torch.device("cpu")
         self._grad_norm: torch.Tensor | None = None
         #: this step's per-parameter norms, unstacked: stacked with other steps' at flush
         self._grad_list: list[torch.Tensor] | None = None
-        self._deferred: list[tuple[Row, Row, list[torch.Tensor]]] = []
+        #: this step's gradients and their versions, when they are normed at the flush
+        self._held: tuple[list[torch.Tensor], list[int]] | None = None
+        grad_bytes = sum(p.numel() * p.element_size() for p in self.params)
+        #: whether holding gradients is allowed at all (memory, and no conflict seen yet)
+        self.may_hold = hold_steps > 0 and grad_bytes * hold_steps <= HOLD_GRADS_MAX_BYTES
+        self.holding = False
+        self._clean_steps = 0
+        self._previous: tuple[list[torch.Tensor], list[int]] | None = None
+        self._deferred: list[_Deferred] = []
         self._named: set[str] = set()
         self._grad_none: list[int] = []
         self._before: list[torch.Tensor] | None = None
@@ -48,21 +89,48 @@ class ParamProbe:
         #: when it is computed with other steps' at the next flush)
         self.global_grad_norm: torch.Tensor | None = None
 
-    def before_update(self, snapshot: bool = True) -> None:
+    def before_update(self, *, norms: bool = True, snapshot: bool = True) -> None:
         """Called from the optimizer's step pre-hook: gradients are final, weights not yet moved.
 
-        ``snapshot`` copies the weights so the update ratio can be measured after the step
-        (scheduled: a copy of every parameter is the dearest part of this probe)."""
-        with torch.no_grad():
-            grads = [p.grad for p in self.params]
-            if grads and all(g is not None for g in grads):  # the common case: one op now, the rest at flush
-                self._grad_list = list(torch._foreach_norm(grads))  # type: ignore[arg-type]
-                self._grad_none = [0] * len(grads)
-            else:
-                self._grad_norm, self._grad_none = self._grad_norms()
-            if snapshot:
-                self._before = list(torch._foreach_mul([p.detach() for p in self.params], 1.0))
-                self._before_norm = self._last_weight_norm if self._last_weight_norm is not None else _norms(self._before, self.device)
+        ``norms``: record this step's gradient norms (scheduled). ``snapshot`` copies the
+        weights so the update ratio can be measured after the step (scheduled: a copy of
+        every parameter is the dearest part of this probe). Everything here reads gradients
+        and detached weights, which carry no autograd history: no ``no_grad`` needed."""
+        if norms:
+            self._capture_grads()
+        if snapshot:
+            self._before = list(torch._foreach_mul([p.detach() for p in self.params], 1.0))
+            self._before_norm = self._last_weight_norm if self._last_weight_norm is not None else _norms(self._before, self.device)
+
+    def _capture_grads(self) -> None:
+        grads = [p.grad for p in self.params]
+        if not grads or any(g is None for g in grads):
+            self._grad_norm, self._grad_none = self._grad_norms()
+            return
+        # the common case: one op now, or none (held for the flush)
+        self._grad_none = [0] * len(grads)
+        if self.may_hold:
+            self._check_previous(grads)  # type: ignore[arg-type]
+        versions = [g._version for g in grads]  # type: ignore[union-attr]
+        if self.holding:
+            self._held = (grads, versions)  # type: ignore[assignment]
+        else:
+            self._grad_list = list(torch._foreach_norm(grads))  # type: ignore[arg-type]
+        if self.may_hold:
+            self._previous = (grads, versions)  # type: ignore[assignment]
+
+    def _check_previous(self, grads: list[torch.Tensor]) -> None:
+        """Did the loop leave the last step's gradients alone (new tensors now, old ones
+        unmodified)? Hold gradients after a few such steps; never again after one that did not."""
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return
+        old, versions = previous
+        if any(g is o for g, o in zip(grads, old)) or any(o._version != v for o, v in zip(old, versions)):
+            self.may_hold = self.holding = False
+            return
+        self._clean_steps += 1
+        self.holding = self._clean_steps >= HOLD_AFTER_CLEAN_STEPS
 
     def on_grad_accumulated(self, index: int, param: torch.Tensor) -> None:
         """Manual-update loops (no optimizer): keep the gradient norm while it still exists."""
@@ -88,39 +156,46 @@ class ParamProbe:
         return out, none
 
     def take_rows(self, step: int, step_row: Row) -> tuple[Row | None, Row | None]:
-        """The ``params`` row (gradients) and, on snapshot steps, the ``updates`` row
-        (weight norms, update ratios) of the step that just ended; ``step_row`` gets the
-        global gradient norm (now, or from the job ``take_deferred`` hands the next flush)."""
-        with torch.no_grad():
-            if self._grad_list is not None:
-                grads: Row = self._with_names("params", {"step": step})
-                self._deferred.append((grads, step_row, self._grad_list))
-                self._grad_list = None
-            else:
-                if self._grad_norm is None and self._manual:
-                    idx = sorted(self._manual)
-                    self._grad_norm, self._grad_none = self._per_param(idx, torch.stack([self._manual[i] for i in idx]))
-                if self._grad_norm is None:
-                    return None, None
-                grads = self._with_names("params", {"step": step, "grad_norm": self._grad_norm})
-                if any(self._grad_none):
-                    grads["grad_none"] = list(self._grad_none)
-                step_row["grad_norm"] = self.global_grad_norm
-            updates = None
-            if self._before is not None and self._before_norm is not None:
-                weight_norm = _norms([p.detach() for p in self.params], self.device)
-                self._last_weight_norm = weight_norm
-                torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # in place: before - after
-                updates = self._with_names("updates", {
-                    "step": step,
-                    "weight_norm": weight_norm,
-                    "update_ratio": _norms(self._before, self.device) / self._before_norm.clamp_min(1e-30),
-                })
-            else:
-                self._last_weight_norm = None
+        """The ``params`` row (gradients, on steps whose norms were recorded) and, on
+        snapshot steps, the ``updates`` row (weight norms, update ratios) of the step that
+        just ended; ``step_row`` gets the global gradient norm (now, or from the job
+        ``take_deferred`` hands the next flush)."""
+        grads = self._grads_row(step, step_row)
+        updates = None
+        if self._before is not None and self._before_norm is not None:
+            weight_norm = _norms([p.detach() for p in self.params], self.device)
+            self._last_weight_norm = weight_norm
+            torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # in place: before - after
+            updates = self._with_names("updates", {
+                "step": step,
+                "weight_norm": weight_norm,
+                "update_ratio": _norms(self._before, self.device) / self._before_norm.clamp_min(1e-30),
+            })
+        else:
+            self._last_weight_norm = None
         self._grad_norm, self._before, self._before_norm = None, None, None
         self._manual.clear()
         return grads, updates
+
+    def _grads_row(self, step: int, step_row: Row) -> Row | None:
+        if self._grad_list is not None or self._held is not None:
+            grads: Row = self._with_names("params", {"step": step})
+            entry = _Deferred(grads, step_row, norms=self._grad_list)
+            if self._held is not None:
+                entry.held, entry.versions = self._held
+            self._deferred.append(entry)
+            self._grad_list, self._held = None, None
+            return grads
+        if self._grad_norm is None and self._manual:
+            idx = sorted(self._manual)
+            self._grad_norm, self._grad_none = self._per_param(idx, torch.stack([self._manual[i] for i in idx]))
+        if self._grad_norm is None:
+            return None
+        grads = self._with_names("params", {"step": step, "grad_norm": self._grad_norm})
+        if any(self._grad_none):
+            grads["grad_none"] = list(self._grad_none)
+        step_row["grad_norm"] = self.global_grad_norm
+        return grads
 
     def _with_names(self, signal: str, row: Row) -> Row:
         """Names (and sizes) go into this probe's first row of a signal only; the loader
@@ -134,23 +209,30 @@ class ParamProbe:
 
     def take_deferred(self) -> "Callable[[], None] | None":
         """Recorder ``before_flush`` taker: the deferred steps' norms leave with a job that
-        stacks them (one op for all) and fills their rows, on the writer thread."""
+        norms the held gradients (one op for all steps), stacks every step's norms (one op)
+        and fills their rows, on the writer thread."""
         entries, self._deferred = self._deferred, []
         if not entries:
             return None
         n_params, device = len(self.params), self.device
 
         def job() -> None:
-            flat = [n for *_, norms in entries for n in norms]
             with torch.no_grad():
+                held = [e for e in entries if e.held is not None]
+                if held:
+                    norms = iter(torch._foreach_norm([g for e in held for g in e.held]))  # type: ignore[union-attr]
+                    for e in held:
+                        e.norms = [next(norms) for _ in range(n_params)]
+                flat = [n for e in entries for n in e.norms]  # type: ignore[union-attr]
                 try:
                     stacked = torch.stack(flat)
                 except RuntimeError:  # parameters spread over several devices
                     stacked = torch.stack([n.to(device) for n in flat])
                 per_step = stacked.to(torch.float32).view(len(entries), n_params)
                 global_norm = per_step.square().sum(1).sqrt()
-            for i, (grads, step_row, _) in enumerate(entries):
-                grads["grad_norm"] = Part(per_step, i)
-                step_row["grad_norm"] = Part(global_norm, i)
+            for i, e in enumerate(entries):
+                if e.intact():  # else modified in place since the step: no value, not a wrong one
+                    e.grads_row["grad_norm"] = Part(per_step, i)
+                    e.step_row["grad_norm"] = Part(global_norm, i)
 
         return job
