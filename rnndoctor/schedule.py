@@ -41,7 +41,7 @@ def flush_schedule(every: int) -> Schedule:
     return schedule
 
 
-DEFAULT_FLUSH_EVERY = 25
+DEFAULT_FLUSH_EVERY = 50
 
 # Steady-state intervals are set with bench/overhead.py on the seed-000 model (2.3-2.8 ms
 # steps on 2 CPU cores, where one small device op costs 5-30 us inside the loop and every

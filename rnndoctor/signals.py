@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schedule import DEFAULT_DATA, DEFAULT_GATES, DEFAULT_LOCALIZE, DEFAULT_TIME_GRAD, DEFAULT_UPDATE_RATIO
+from .schedule import (
+    DEFAULT_DATA,
+    DEFAULT_GATES,
+    DEFAULT_LOCALIZE,
+    DEFAULT_STEP_STATS,
+    DEFAULT_TIME_GRAD,
+    DEFAULT_UPDATE_RATIO,
+)
 
 
 # Saturation thresholds. Karpathy, Johnson & Fei-Fei 2015, "Visualizing and Understanding
@@ -48,9 +55,9 @@ STEPS = Signal(
         "loss": "mean of the loss values computed in the step (train) or since the last step (eval)",
         "loss_calls": "how many loss computations were seen",
         "loss_kind": "cross_entropy | nll | bce_logits | bce | mse | l1 | smooth_l1 | huber | logged",
-        "n_classes": "K for classification losses (2 for binary / 0-1 regression targets)",
-        "correct": "correctly predicted targets (argmax, >0 for logits, >0.5 for probabilities)",
-        "total": "targets counted (ignore_index excluded)",
+        "n_classes": "K for classification losses (2 for binary / 0-1 regression targets); on class-count steps",
+        "correct": "correctly predicted targets (argmax, >0 for logits, >0.5 for probabilities); on class-count steps",
+        "total": "targets counted (ignore_index excluded); on class-count steps",
         "tgt_n": "number of target elements",
         "tgt_sum": "sum of targets (for the mean predictor baseline of regression losses)",
         "tgt_sqsum": "sum of squared targets",
@@ -62,19 +69,22 @@ STEPS = Signal(
         "out_op": "autograd op that produced the loss input (SigmoidBackward0, AddmmBackward0, ...)",
         "out_is_prob": "1 when outputs are in [0,1] and sum to 1 over the class dim",
         "out_is_logprob": "1 when outputs are <= 0 and logsumexp to 0 over the class dim",
-        "grad_norm": "global L2 norm of all watched gradients before the update",
+        "grad_norm": "global L2 norm of all watched gradients before the update; on gradient-norm steps",
         "loss_finite": "1 when every loss value in the step was finite",
         "lr": "learning rate of the first param group of the first optimizer",
         "time": "seconds since watch() started",
     },
-    when="every optimizer step (mode=train); per step with evaluation passes (mode=eval)",
+    when=(
+        "every optimizer step (mode=train); per step with evaluation passes (mode=eval). Class counts and the "
+        f"gradient norm: {DEFAULT_STEP_STATS}, every step after a NaN"
+    ),
 )
 
 PREDICTIONS = Signal(
     "predictions",
     keys=("step", "mode", "cls"),
     values={"n_pred": "how often class cls was predicted", "n_label": "how often it was the label"},
-    when="every step with a classification-like loss",
+    when=f"steps with a classification-like loss: {DEFAULT_STEP_STATS}, every step after a NaN",
     explode=("cls", "n_pred", "n_label"),
 )
 
@@ -85,7 +95,7 @@ PARAMS = Signal(
         "grad_norm": "L2 norm of the gradient before the update (NaN when grad is None)",
         "grad_none": "1 when the parameter had no gradient",
     },
-    when="every optimizer step",
+    when=f"optimizer steps: {DEFAULT_STEP_STATS}, every step after a NaN",
     explode=("param", "grad_norm", "grad_none"),
     carried=("param",),
     zeros_if_absent=("grad_none",),

@@ -227,6 +227,31 @@ def test_explicit_log_records_a_hand_written_loss(tmp_path):
     assert (rows["total"] == 16).all() and rows["loss"].notna().all()
 
 
+def test_counts_and_norms_follow_their_schedule_and_go_dense_after_a_nan(tmp_path):
+    """The loss on every step; class counts and gradient norms on DEFAULT_STEP_STATS steps,
+    and on every step once a non-finite loss was seen."""
+    from rnndoctor.schedule import DEFAULT_STEP_STATS
+
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Watch(model, out=tmp_path / "r", summary=False, strict=True):
+        train(model, 130, opt=opt)
+        with torch.no_grad():
+            model.out.bias.fill_(float("nan"))
+        train(model, 40, opt=opt)
+    steps = rnndoctor.load_run(tmp_path / "r").train_steps()
+    assert len(steps) == 170 and steps["loss_finite"].notna().all()
+    due = steps["step"].map(DEFAULT_STEP_STATS)
+    early = steps["step"] < 130
+    assert steps["loss"][early].notna().all()
+    assert (steps["correct"].notna() == due)[early].all() and not due[early].all()
+    assert (steps["grad_norm"].notna() == due)[early].all()
+    # the NaN is seen at the first flush after step 130: dense from then on
+    assert steps["correct"].notna()[steps["step"] >= 130 + 26].all()
+    assert steps["loss_finite"][steps["step"] >= 130].eq(0).all()
+
+
 def test_training_thread_never_reads_a_tensor_back(tmp_path, monkeypatch):
     """With the writer thread (chosen on a GPU or where a core is free): no host sync on the
     training thread at all, not per step and not at flushes either."""
@@ -267,6 +292,24 @@ def test_inline_writer_reads_back_only_at_flushes(tmp_path, monkeypatch):
     assert seen.elsewhere == 0 and 0 < len(seen.on_main) <= 2 * flushes < 60
     steps = rnndoctor.load_run(tmp_path / "r").train_steps()
     assert len(steps) == 60 and steps["loss"].notna().all() and steps["grad_norm"].notna().all()
+
+
+def test_writer_thread_keeps_going_without_ticks(tmp_path):
+    """The writer paces its slices by training losses; a loop that computes none (evaluation
+    only) still gets its rows written, paced by the timeout."""
+    import time
+
+    rec = Recorder(tmp_path, background=True)
+    for i in range(40):
+        rec.add("steps", {"step": i, "loss": torch.tensor(float(i))})
+    rec.flush()
+    deadline = time.monotonic() + 5
+    while rec.rows_written < 40 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.rows_written == 40 and rec._writer is not None
+    rec.close()
+    lines = (tmp_path / "signals" / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(line)["loss"] for line in lines] == list(range(40))
 
 
 def test_writer_choice():
