@@ -43,11 +43,13 @@ def flush_schedule(every: int) -> Schedule:
 
 DEFAULT_FLUSH_EVERY = 50
 
-# Steady-state intervals are set with bench/overhead.py on the seed-000 model (2.3-2.8 ms
+# Steady-state intervals are set with bench/overhead.py on the seed-000 model (2.3-3.1 ms
 # steps on 2 CPU cores, where one small device op costs 5-30 us inside the loop and every
 # probe's CPU time is taken from training): the start of a run is recorded densely, the
-# rest is sampled. Measured per occurrence there: update ratios ~0.4 ms, data probes
-# ~0.6 ms, the time-gradient profile ~0.8 ms, the gate replay with statistics ~9 ms.
+# rest is sampled. Measured per occurrence there: update ratios ~0.3 ms; localisation,
+# loss details and data probes ~0.5 ms each; the time-gradient profile ~0.8 ms; a flush of
+# 50 steps ~2.2 ms; the gate replay with statistics ~9 ms. The every-100th probes fall on
+# one step (~2.5 ms, one step's worth, every 100 steps).
 
 #: class counts (accuracy, predicted and label shares) and per-parameter gradient norms (with
 #: the global norm): a copy of the loss call's outputs and targets and a norm of every
@@ -59,18 +61,18 @@ DEFAULT_STEP_STATS = first_then_every(100, 4)
 #: non-finite localisation: per-module isfinite checks cost one reduction per module call
 #: (1.11-1.18x on a small LSTM when done on every module every step, design.md); on every
 #: step once a NaN was seen
-DEFAULT_LOCALIZE = first_then_every(5, 50)
+DEFAULT_LOCALIZE = first_then_every(5, 100)
 #: loss details (output/target ranges) are a handful of reductions
-DEFAULT_DETAIL = first_then_every(20, 50)
+DEFAULT_DETAIL = first_then_every(20, 100)
 #: update/weight ratios need a copy of every weight before the step (rules read medians
 #: over windows, so a sample is enough); on every step once a NaN was seen
 DEFAULT_UPDATE_RATIO = first_then_every(20, 20)
 #: data fingerprints and input statistics: one small matmul and a few reductions per batch;
 #: 50 dense steps give the duplicate and resampling rules their thousands of samples
-DEFAULT_DATA = first_then_every(50, 50)
+DEFAULT_DATA = first_then_every(50, 100)
 #: ‖∂L/∂x_t‖ profile: a tensor hook on the RNN input (design.md: 1.00-1.01x even every step
 #: on large models; on the seed-000 model the input's gradient is extra backward work)
-DEFAULT_TIME_GRAD = first_then_every(10, 50)
+DEFAULT_TIME_GRAD = first_then_every(10, 100)
 #: gate replay (and per-module activation statistics): an exact recompute of every layer
 #: and step plus its statistics cost ~2 steps of the seed-000 model
 DEFAULT_GATES = first_then_every(3, 500)

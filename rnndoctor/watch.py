@@ -14,6 +14,7 @@ ratio sees the weights after every optimizer has moved them.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import os
 import platform
 import random
@@ -87,6 +88,20 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
             return None
 
     return guarded
+
+
+@dataclass(frozen=True)
+class _Due:
+    """Which scheduled probes run in the current step: the schedules are read once per step
+    (at its start) instead of in every hook call."""
+
+    localize: bool = False
+    gates: bool = False
+    data: bool = False
+    detail: bool = False
+    time_grad: bool = False
+    update: bool = False
+    stats: bool = False
 
 
 def default_out_dir() -> Path:
@@ -229,6 +244,7 @@ class Watch:
         self._time_grad_step = -1
         self._gates_due = DEFAULT_GATES
         self._gates_step = -1
+        self._due = _Due()
         #: replays of cell calls on the current gates step, per cell module
         self._cell_calls: dict[str, list[tuple[gates.Replay, torch.Tensor]]] = {}
         self._eval_checked_step = -1
@@ -268,7 +284,7 @@ class Watch:
         self._optimizer_seen = False
         self._logged_explicitly = False
         self._nan_seen = False
-        self._lr = float("nan")  # of the first watched optimizer's first param group, per step
+        self._lr: "float | torch.Tensor" = float("nan")  # of the first watched optimizer's first param group, per step
         self._t0 = 0.0
         self._meta: dict[str, Any] = dict(meta or {})
         self.steps = 0
@@ -283,6 +299,7 @@ class Watch:
         self._recorder = Recorder(self.run_dir, background=writer_in_background(False, self._writer_choice))
         self._recorder.before_flush(self._losses.take_deferred)
         self._recorder.before_flush(self._take_param_norms)
+        self._due = self._due_at(self.steps)
         self._t0 = time.perf_counter()
         self._meta.update(
             rnndoctor=__version__,
@@ -555,14 +572,17 @@ class Watch:
     @_guarded
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         self._maybe_close_step()
-        self._set_localize(self._nan_seen or self._localize_due(self.steps))
-        self._set_activations(torch.is_grad_enabled() and self._gates_due(self.steps))
-        if not torch.is_grad_enabled() and self._eval_checked_step != self.steps:
+        due, grad = self._due, torch.is_grad_enabled()
+        self._set_localize(due.localize)
+        self._set_activations(grad and due.gates)
+        if not grad and self._eval_checked_step != self.steps:
             self._check_eval_pass(module)
         self._pending_fp = None
         self._last_input_stats = None
+        if not due.data:
+            return
         x = args[0] if args else None
-        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point() and self._data_due(self.steps):
+        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point():
             with torch.no_grad():
                 batch_dim = 1 if (x.dim() == 3 and not self._rnn_batch_first) else 0
                 xb = x.movedim(batch_dim, 0) if batch_dim else x
@@ -591,13 +611,13 @@ class Watch:
         gradient-through-time hook (its own schedule; first fused-RNN call of the step)."""
         if self._recorder is None:
             return None
-        if self._data_due(self.steps):
+        if self._due.data:
             self._record_rnn_input(name, module, args, kwargs)
         if (
-            isinstance(module, nn.RNNBase)
+            self._due.time_grad
+            and isinstance(module, nn.RNNBase)
             and torch.is_grad_enabled()
             and self._time_grad_step != self.steps
-            and self._time_grad_due(self.steps)
         ):
             self._time_grad_step = step = self.steps
             packed = isinstance(data_probe.recurrent_input(module, args, kwargs), data_probe.PackedSequence)
@@ -608,7 +628,7 @@ class Watch:
     def _after_rnn(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         """Gate replay (scheduled): recompute gates and cell states from the module's own
         weights and this call's input, before the optimizer moves the weights."""
-        if self._recorder is None or not torch.is_grad_enabled() or not self._gates_due(self.steps):
+        if not self._due.gates or self._recorder is None or not torch.is_grad_enabled():
             return
         if self._gates_step == self.steps:
             return  # first call of the step only
@@ -635,7 +655,7 @@ class Watch:
         """Gate replay of an ``nn.*Cell`` called once per time step in a Python loop: on a
         gates step every call is replayed (one time step each) and the step's calls are
         reduced together when the step closes, as one sequence of that many steps."""
-        if self._recorder is None or not torch.is_grad_enabled() or not self._gates_due(self.steps):
+        if not self._due.gates or self._recorder is None or not torch.is_grad_enabled():
             return
         x = args[0] if args else kwargs.get("input")
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
@@ -770,10 +790,12 @@ class Watch:
             self._grad_handles = []
         if not self._params_captured and self._params is not None:
             self._params.before_update(
-                norms=self._nan_seen or self._stats_due(self.steps), snapshot=self._nan_seen or self._update_due(self.steps)
+                norms=self._due.stats, snapshot=self._due.update
             )
             self._params_captured = True
-            self._lr = float(optimizer.param_groups[0].get("lr", float("nan")))
+            lr = optimizer.param_groups[0].get("lr", float("nan"))
+            # a tensor learning rate (capturable optimizers) stays on its device until the flush
+            self._lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
 
     @_guarded
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -800,7 +822,7 @@ class Watch:
                 yfp = self._fingerprint(y.reshape(y.shape[0], -1).to(torch.float64))[:, 0]
             self._recorder.add("samples", {"step": self.steps, "mode": "train" if grad else "eval", "x1": fp[:, 0], "x2": fp[:, 1], "y": yfp})
         (self._train if grad else self._eval).add(
-            call, detail=self._detail_due(self.steps), counts=self._nan_seen or self._stats_due(self.steps)
+            call, detail=self._due.detail, counts=self._due.stats
         )
         if grad:
             if self._flush_pending:
@@ -819,6 +841,18 @@ class Watch:
         return self._params.take_deferred() if self._params is not None else None
 
     # ------------------------------------------------------------------ steps
+    def _due_at(self, step: int) -> _Due:
+        nan = self._nan_seen  # after a NaN: localisation, update ratios, counts and norms every step
+        return _Due(
+            localize=nan or self._localize_due(step),
+            gates=self._gates_due(step),
+            data=self._data_due(step),
+            detail=self._detail_due(step),
+            time_grad=self._time_grad_due(step),
+            update=nan or self._update_due(step),
+            stats=nan or self._stats_due(step),
+        )
+
     def _maybe_close_step(self) -> None:
         if self._opt_stepped or (self._grads_seen and not self._optimizer_seen):
             self._close_step()
@@ -849,6 +883,7 @@ class Watch:
         self._train = _StepAccumulator()
         self._opt_stepped = self._grads_seen = self._params_captured = False
         self.steps += 1
+        self._due = self._due_at(self.steps)
         if self._flush_pending:  # no loss was computed since the last one was due
             self._flush()
         if self._flush_due(self.steps):
