@@ -93,7 +93,7 @@ class _Batch:
 
 
 class Recorder:
-    """Collects rows per signal and writes them in batches, on a writer thread."""
+    """Collects rows per signal and writes them in batches (on the writer thread or inline)."""
 
     def __init__(self, run_dir: Path, *, background: bool = True) -> None:
         """``background``: write on the writer thread (see the module docstring); may be

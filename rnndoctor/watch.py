@@ -167,7 +167,7 @@ class _LossBatcher:
 
     def take_deferred(self) -> Callable[[], None] | None:
         """Recorder ``before_flush`` taker: the waiting steps leave with a job that reduces
-        their copies in one batch on the writer thread."""
+        their copies in one batch, run by the writer."""
         waiting, self._waiting = self._waiting, []
         if not waiting:
             return None
@@ -831,8 +831,9 @@ class Watch:
             self._recorder.tick()  # backward follows: the writer's next slice overlaps it
 
     def _flush(self) -> None:
-        """Hand the recorded rows to the writer thread. Done right after a training loss is
-        computed, so the writer's work overlaps the backward pass that follows."""
+        """Hand the recorded rows to the writer (or write them inline, recorder.py). Done
+        right after a training loss is computed, so a writer thread's work overlaps the
+        backward pass that follows."""
         self._flush_pending = False
         assert self._recorder is not None
         self._recorder.flush()

@@ -252,6 +252,20 @@ def test_counts_and_norms_follow_their_schedule_and_go_dense_after_a_nan(tmp_pat
     assert steps["loss_finite"][steps["step"] >= 130].eq(0).all()
 
 
+def test_a_tensor_learning_rate_is_recorded_without_reading_it_back(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.05))
+    with Watch(model, out=tmp_path / "r", summary=False, writer="thread", strict=True) as run:
+        seen = count_read_backs(monkeypatch)
+        train(model, 8, opt=opt)
+        run._recorder.flush(wait=True)
+        monkeypatch.undo()
+    assert seen.on_main == []
+    steps = rnndoctor.load_run(tmp_path / "r").train_steps()
+    assert steps["lr"].tolist() == pytest.approx([0.05] * 8)
+
+
 def test_training_thread_never_reads_a_tensor_back(tmp_path, monkeypatch):
     """With the writer thread (chosen on a GPU or where a core is free): no host sync on the
     training thread at all, not per step and not at flushes either."""

@@ -4,10 +4,10 @@
 tensors; nothing here reads a value back to the host.
 
 Small models go further: a step's finished gradients are kept by reference until the next
-flush and normed there, every step's at once, on the writer thread. That is safe only while
+flush and normed there, every step's at once, by the writer. That is safe only while
 the loop leaves a finished gradient alone (``zero_grad()`` sets it to None, the next
 backward makes a new one), so the probe first checks that for a few steps, keeps checking
-every step, and goes back to norming at once, for good, the first time an old gradient
+step it norms, and goes back to norming at once, for good, the first time an old gradient
 was modified in place (``zero_grad(set_to_none=False)``, an optimizer that rewrites its
 gradients). A held gradient found modified when its norm is taken gives no value (the row
 has none) rather than a wrong one.
@@ -26,7 +26,7 @@ from ..recorder import Part
 Row = dict[str, Any]
 
 #: gradients are held for the flush only while a flush interval's worth of them fits in
-#: this many bytes (a 2-layer hidden-256 LSTM's 3 MB of gradients x 25 steps does not: its
+#: this many bytes (a 2-layer hidden-256 LSTM's 3 MB of gradients x 50 steps does not: its
 #: steps are long enough that one norm op per step costs nothing measurable)
 HOLD_GRADS_MAX_BYTES = 32 << 20
 #: ... and once this many consecutive steps showed the loop leaves finished gradients alone
@@ -210,7 +210,7 @@ class ParamProbe:
     def take_deferred(self) -> "Callable[[], None] | None":
         """Recorder ``before_flush`` taker: the deferred steps' norms leave with a job that
         norms the held gradients (one op for all steps), stacks every step's norms (one op)
-        and fills their rows, on the writer thread."""
+        and fills their rows, run by the writer."""
         entries, self._deferred = self._deferred, []
         if not entries:
             return None
