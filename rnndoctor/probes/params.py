@@ -6,7 +6,7 @@ tensors; nothing here reads a value back to the host.
 Small models go further: a step's finished gradients are kept by reference until the next
 flush and normed there, every step's at once, by the writer. That is safe only while
 the loop leaves a finished gradient alone (``zero_grad()`` sets it to None, the next
-backward makes a new one), so the probe first checks that for a few steps, keeps checking
+backward makes a new one), so the probe first checks that for a few steps, keeps checking at every
 step it norms, and goes back to norming at once, for good, the first time an old gradient
 was modified in place (``zero_grad(set_to_none=False)``, an optimizer that rewrites its
 gradients). A held gradient found modified when its norm is taken gives no value (the row
