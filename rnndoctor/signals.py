@@ -94,6 +94,7 @@ PARAMS = Signal(
     values={
         "grad_norm": "L2 norm of the gradient before the update (NaN when grad is None)",
         "grad_none": "1 when the parameter had no gradient",
+        "grad_lost": "1 when held gradients were modified in place before their norms were taken (no values)",
     },
     when=f"optimizer steps: {DEFAULT_STEP_STATS}, every step after a NaN",
     explode=("param", "grad_norm", "grad_none"),

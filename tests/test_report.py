@@ -275,3 +275,17 @@ def test_recurrence_plots_render_from_a_real_run(tmp_path):
     assert "horizon:" in render("time_grad", run)
     page = (tmp_path / "r" / "report.html").read_text()
     assert "Gradient reaching each time step" in page and "Cell state norm over time" in page
+
+
+def test_sampled_gradient_norms_are_not_drawn_as_non_finite():
+    """After the dense start gradient norms are sampled: the steps between have no value,
+    which the gradient plot must not mark as non-finite; a recorded Inf still is."""
+    n, names = 140, ["w", "b"]
+    recorded = [s for s in range(n) if s < 100 or s % 4 == 0]
+    grad = [1.0 if s in recorded else float("nan") for s in range(n)]
+    steps = pd.DataFrame({"step": range(n), "mode": "train", "loss": 0.69, "loss_finite": 1, "grad_norm": grad})
+    params = pd.DataFrame({"step": np.repeat(recorded, 2), "param": names * len(recorded), "grad_norm": 1.0, "grad_none": 0})
+    quiet = Run(meta={}, signals={"steps": steps, "params": params})
+    assert "non-finite" not in plots.plot_grad_norm(quiet)
+    steps.loc[120, "grad_norm"] = float("inf")
+    assert "non-finite" in plots.plot_grad_norm(Run(meta={}, signals={"steps": steps, "params": params}))

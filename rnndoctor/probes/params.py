@@ -231,8 +231,11 @@ class ParamProbe:
                 per_step = stacked.to(torch.float32).view(len(entries), n_params)
                 global_norm = per_step.square().sum(1).sqrt()
             for i, e in enumerate(entries):
-                if e.intact():  # else modified in place since the step: no value, not a wrong one
+                if e.intact():
                     e.grads_row["grad_norm"] = Part(per_step, i)
                     e.step_row["grad_norm"] = Part(global_norm, i)
+                else:  # modified in place since the step: no value rather than a wrong one
+                    e.grads_row["grad_norm"] = [float("nan")] * n_params
+                    e.grads_row["grad_lost"] = 1
 
         return job

@@ -349,9 +349,20 @@ def plot_grad_norm(run: Run) -> str | None:
         if (np.isfinite(g) & (g > 0)).any():
             bx, mean, _, hi = binned(x, np.where(g > 0, g, np.nan))
             ax.plot(bx, hi if len(bx) < len(x) else mean, color=BASE, lw=1.6, label="total (max per bin)" if len(bx) < len(x) else "total")
-        _rug(ax, x[~np.isfinite(g)], "non-finite")
+        _rug(ax, x[np.isin(x, _grad_steps(run)) & ~np.isfinite(g)], "non-finite")
     _legend(ax)
     return to_markup(fig, "gradient norms per parameter")
+
+
+def _grad_steps(run: Run) -> np.ndarray:
+    """Steps whose gradient norms were recorded (they are sampled after the run's start;
+    a missing value is not a non-finite one)."""
+    params = run["params"]
+    if params.empty or "step" not in params:
+        return np.array([])
+    if "grad_lost" in params:
+        params = params[_numeric(params["grad_lost"]) != 1]
+    return np.unique(_numeric(params["step"]))
 
 
 @_styled
@@ -382,6 +393,8 @@ def _bad_steps(run: Run) -> dict[str, np.ndarray]:
             v = _numeric(df[column])
             if signal == "params" and "grad_none" in df:
                 v = np.where(_numeric(df["grad_none"]) == 1, 0.0, v)
+            if signal == "params" and "grad_lost" in df:
+                v = np.where(_numeric(df["grad_lost"]) == 1, 0.0, v)
             rows[name] = np.unique(_numeric(df["step"])[~np.isfinite(v)])
     nf = run["nonfinite"]
     if not nf.empty and "module" in nf:
