@@ -346,9 +346,10 @@ def plot_grad_norm(run: Run) -> str | None:
     train = run.train_steps()
     if "grad_norm" in train:
         x, g = _numeric(train["step"]), _numeric(train["grad_norm"])
-        if (np.isfinite(g) & (g > 0)).any():
-            bx, mean, _, hi = binned(x, np.where(g > 0, g, np.nan))
-            ax.plot(bx, hi if len(bx) < len(x) else mean, color=BASE, lw=1.6, label="total (max per bin)" if len(bx) < len(x) else "total")
+        drawn = np.isfinite(g) & (g > 0)  # sampled after the dense start: a line through recorded steps
+        if drawn.any():
+            bx, mean, _, hi = binned(x[drawn], g[drawn])
+            ax.plot(bx, hi if len(bx) < drawn.sum() else mean, color=BASE, lw=1.6, label="total (max per bin)" if len(bx) < drawn.sum() else "total")
         _rug(ax, x[np.isin(x, _grad_steps(run)) & ~np.isfinite(g)], "non-finite")
     _legend(ax)
     return to_markup(fig, "gradient norms per parameter")
