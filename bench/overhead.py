@@ -59,7 +59,7 @@ class Net(nn.Module):
 WARMUP_STEPS = 60
 
 
-def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str = "cpu") -> float:
+def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str = "cpu", replay_every_step: bool = False) -> float:
     """Seconds per optimizer step over ``steps`` steps (after WARMUP_STEPS warm-up steps).
 
     On CUDA the clock is read after a synchronize, so queued kernels are counted."""
@@ -88,7 +88,8 @@ def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str =
 
     if not instrumented:
         return timed()
-    with tempfile.TemporaryDirectory() as d, rnndoctor.watch(model, out=d, summary=False):
+    options = {"gates": (lambda step: True)} if replay_every_step else {}
+    with tempfile.TemporaryDirectory() as d, rnndoctor.watch(model, out=d, summary=False, **options):
         return timed()
 
 
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--replay-every-step", action="store_true", help="gate replay on every step instead of its schedule")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         bare, inst = [], []
         for r in range(args.repeats):
             bare.append(one_run(s, steps, False, r, args.device))
-            inst.append(one_run(s, steps, True, r, args.device))
+            inst.append(one_run(s, steps, True, r, args.device, args.replay_every_step))
         ratios = [i / b for i, b in zip(inst, bare)]
         q1, _, q3 = statistics.quantiles(ratios, n=4)
         print(

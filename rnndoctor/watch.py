@@ -218,6 +218,7 @@ class Watch:
         out: str | os.PathLike[str] | None = None,
         flush_every: int = DEFAULT_FLUSH_EVERY,
         localize: Schedule = DEFAULT_LOCALIZE,
+        gates: Schedule = DEFAULT_GATES,
         summary: bool = True,
         strict: bool = False,
         meta: dict[str, Any] | None = None,
@@ -242,7 +243,7 @@ class Watch:
         self._data_due = DEFAULT_DATA
         self._time_grad_due = DEFAULT_TIME_GRAD
         self._time_grad_step = -1
-        self._gates_due = DEFAULT_GATES
+        self._gates_due = gates
         self._gates_step = -1
         self._due = _Due()
         #: replays of cell calls on the current gates step, per cell module

@@ -481,3 +481,14 @@ def test_dropout_left_on_during_evaluation_is_recorded(tmp_path):
         train(model, 3, eval_every=1)
     assert "eval-in-train-mode" in {f.id for f in run.findings}
     assert rnndoctor.load_run(tmp_path / "r")["eval_passes"]["active_modules"].iloc[0] == ["drop"]
+
+
+def test_gate_replay_schedule_is_an_option(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    with rnndoctor.watch(model, out=tmp_path / "every", summary=False, gates=lambda step: True):
+        train(model, 6)
+    with rnndoctor.watch(model, out=tmp_path / "default", summary=False):
+        train(model, 6)
+    assert sorted(rnndoctor.load_run(tmp_path / "every")["gates"]["step"].unique()) == list(range(6))
+    assert sorted(rnndoctor.load_run(tmp_path / "default")["gates"]["step"].unique()) == [0, 1, 2]
