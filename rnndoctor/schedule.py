@@ -33,7 +33,7 @@ def _nth(n: int) -> str:
 def flush_schedule(every: int) -> Schedule:
     """Read back early and often while a run is young (fast feedback, cheap), then every
     ``every`` steps (one host transfer per flush, so the hot path never syncs)."""
-    early = {1, 2, 3, 5, 10, 20}
+    early = {1, 2, 3, 5, 10, 20, 50}
 
     def schedule(step: int) -> bool:
         return step in early or (every > 0 and step % every == 0)
@@ -41,15 +41,15 @@ def flush_schedule(every: int) -> Schedule:
     return schedule
 
 
-DEFAULT_FLUSH_EVERY = 50
+DEFAULT_FLUSH_EVERY = 100
 
 # Steady-state intervals are set with bench/overhead.py on the seed-000 model (2.3-3.1 ms
 # steps on 2 CPU cores, where one small device op costs 5-30 us inside the loop and every
 # probe's CPU time is taken from training): the start of a run is recorded densely, the
 # rest is sampled. Measured per occurrence there: update ratios ~0.3 ms; localisation,
 # loss details and data probes ~0.5 ms each; the time-gradient profile ~0.8 ms; a flush of
-# 50 steps ~2.2 ms; the gate replay with statistics ~9 ms. The every-100th probes fall on
-# one step (~2.5 ms, one step's worth, every 100 steps).
+# 50 steps ~2.2 ms, much of it per flush rather than per step; the gate replay with
+# statistics ~9 ms. The every-100th probes fall on one step (~2.5 ms every 100 steps).
 
 #: class counts (accuracy, predicted and label shares) and per-parameter gradient norms (with
 #: the global norm): a copy of the loss call's outputs and targets and a norm of every
@@ -64,9 +64,9 @@ DEFAULT_STEP_STATS = first_then_every(100, 4)
 DEFAULT_LOCALIZE = first_then_every(5, 100)
 #: loss details (output/target ranges) are a handful of reductions
 DEFAULT_DETAIL = first_then_every(20, 100)
-#: update/weight ratios need a copy of every weight before the step (rules read medians
-#: over windows, so a sample is enough); on every step once a NaN was seen
-DEFAULT_UPDATE_RATIO = first_then_every(20, 20)
+#: update/weight ratios need a copy of every weight before the step (~0.3 ms; rules read
+#: medians over windows, so a sample is enough); on every step once a NaN was seen
+DEFAULT_UPDATE_RATIO = first_then_every(20, 40)
 #: data fingerprints and input statistics: one small matmul and a few reductions per batch;
 #: 50 dense steps give the duplicate and resampling rules their thousands of samples
 DEFAULT_DATA = first_then_every(50, 100)

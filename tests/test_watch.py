@@ -229,9 +229,11 @@ def test_explicit_log_records_a_hand_written_loss(tmp_path):
 
 def test_counts_and_norms_follow_their_schedule_and_go_dense_after_a_nan(tmp_path):
     """The loss on every step; class counts and gradient norms on DEFAULT_STEP_STATS steps,
-    and on every step once a non-finite loss was seen."""
-    from rnndoctor.schedule import DEFAULT_STEP_STATS
+    and on every step once a non-finite loss was seen (at the next flush)."""
+    from rnndoctor.schedule import DEFAULT_FLUSH_EVERY, DEFAULT_STEP_STATS, flush_schedule
 
+    flush_due = flush_schedule(DEFAULT_FLUSH_EVERY)
+    seen_at = next(s for s in range(131, 1000) if flush_due(s))  # first flush after the NaN
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -239,16 +241,16 @@ def test_counts_and_norms_follow_their_schedule_and_go_dense_after_a_nan(tmp_pat
         train(model, 130, opt=opt)
         with torch.no_grad():
             model.out.bias.fill_(float("nan"))
-        train(model, 40, opt=opt)
+        train(model, seen_at - 130 + 20, opt=opt)
     steps = rnndoctor.load_run(tmp_path / "r").train_steps()
-    assert len(steps) == 170 and steps["loss_finite"].notna().all()
+    assert len(steps) == seen_at + 20 and steps["loss_finite"].notna().all()
     due = steps["step"].map(DEFAULT_STEP_STATS)
     early = steps["step"] < 130
     assert steps["loss"][early].notna().all()
     assert (steps["correct"].notna() == due)[early].all() and not due[early].all()
     assert (steps["grad_norm"].notna() == due)[early].all()
-    # the NaN is seen at the first flush after step 130: dense from then on
-    assert steps["correct"].notna()[steps["step"] >= 130 + 26].all()
+    late = steps["step"] > seen_at
+    assert steps["correct"].notna()[late].all() and not due[late].all()
     assert steps["loss_finite"][steps["step"] >= 130].eq(0).all()
 
 
