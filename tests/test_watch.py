@@ -227,9 +227,10 @@ def test_explicit_log_records_a_hand_written_loss(tmp_path):
     assert (rows["total"] == 16).all() and rows["loss"].notna().all()
 
 
-def test_counts_and_norms_follow_their_schedule_and_go_dense_after_a_nan(tmp_path):
+@pytest.mark.parametrize("writer", ["inline", "thread"])
+def test_counts_and_norms_follow_their_schedule_and_go_dense_after_a_nan(tmp_path, writer):
     """The loss on every step; class counts and gradient norms on DEFAULT_STEP_STATS steps,
-    and on every step once a non-finite loss was seen (at the next flush)."""
+    and on every step once a non-finite loss was seen (at the next flush, once written)."""
     from rnndoctor.schedule import DEFAULT_FLUSH_EVERY, DEFAULT_STEP_STATS, flush_schedule
 
     flush_due = flush_schedule(DEFAULT_FLUSH_EVERY)
@@ -237,19 +238,21 @@ def test_counts_and_norms_follow_their_schedule_and_go_dense_after_a_nan(tmp_pat
     torch.manual_seed(0)
     model = Tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with Watch(model, out=tmp_path / "r", summary=False, strict=True):
+    with Watch(model, out=tmp_path / "r", summary=False, strict=True, writer=writer) as run:
         train(model, 130, opt=opt)
         with torch.no_grad():
             model.out.bias.fill_(float("nan"))
-        train(model, seen_at - 130 + 20, opt=opt)
+        train(model, seen_at - 130 + 1, opt=opt)
+        run._recorder.flush(wait=True)  # a writer thread has written the flush with the NaN
+        train(model, 20, opt=opt)
     steps = rnndoctor.load_run(tmp_path / "r").train_steps()
-    assert len(steps) == seen_at + 20 and steps["loss_finite"].notna().all()
+    assert len(steps) == seen_at + 21 and steps["loss_finite"].notna().all()
     due = steps["step"].map(DEFAULT_STEP_STATS)
     early = steps["step"] < 130
     assert steps["loss"][early].notna().all()
     assert (steps["correct"].notna() == due)[early].all() and not due[early].all()
     assert (steps["grad_norm"].notna() == due)[early].all()
-    late = steps["step"] > seen_at
+    late = steps["step"] > seen_at + 1
     assert steps["correct"].notna()[late].all() and not due[late].all()
     assert steps["loss_finite"][steps["step"] >= 130].eq(0).all()
 
