@@ -38,7 +38,6 @@ import os
 import queue
 import sys
 import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,12 +155,16 @@ class Recorder:
                 self._writer.start()
             self._queue.put(_Batch(jobs, pending, _stream_events(self.cuda_devices)))
         if self._writer is not None and (wait or self._queue.qsize() > MAX_QUEUED_BATCHES):
-            self._hurry = True  # someone waits for the writer: no pacing
-            self._ticked.set()
-            try:
-                self._queue.join()
-            finally:
-                self._hurry = self._closing
+            self._drain()
+
+    def _drain(self) -> None:
+        """Wait until the writer thread has written everything queued (no pacing meanwhile)."""
+        self._hurry = True
+        self._ticked.set()
+        try:
+            self._queue.join()
+        finally:
+            self._hurry = self._closing
 
     def close(self) -> None:
         self._closing = self._hurry = True
@@ -183,8 +186,7 @@ class Recorder:
                     return
                 self._write(batch)
             except Exception as exc:  # recording must go on; the watcher reports this
-                if len(self.errors) < 20:
-                    self.errors.append(f"writer: {type(exc).__name__}: {exc}")
+                self._keep_error(exc)
             finally:
                 self._queue.task_done()
 
@@ -196,15 +198,16 @@ class Recorder:
         """Inline mode: the whole batch on the calling (training) thread, errors kept like
         the writer thread keeps them."""
         if self._writer is not None:  # switched from the thread: keep the order of rows
-            self._hurry = True
-            self._queue.join()
-            self._hurry = self._closing
+            self._drain()
         try:
             for _ in self._write_steps(batch):
                 pass
         except Exception as exc:
-            if len(self.errors) < 20:
-                self.errors.append(f"writer: {type(exc).__name__}: {exc}")
+            self._keep_error(exc)
+
+    def _keep_error(self, exc: Exception) -> None:
+        if len(self.errors) < 20:
+            self.errors.append(f"writer: {type(exc).__name__}: {exc}")
 
     def _write_steps(self, batch: _Batch) -> Iterator[None]:
         """The batch's work in slices of ~0.1-0.3 ms of CPU; the writer paces between them."""
@@ -270,15 +273,21 @@ class Recorder:
 WRITER_ENV = "RNNDOCTOR_WRITER"
 
 
+def writer_choice(choice: str | None = None) -> str | None:
+    """``choice``, else RNNDOCTOR_WRITER: ``thread``, ``inline`` or None (decide), checked."""
+    choice = choice or os.environ.get(WRITER_ENV) or None
+    if choice not in (None, "thread", "inline"):
+        raise ValueError(f"{WRITER_ENV}/writer must be 'thread' or 'inline', not {choice!r}")
+    return choice
+
+
 def writer_in_background(on_cuda: bool, choice: str | None = None) -> bool:
     """Write on a thread of its own only where that thread gets something: a GPU to
     overlap with, or a core no torch thread uses. ``choice`` (or RNNDOCTOR_WRITER):
     ``thread``/``inline`` to force it."""
-    choice = choice or os.environ.get(WRITER_ENV)
-    if choice in ("thread", "inline"):
+    choice = writer_choice(choice)
+    if choice is not None:
         return choice == "thread"
-    if choice:
-        raise ValueError(f"{WRITER_ENV}/writer must be 'thread' or 'inline', not {choice!r}")
     return on_cuda or _available_cpus() > torch.get_num_threads()
 
 

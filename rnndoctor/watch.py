@@ -51,7 +51,7 @@ from .probes.outputs import (
     snapshot,
 )
 from .probes.params import ParamProbe
-from .recorder import Part, Recorder, writer_in_background
+from .recorder import Part, Recorder, writer_choice, writer_in_background
 from .run import Run, load_run, write_meta
 from .schedule import (
     DEFAULT_DATA,
@@ -232,8 +232,7 @@ class Watch:
         self.max_steps = max_steps
         self.on_step = on_step
         self._flush_every = flush_every
-        if writer not in (None, "thread", "inline"):
-            raise ValueError(f"writer must be 'thread' or 'inline', not {writer!r}")
+        writer_choice(writer)  # a wrong value fails here, not at __enter__
         self._writer_choice = writer
         self._flush_due = flush_schedule(flush_every)
         self._localize_due = localize
@@ -790,9 +789,7 @@ class Watch:
                 h.remove()
             self._grad_handles = []
         if not self._params_captured and self._params is not None:
-            self._params.before_update(
-                norms=self._due.stats, snapshot=self._due.update
-            )
+            self._params.before_update(norms=self._due.stats, snapshot=self._due.update)
             self._params_captured = True
             lr = optimizer.param_groups[0].get("lr", float("nan"))
             # a tensor learning rate (capturable optimizers) stays on its device until the flush
@@ -822,9 +819,7 @@ class Watch:
             with torch.no_grad():
                 yfp = self._fingerprint(y.reshape(y.shape[0], -1).to(torch.float64))[:, 0]
             self._recorder.add("samples", {"step": self.steps, "mode": "train" if grad else "eval", "x1": fp[:, 0], "x2": fp[:, 1], "y": yfp})
-        (self._train if grad else self._eval).add(
-            call, detail=self._due.detail, counts=self._due.stats
-        )
+        (self._train if grad else self._eval).add(call, detail=self._due.detail, counts=self._due.stats)
         if grad:
             if self._flush_pending:
                 self._flush()

@@ -276,13 +276,9 @@ def test_training_thread_never_reads_a_tensor_back(tmp_path, monkeypatch):
     training thread at all, not per step and not at flushes either."""
     torch.manual_seed(0)
     model = Tiny()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    data = [batch() for _ in range(60)]
     with Watch(model, out=tmp_path / "r", summary=False, writer="thread") as run:
         seen = count_read_backs(monkeypatch)
-        for x, y in data:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(); loss.backward(); opt.step()
+        train(model, 60)
         run._recorder.flush(wait=True)
         monkeypatch.undo()
     assert seen.on_main == []
@@ -298,13 +294,9 @@ def test_inline_writer_reads_back_only_at_flushes(tmp_path, monkeypatch):
     per flush and never per step, and writes the same rows."""
     torch.manual_seed(0)
     model = Tiny()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    data = [batch() for _ in range(60)]
     with Watch(model, out=tmp_path / "r", summary=False, writer="inline") as run:
         seen = count_read_backs(monkeypatch)
-        for x, y in data:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(); loss.backward(); opt.step()
+        train(model, 60)
         flushes = run._recorder.flushes
         monkeypatch.undo()
     assert run._recorder._writer is None  # no thread was started

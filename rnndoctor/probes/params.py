@@ -9,8 +9,8 @@ the loop leaves a finished gradient alone (``zero_grad()`` sets it to None, the 
 backward makes a new one), so the probe first checks that for a few steps, keeps checking at every
 step it norms, and goes back to norming at once, for good, the first time an old gradient
 was modified in place (``zero_grad(set_to_none=False)``, an optimizer that rewrites its
-gradients). A held gradient found modified when its norm is taken gives no value (the row
-has none) rather than a wrong one.
+gradients). A held gradient found modified when its norm is taken gives no value (NaN
+norms, ``grad_lost=1``) rather than a wrong one.
 """
 
 from __future__ import annotations
@@ -45,7 +45,12 @@ class _Deferred:
     versions: list[int] | None = None
 
     def intact(self) -> bool:
-        return self.held is None or all(g._version == v for g, v in zip(self.held, self.versions or ()))
+        return self.held is None or _unchanged(self.held, self.versions or [])
+
+
+def _unchanged(tensors: list[torch.Tensor], versions: list[int]) -> bool:
+    """No in-place write since ``versions`` were read (autograd's version counters)."""
+    return all(t._version == v for t, v in zip(tensors, versions))
 
 
 def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -126,7 +131,7 @@ class ParamProbe:
         if previous is None:
             return
         old, versions = previous
-        if any(g is o for g, o in zip(grads, old)) or any(o._version != v for o, v in zip(old, versions)):
+        if any(g is o for g, o in zip(grads, old)) or not _unchanged(old, versions):
             self.may_hold = self.holding = False
             return
         self._clean_steps += 1
