@@ -6,7 +6,10 @@ above it; 2 usage error or an error of rnndoctor itself; 3 the script could not 
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import click
 
 from . import __version__
 from .finding import Diagnosis, Severity
+from .text import printable, printable_line
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3
 SEVERITIES = click.Choice(["info", "warning", "error", "never"], case_sensitive=False)
@@ -26,7 +30,7 @@ def _exit_code(diagnosis: Diagnosis, fail_on: str) -> int:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> "click.exceptions.Exit":
-    click.echo(f"rnndoctor: error: {message}", err=True)
+    click.echo(f"rnndoctor: error: {printable_line(message)}", err=True)
     return click.exceptions.Exit(code)
 
 
@@ -36,14 +40,21 @@ def cli() -> None:
     """Tells you why your recurrent network will not train, and what to change."""
 
 
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive, finite number of seconds")
+    return value
+
+
 @cli.command()
 @click.argument("script", type=click.Path(dir_okay=False))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
 @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after this many optimizer steps.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop after this many seconds.")
-@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: reports/run-<time>).")
+@click.option("--timeout", type=float, callback=_positive_seconds, help="Stop after this many seconds.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default: reports/run-<time>); refused while another run records there.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write findings.json here.")
 @click.option("--fail-on", default="error", type=SEVERITIES, show_default=True, help="Exit 1 on findings this severe.")
+@click.option("--redact-args", is_flag=True, help="Keep the script's arguments out of the record and report.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def diagnose(
     script: str,
@@ -53,33 +64,57 @@ def diagnose(
     out: str | None,
     json_path: str | None,
     fail_on: str,
+    redact_args: bool,
     quiet: bool,
 ) -> None:
     """Run SCRIPT [ARGS]... (an unmodified training script) under instrumentation and report.
 
     Put the script's own options after `--`:  rnndoctor diagnose train.py --max-steps 500 -- --lr 0.1
     """
+    from .rundir import RunDirBusy, RunDirUnusable
     from .runner import ScriptNotRunnable, run_script
     from .watch import default_out_dir
 
-    args = list(script_args)
-    run_dir = Path(out) if out else default_out_dir()
+    json_file = Path(os.path.abspath(json_path)) if json_path else None  # the script may chdir
     try:
-        outcome = run_script(script, args, out=run_dir, max_steps=max_steps, timeout=timeout, progress=not quiet)
+        outcome = run_script(
+            script, list(script_args), out=Path(out) if out else default_out_dir(), max_steps=max_steps,
+            timeout=timeout, progress=not quiet, redact_args=redact_args, move_if_busy=out is None,
+        )
     except ScriptNotRunnable as exc:
         raise _fail(str(exc), EXIT_NOT_RUNNABLE)
+    except (RunDirBusy, RunDirUnusable) as exc:
+        raise _fail(str(exc))
     record = outcome.watch.record
-    assert record is not None
+    if record is None:
+        raise _fail("the run's record could not be read back; see the message above", EXIT_USAGE)
     if not (record.meta.get("model") or {}).get("roots"):
         click.echo("rnndoctor: the script never called a module with parameters: nothing was recorded.", err=True)
         if outcome.status == "crashed" and not outcome.watch.steps:
-            raise click.exceptions.Exit(EXIT_NOT_RUNNABLE)
+            _finish(EXIT_NOT_RUNNABLE, outcome.died_of)
     elif not (record.meta.get("model") or {}).get("recurrent"):
         click.echo("rnndoctor: note: no nn.RNN/LSTM/GRU or *Cell module found; only generic checks applied.", err=True)
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "findings.json", json_path)
-    raise click.exceptions.Exit(_exit_code(outcome.diagnosis, fail_on))
+    if json_file is not None:
+        try:
+            json_file.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(outcome.watch.run_dir / "findings.json", json_file)
+        except OSError as exc:
+            raise _fail(f"cannot write {printable(json_path)}: {exc.strerror or exc}")
+    _finish(_exit_code(outcome.diagnosis, fail_on), outcome.died_of)
+
+
+def _finish(code: int, died_of: int | None) -> None:
+    """Exit with ``code``; or, when the script was stopped by a signal (Ctrl-C, SIGTERM), die
+    of that signal after reporting, as Python does, so a shell loop stops and a parent sees
+    the signal (a shell shows 130 for Ctrl-C)."""
+    if died_of is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if hasattr(os, "kill") and hasattr(signal, "SIGKILL"):
+            signal.signal(died_of, signal.SIG_DFL)
+            os.kill(os.getpid(), died_of)
+        raise click.exceptions.Exit(128 + died_of)
+    raise click.exceptions.Exit(code)
 
 
 @cli.command()
@@ -157,7 +192,43 @@ def check(paths: tuple[str, ...], jobs: int, out: str, junit_xml: str | None) ->
 
 
 def main() -> None:
+    """The console script. Whatever happens, the user gets an exit code and at most one line
+    of ours: Ctrl-C dies of SIGINT like Python; a bug of ours is one line, with its traceback
+    saved to a file to attach to a bug report."""
     try:
-        cli(standalone_mode=True)
+        code = cli(standalone_mode=False)
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _die_quietly(signal.SIGINT)
+        click.echo("Aborted!", err=True)
+        code = EXIT_FINDINGS
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
     except KeyboardInterrupt:
-        sys.exit(130)
+        _die_quietly(signal.SIGINT)
+    except Exception as exc:  # a bug of ours: one line, the traceback in a file
+        saved = _save_traceback()
+        click.echo(f"rnndoctor: internal error: {printable_line(f'{type(exc).__name__}: {exc}')}{saved}", err=True)
+        code = EXIT_USAGE
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _die_quietly(signum: int) -> None:
+    try:
+        _finish(EXIT_OK, signum)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+def _save_traceback() -> str:
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="rnndoctor-error-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(traceback.format_exc())
+    except OSError:
+        return ""
+    return f" (a bug in rnndoctor; traceback saved to {path})"

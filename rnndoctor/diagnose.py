@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import pandas as pd
+
 from .finding import Diagnosis, Finding, Skipped, sort_findings
 from .rules import all_rules
 from .run import Run
@@ -26,4 +28,44 @@ def diagnose(run: Run, *, strict: bool = False, options: Mapping[str, Mapping[st
             if strict:
                 raise
             skipped.append(Skipped(spec.id, f"rule crashed: {type(exc).__name__}: {exc}"))
-    return Diagnosis(findings=sort_findings(findings), skipped=tuple(skipped))
+    notes, unjudged = _notes(run, skipped)
+    return Diagnosis(findings=sort_findings(findings), skipped=tuple(skipped), notes=tuple(notes), unjudged=tuple(unjudged))
+
+
+#: where a hand-written loss can be recorded (the note for runs without a captured loss)
+LOG_HINT = (
+    "rnndoctor sees losses computed with torch.nn.functional or an nn.*Loss module; record a "
+    "hand-written one with run.log(loss=loss) (or logits=, targets=) inside `with rnndoctor.watch(model) as run:`"
+)
+
+
+def _notes(run: Run, skipped: list[Skipped]) -> tuple[list[str], list[str]]:
+    """What the reader must know besides the findings, and why parts went unjudged."""
+    notes: list[str] = []
+    unjudged: list[str] = []
+    status_note = run.meta.get("status_note")
+    if isinstance(status_note, str):
+        notes.append(status_note)
+    train = run.train_steps()
+    if train.empty:
+        unjudged.append("no training step was recorded")
+        notes.append("no training step was recorded: the optimizer never stepped on a watched module's parameters")
+    elif not _loss_captured(train):
+        blind = [s.rule_id for s in skipped if "predictions" in s.reason]
+        unjudged.append("no loss was captured")
+        notes.append(
+            f"no loss was captured, so whether the run learns was not judged"
+            f"{' (' + ', '.join(blind) + ' could not judge)' if blind else ''}. {LOG_HINT}"
+        )
+    crashed = [s for s in skipped if s.reason.startswith("rule crashed")]
+    if crashed:
+        unjudged.append(f"{len(crashed)} rule{'s' if len(crashed) > 1 else ''} crashed")
+        notes.extend(f"rule {s.rule_id} could not judge this run ({s.reason}); this is a bug in rnndoctor" for s in crashed)
+    return notes, unjudged
+
+
+def _loss_captured(train: "pd.DataFrame") -> bool:
+    """Any training step saw a loss call (its value may be NaN: that is a finding, not a gap)."""
+    if "loss_calls" in train:
+        return bool((pd.to_numeric(train["loss_calls"], errors="coerce") > 0).any())
+    return "loss" in train and bool(train["loss"].notna().any())

@@ -106,10 +106,17 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """Findings, worst first, plus the rules that were skipped."""
+    """Findings, worst first, plus the rules that were skipped.
+
+    ``notes`` say what a reader must know to read the findings (the run was killed; no loss
+    was captured; a rule crashed). ``unjudged`` names, in a few words each, why part of the
+    run could not be judged: a diagnosis without findings but with ``unjudged`` reasons is
+    not a healthy verdict, and is never presented as one."""
 
     findings: tuple[Finding, ...]
     skipped: tuple[Skipped, ...] = ()
+    notes: tuple[str, ...] = ()
+    unjudged: tuple[str, ...] = ()
 
     def ids(self) -> list[str]:
         return [f.id for f in self.findings]

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .rundir import settle_status
 from .signals import CATALOGUE
 
 META_FILE = "meta.json"
@@ -104,7 +105,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     if sig_dir.is_dir():
         for file in sorted(sig_dir.glob("*.jsonl")):
             signals[file.stem] = _read_signal(file)
-    return Run(meta=meta, signals=signals, path=run_dir)
+    run = Run(meta=meta, signals=signals, path=run_dir)
+    settle_status(meta, run_dir, len(run.train_steps()))
+    return run
 
 
 def _read_signal(file: Path) -> pd.DataFrame:

@@ -8,18 +8,22 @@ discovery-mode watch. ``--max-steps`` and ``--timeout`` stop it by raising a
 
 from __future__ import annotations
 
+import builtins
+import importlib.machinery
+import math
 import os
-import runpy
 import signal
 import sys
 import threading
 import time
-import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from .finding import Diagnosis
+from .privacy import shown_path, user_traceback
+from .text import printable
 from .watch import Watch
 
 
@@ -41,15 +45,8 @@ class RunOutcome:
     diagnosis: Diagnosis
     status: str
     script_error: BaseException | None
-
-
-def _script_traceback(exc: BaseException) -> str:
-    """The traceback as the script's: our frames and runpy's are left out."""
-    ours = (str(Path(__file__).parent), os.path.dirname(runpy.__file__) + os.sep + "runpy.py", "<frozen runpy>")
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(ours)]
-    lines = ["Traceback (most recent call last):\n"] + traceback.format_list(frames)
-    lines += traceback.format_exception_only(type(exc), exc)
-    return "".join(lines)
+    #: the signal that stopped the script (SIGINT, SIGTERM): the caller reports, then dies of it
+    died_of: int | None = None
 
 
 #: the findings shown on the progress line are re-judged at most this often (a flush + rules)
@@ -98,19 +95,17 @@ def run_script(
     timeout: float | None = None,
     summary: bool = True,
     progress: bool = True,
+    redact_args: bool = False,
+    move_if_busy: bool = True,
 ) -> RunOutcome:
-    """Run ``script`` with ``args`` under a discovery-mode watch and diagnose it."""
-    path = Path(script)
-    if not path.is_file():
-        raise ScriptNotRunnable(f"no such script: {path}")
-    try:
-        source = path.read_text(encoding="utf-8")
-        compile(source, str(path), "exec")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScriptNotRunnable(f"cannot read {path}: {exc}") from None
-    except SyntaxError as exc:
-        raise ScriptNotRunnable(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    """Run ``script`` with ``args`` under a discovery-mode watch and diagnose it.
 
+    Raises ``ScriptNotRunnable`` (the script cannot be read or compiled) and the
+    ``rundir`` errors (``out`` cannot be claimed) before the script starts."""
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    path = Path(script)
+    _check_source(path)
     bar = _Progress(sys.stderr, progress)
 
     def on_step(steps: int) -> None:
@@ -122,33 +117,42 @@ def run_script(
         None,
         out=out,
         summary=False,
-        meta={"script": str(path), "script_args": list(args), "max_steps": max_steps, "timeout": timeout},
+        meta={"script": shown_path(os.path.abspath(path)), "script_args": list(args), "max_steps": max_steps, "timeout": timeout},
         on_step=on_step,
         max_steps=max_steps,
+        redact_args=redact_args,
+        move_if_busy=move_if_busy,
     )
     bar.watch = w
+    # as ``python script.py``: argv[0] as typed, __file__ absolute, sys.path[0] the real folder
+    file = path if path.is_absolute() else Path(os.getcwd()) / path
     old_argv = sys.argv
-    sys.argv = [str(path), *args]
     script_dir = str(path.resolve().parent)
+    sys.argv = [str(path), *args]
+    try:
+        w.__enter__()
+    except BaseException:
+        sys.argv = old_argv
+        raise
     sys.path.insert(0, script_dir)
     timer = _start_timer(timeout)
+    terminate = _stop_on_sigterm()
     error: BaseException | None = None
-    status = "completed"
-    w.__enter__()
+    status, died_of = "completed", None
     try:
-        runpy.run_path(str(path), run_name="__main__")
+        _run_as_main(file)
     except StopRun as exc:
         status = exc.status
+        died_of = signal.SIGTERM if exc.status == "terminated" else None
     except KeyboardInterrupt as exc:
-        status, error = "interrupted", exc
+        status, error, died_of = "interrupted", exc, signal.SIGINT
     except SystemExit as exc:
         if exc.code not in (None, 0):
             status, error = "crashed", exc
-        else:
-            status = "completed"
     except BaseException as exc:  # the script's own error: keep it, diagnose anyway
         status, error = "crashed", exc
     finally:
+        _restore_sigterm(terminate)
         _stop_timer(timer)
         sys.argv = old_argv
         try:
@@ -158,14 +162,67 @@ def run_script(
         bar.done()
     if error is not None and not isinstance(error, (SystemExit, KeyboardInterrupt)):
         sys.stderr.write(f"[rnndoctor] the script raised {type(error).__name__}; its traceback:\n")
-        sys.stderr.write(_script_traceback(error))
+        sys.stderr.write(printable(user_traceback(error)))
     diagnosis = w.close(error, status=status)
-    if summary:
+    if summary and w.record is not None:
         from .report.terminal import print_summary
 
-        assert w.record is not None
         print_summary(w.record, diagnosis)
-    return RunOutcome(watch=w, diagnosis=diagnosis, status=status, script_error=error)
+    return RunOutcome(watch=w, diagnosis=diagnosis, status=status, script_error=error, died_of=died_of)
+
+
+def _run_as_main(file: Path) -> None:
+    """Execute ``file`` as ``python file`` does: a fresh ``__main__`` module in
+    ``sys.modules`` (so pickling the script's classes works), ``__file__`` and code paths
+    absolute, ``sys.argv[0]`` left as typed (``runpy.run_path`` would overwrite it)."""
+    code = compile(file.read_bytes(), str(file), "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        __file__=str(file), __cached__=None, __package__=None, __spec__=None, __builtins__=builtins,
+        __loader__=importlib.machinery.SourceFileLoader("__main__", str(file)),
+    )
+    previous = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if previous is not None:
+            sys.modules["__main__"] = previous
+
+
+def _check_source(path: Path) -> None:
+    """Refuse, before anything runs, a script Python itself could not start. Read as
+    Python reads it: bytes, so a coding declaration or a BOM decides the encoding."""
+    if not path.is_file():
+        raise ScriptNotRunnable(f"no such script: {path}")
+    try:
+        compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+    except OSError as exc:
+        raise ScriptNotRunnable(f"cannot read {path}: {exc.strerror or exc}") from None
+    except SyntaxError as exc:
+        if not exc.lineno:  # Python's word for "cannot decode this file" (coding, null bytes)
+            raise ScriptNotRunnable(f"cannot read {path}: {exc.msg}") from None
+        raise ScriptNotRunnable(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # null bytes; bytes the declared encoding cannot decode
+        raise ScriptNotRunnable(f"cannot read {path}: {exc}") from None
+
+
+def _stop_on_sigterm() -> Any:
+    """SIGTERM (``timeout``, a CI cancel, ``kill``) ends the script like --timeout does, so
+    the record is closed and reported; the process then dies of SIGTERM as it would have.
+    A handler the script installs itself replaces this one."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise StopRun("terminated", "stopped by SIGTERM")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _start_timer(timeout: float | None) -> Any:

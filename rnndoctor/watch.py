@@ -20,7 +20,6 @@ import platform
 import random
 import sys
 import time
-import traceback
 import weakref
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +50,9 @@ from .probes.outputs import (
     snapshot,
 )
 from .probes.params import ParamProbe
+from .privacy import redact_args, shown_path, user_traceback
 from .recorder import Part, Recorder, writer_choice, writer_in_background
+from .rundir import Claim, claim
 from .run import Run, load_run, write_meta
 from .schedule import (
     DEFAULT_DATA,
@@ -65,6 +66,7 @@ from .schedule import (
     Schedule,
     flush_schedule,
 )
+from .text import printable, printable_line
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -225,8 +227,15 @@ class Watch:
         max_steps: int | None = None,
         on_step: Callable[[int], None] | None = None,
         writer: str | None = None,
+        redact_args: bool = False,
+        move_if_busy: bool = True,
     ) -> None:
-        self.run_dir = Path(out) if out is not None else default_out_dir()
+        #: absolute from the start: the program may chdir while it runs
+        self.run_dir = Path(os.path.abspath(out if out is not None else default_out_dir()))
+        self.redact_args = redact_args
+        #: another live run holds ``out``: record into ``out-2`` (True) or refuse (False)
+        self.move_if_busy = move_if_busy
+        self._claim: Claim | None = None
         self.summary = summary
         self.strict = strict
         self.max_steps = max_steps
@@ -294,7 +303,22 @@ class Watch:
 
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> "Watch":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._claim = claim(self.run_dir, move_if_busy=self.move_if_busy)
+        if self._claim.moved:
+            self._meta["requested_out"] = shown_path(self._claim.requested)
+            sys.stderr.write(
+                f"[rnndoctor] {printable(shown_path(self._claim.requested))} is in use by another run; "
+                f"this run records into {printable(shown_path(self._claim.path))}\n"
+            )
+        self.run_dir = self._claim.path
+        try:
+            self._enter()
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def _enter(self) -> None:
         # CPU until the model is adopted (``_rebuild_hooks`` decides again, knowing its device)
         self._recorder = Recorder(self.run_dir, background=writer_in_background(False, self._writer_choice))
         self._recorder.before_flush(self._losses.take_deferred)
@@ -307,9 +331,11 @@ class Watch:
             python=platform.python_version(),
             torch=torch.__version__,
             status="running",
-            argv=list(sys.argv),
-            cwd=os.getcwd(),
+            pid=os.getpid(),
+            argv=redact_args(list(sys.argv), everything=self.redact_args),
         )
+        if "script_args" in self._meta:
+            self._meta["script_args"] = redact_args(list(self._meta["script_args"]), everything=self.redact_args)
         try:
             if self._explicit_model is not None:
                 if not isinstance(self._explicit_model, nn.Module):
@@ -328,18 +354,33 @@ class Watch:
             raise
         self.active = True
         self._write_meta()
-        return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         self.close(exc)
         return False
 
     def close(self, exc: BaseException | None = None, status: str | None = None) -> Diagnosis:
-        """Detach everything, save the record, diagnose, report. Safe to call once."""
+        """Detach everything, save the record, diagnose, report. Safe to call once.
+
+        Never raises into the user's program (but with ``strict=True``): a failure of ours
+        while finishing is printed in one line, and the record written so far stays."""
         if not self.active:
             return self.diagnosis  # type: ignore[return-value]
         self.active = False
         self.on_step = None  # the run is over: closing its last step must not stop it again
+        try:
+            self._finish(exc, status)
+        except Exception as err:
+            if self.strict:
+                raise
+            sys.stderr.write(f"[rnndoctor] could not finish the run's report: {printable_line(f'{type(err).__name__}: {err}')}\n")
+        finally:
+            self._release()
+        if self.diagnosis is None:
+            self.diagnosis = Diagnosis(findings=(), skipped=())
+        return self.diagnosis
+
+    def _finish(self, exc: BaseException | None, status: str | None) -> None:
         try:
             self._maybe_close_step()
             self._emit_eval()
@@ -352,7 +393,7 @@ class Watch:
             self._meta["exception"] = {
                 "type": type(exc).__name__,
                 "message": str(exc),
-                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+                "traceback": user_traceback(exc)[-8000:],
             }
         assert self._recorder is not None
         self._recorder.close()
@@ -367,7 +408,10 @@ class Watch:
         self.record = load_run(self.run_dir)
         self.diagnosis = diagnose(self.record, strict=self.strict)
         write_outputs(self.record, self.diagnosis, self.run_dir, summary=self.summary)
-        return self.diagnosis
+
+    def _release(self) -> None:
+        if self._claim is not None:
+            self._claim.release()
 
     def findings_so_far(self) -> list[str]:
         """Ids the rules find in what has been recorded so far (flushes; for progress lines)."""
@@ -445,6 +489,8 @@ class Watch:
         bad = [f.id for f in self.findings if f.severity >= level]
         if self.diagnosis is None:
             raise self._explain_failure("cannot judge the run's health")
+        if not bad and self.diagnosis.unjudged:
+            raise self._explain_failure(f"cannot call the run healthy: {'; '.join(self.diagnosis.unjudged)}")
         if bad:
             noun = "finding" if len(bad) == 1 else "findings"
             headline = f"run is not healthy: {len(bad)} {noun} at or above {level.value}: {', '.join(bad)}"
@@ -608,9 +654,13 @@ class Watch:
     @_guarded
     def _before_rnn(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> Any:
         """Pre-hook of every recurrent module: input statistics (data schedule) and the
-        gradient-through-time hook (its own schedule; first fused-RNN call of the step)."""
+        gradient-through-time hook (its own schedule; first fused-RNN call of the step).
+        Closes a finished step first, as the root's pre-hook does: a watched container that
+        is never called itself (a ModuleList, a dict of encoder and decoder) has no root
+        call, and the RNN input would be counted to the step before."""
         if self._recorder is None:
             return None
+        self._maybe_close_step()
         if self._due.data:
             self._record_rnn_input(name, module, args, kwargs)
         if (

@@ -66,7 +66,9 @@ def _wrap(name: str, kind: str, original: Callable[..., Any]) -> Callable[..., A
         finally:
             _in_loss = False
         if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(loss, torch.Tensor):
-            _listeners[-1](LossCall(kind, input, target, loss, kwargs))
+            call = LossCall(kind, input, target, loss, kwargs)
+            for listener in list(_listeners):  # nested watches: each records the loss
+                listener(call)
         return loss
 
     wrapper.__rnndoctor_original__ = original  # type: ignore[attr-defined]

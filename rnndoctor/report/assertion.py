@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..finding import Diagnosis, Finding
+from ..text import printable
 
 #: one finding's evidence line is cut here (findings.json has all of it)
 EVIDENCE_CHARS = 300
@@ -85,10 +86,11 @@ def explain(
         marks = set(marked)
         for f in diagnosis.findings:
             lines.extend(_finding_lines(f, f.id in marks, width))
+        lines.extend(f"  note: {note}" for note in diagnosis.notes)
         errors = meta.get("internal_errors")
         if errors:
             lines.append(f"  note: rnndoctor's own hooks failed {len(errors)}× (first: {errors[0]}); the record may be partial")
     lines.append(f"run directory: {run_dir}")
     lines.append(f"report: {run_dir / 'report.html'}")
     lines.append(f"findings: {run_dir / 'findings.json'}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)

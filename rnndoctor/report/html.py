@@ -21,7 +21,9 @@ from markupsafe import Markup
 
 from .. import __version__
 from ..finding import Diagnosis, Finding
+from ..privacy import shown_path
 from ..run import Run
+from ..text import printable
 from . import plots
 from .terminal import verdict
 
@@ -128,7 +130,7 @@ def _meta_rows(run: Run, diagnosis: Diagnosis) -> list[tuple[str, str]]:
         ("torch", meta.get("torch")),
         ("python", meta.get("python")),
         ("rnndoctor", __version__ if recorded in (None, __version__) else f"{__version__} (recorded with {recorded})"),
-        ("run directory", str(run.path) if run.path else None),
+        ("run directory", shown_path(run.path) if run.path else None),
     ]
     exc = meta.get("exception")
     if isinstance(exc, dict):
@@ -144,11 +146,13 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
     findings = [_finding_view(f, views) for f in diagnosis.findings]
     signals = [views.view(name) for name in plots.PLOTS]
     exc = run.meta.get("exception")
-    worst = diagnosis.findings[0].severity.value if diagnosis.findings else "ok"
-    return _ENV.get_template("report.html.j2").render(
+    worst = diagnosis.findings[0].severity.value if diagnosis.findings else ("unjudged" if diagnosis.unjudged else "ok")
+    page = _ENV.get_template("report.html.j2").render(
         verdict=verdict(diagnosis),
         worst=worst,
         counts=diagnosis.counts(),
+        notes=list(diagnosis.notes),
+        unjudged=list(diagnosis.unjudged),
         findings=findings,
         signals=[v for v in signals if v.markup is not None],
         missing=[v for v in signals if v.markup is None],
@@ -159,6 +163,9 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
         steps=run.meta.get("steps"),
         version=__version__,
     )
+    # autoescape leaves control characters alone: a module name with ESC or NUL in it must
+    # not reach a terminal that `cat`s the file, nor a parser that rejects them
+    return printable(page)
 
 
 def write_html(run: Run, diagnosis: Diagnosis, path: Path) -> Path:

@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import __version__
 from ..finding import Diagnosis, json_safe
+from ..privacy import shown_path
 from ..run import Run
 
 FINDINGS_FILE = "findings.json"
@@ -19,7 +20,7 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
         "rnndoctor": __version__,
         "run": json_safe(
             {
-                "path": str(run.path) if run.path else None,
+                "path": shown_path(run.path) if run.path else None,
                 "status": meta.get("status", "unknown"),
                 "steps": meta.get("steps"),
                 "wall_s": meta.get("wall_s"),
@@ -33,6 +34,8 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
         "counts": diagnosis.counts(),
         "findings": [f.to_dict() for f in diagnosis.findings],
         "skipped": [{"rule": s.rule_id, "reason": s.reason} for s in diagnosis.skipped],
+        "notes": list(diagnosis.notes),
+        "unjudged": list(diagnosis.unjudged),
     }
 
 

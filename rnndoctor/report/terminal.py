@@ -8,7 +8,9 @@ import textwrap
 from typing import TextIO
 
 from ..finding import Diagnosis, Severity
+from ..privacy import shown_path
 from ..run import Run
+from ..text import printable
 
 _COLORS = {Severity.ERROR: "31", Severity.WARNING: "33", Severity.INFO: "36"}
 
@@ -18,40 +20,49 @@ def _use_color(stream: TextIO) -> bool:
 
 
 def verdict(diagnosis: Diagnosis) -> str:
-    """"2 errors, 1 warning — <the worst finding's title>" or a healthy verdict."""
+    """"2 errors, 1 warning — <the worst finding's title>", a healthy verdict, or, when parts
+    of the run could not be judged, a verdict that says so (never "healthy")."""
     c = diagnosis.counts()
     parts = [f"{n} {name}{'s' if n != 1 else ''}" for name, n in c.items() if n]
-    if not diagnosis.findings:
-        return "no findings — nothing in this run looks wrong"
-    return f"{', '.join(parts)} — {diagnosis.findings[0].title}"
+    if diagnosis.findings:
+        return f"{', '.join(parts)} — {diagnosis.findings[0].title}"
+    if diagnosis.unjudged:
+        return f"no findings, but the run could not be fully judged: {'; '.join(diagnosis.unjudged)}"
+    return "no findings — nothing in this run looks wrong"
+
+
+def run_line(run: Run) -> str:
+    """"50 steps · completed · reports/run1": what was recorded, how it ended, where."""
+    meta = run.meta
+    steps = meta.get("steps")
+    where = shown_path(run.path) if run.path else ""
+    return f"{steps if isinstance(steps, int) else '?'} steps · {meta.get('status', '?')} · {where}"
 
 
 def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 100) -> str:
+    """The summary; every string from the run (names, messages, paths) is made printable."""
     meta = run.meta
-    lines = [
-        f"rnndoctor: {verdict(diagnosis)}",
-        f"  run: {meta.get('steps', '?')} steps · {meta.get('status', '?')} · {run.path or ''}",
-    ]
+    lines = [f"rnndoctor: {verdict(diagnosis)}", f"  run: {run_line(run)}"]
     exc = meta.get("exception")
-    if exc and meta.get("status") != "completed":
+    if isinstance(exc, dict) and meta.get("status") != "completed":
         lines.append(f"  the run stopped with {exc.get('type')}: {str(exc.get('message', ''))[:200]}")
     for f in diagnosis.findings:
         tag = f"{f.severity.value.upper():7}"
-        if color:
-            tag = f"\x1b[{_COLORS[f.severity]}m{tag}\x1b[0m"
         lines.append(f"  {tag} {f.id:24} {f.title}")
         where = f.where_text
         if where:
             lines.append(f"{'':35}where: {where}")
         indent = " " * 35
         lines.extend(textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     "))
-    if diagnosis.skipped and any("crashed" in s.reason for s in diagnosis.skipped):
-        for s in diagnosis.skipped:
-            if "crashed" in s.reason:
-                lines.append(f"  (rule {s.rule_id} skipped: {s.reason})")
+    for note in diagnosis.notes:
+        lines.extend(textwrap.wrap(f"note: {note}", width=width, initial_indent="  ", subsequent_indent="        "))
     if run.path:
-        lines.append(f"  details: {run.path / 'report.html'}")
-    return "\n".join(lines)
+        lines.append(f"  details: {shown_path(run.path / 'report.html')}")
+    text = "\n".join(printable(line) for line in lines)
+    if color:  # after escaping: our own colour codes are the only escapes that get through
+        for sev, code in _COLORS.items():
+            text = text.replace(f"  {sev.value.upper():7} ", f"  \x1b[{code}m{sev.value.upper():7}\x1b[0m ")
+    return text
 
 
 def print_summary(run: Run, diagnosis: Diagnosis, stream: TextIO | None = None) -> None:

@@ -396,7 +396,7 @@ def divergence(
     (not summed) over a growing number of elements, bound activations.
     """
     train = run.train_steps()
-    loss = pd.to_numeric(train.get("loss", pd.Series(dtype=float)), errors="coerce")
+    loss = pd.to_numeric(train["loss"], errors="coerce") if "loss" in train else pd.Series(np.nan, index=train.index)
     ok = np.isfinite(loss)
     steps = train["step"][ok].to_numpy() if not train.empty else np.array([])
     values = loss[ok].to_numpy()
