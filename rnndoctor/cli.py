@@ -132,7 +132,8 @@ def report(run_dir: str, json_path: str | None, fail_on: str) -> None:
     except RunDirError as exc:
         raise _fail(str(exc))
     diagnosis = judge(run)
-    write_outputs(run, diagnosis, Path(run_dir))
+    if write_outputs(run, diagnosis, Path(run_dir)):
+        raise click.exceptions.Exit(EXIT_USAGE)
     if json_path:
         shutil.copyfile(Path(run_dir) / "findings.json", json_path)
     raise click.exceptions.Exit(_exit_code(diagnosis, fail_on))
@@ -211,7 +212,21 @@ def main() -> None:
         saved = _save_traceback()
         click.echo(f"rnndoctor: internal error: {printable_line(f'{type(exc).__name__}: {exc}')}{saved}", err=True)
         code = EXIT_USAGE
+    _settle_streams()
     sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _settle_streams() -> None:
+    """Flush now; a reader that went away (``| head``) must not turn the exit code into
+    Python's exit-time flush error: what is left goes to /dev/null."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):
+                pass
 
 
 def _die_quietly(signum: int) -> None:

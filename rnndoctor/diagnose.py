@@ -57,6 +57,9 @@ def _notes(run: Run, skipped: list[Skipped]) -> tuple[list[str], list[str]]:
             f"no loss was captured, so whether the run learns was not judged"
             f"{' (' + ', '.join(blind) + ' could not judge)' if blind else ''}. {LOG_HINT}"
         )
+    errors = run.meta.get("internal_errors")
+    if isinstance(errors, list) and errors:
+        notes.append(f"rnndoctor itself failed {len(errors)}× while recording (first: {errors[0]}); the record may be partial")
     crashed = [s for s in skipped if s.reason.startswith("rule crashed")]
     if crashed:
         unjudged.append(f"{len(crashed)} rule{'s' if len(crashed) > 1 else ''} crashed")

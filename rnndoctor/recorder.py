@@ -174,7 +174,10 @@ class Recorder:
             self._queue.put(None)
             self._writer.join()
         for f in self._files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError as exc:  # its last buffered rows could not be written (disk full)
+                self._keep_error(exc)
         self._files.clear()
 
     def _write_loop(self) -> None:
@@ -223,6 +226,7 @@ class Recorder:
             if row is not None:
                 rows.append((p.signal, row))
         encode = self._encoder.encode
+        self._check_directory()
         for i, (signal, row) in enumerate(rows):
             self._file(signal).write(encode(row) + "\n")
             if i % ROWS_PER_SLICE == ROWS_PER_SLICE - 1:
@@ -260,6 +264,16 @@ class Recorder:
                 stream.wait_event(ev)
                 stack.enter_context(torch.cuda.stream(stream))
             yield
+
+    def _check_directory(self) -> None:
+        """The program deleted the run directory under us (``rm -rf reports``): start the
+        files again, so what comes after is kept, and say that what came before was lost."""
+        if self._files and not self.signals_dir.is_dir():
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+            self.signals_dir.mkdir(parents=True, exist_ok=True)
+            self._keep_error(FileNotFoundError("the run directory was removed while recording; the rows written before are lost"))
 
     def _file(self, signal: str) -> TextIO:
         f = self._files.get(signal)

@@ -60,6 +60,7 @@ class Run:
 def write_meta(run_dir: Path, meta: Mapping[str, Any]) -> None:
     """Atomically replace meta.json, so a crash never leaves half a file."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # the program may have deleted it
     tmp = run_dir / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, run_dir / META_FILE)

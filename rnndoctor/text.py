@@ -37,3 +37,12 @@ def xml_safe(text: object) -> str:
     """``text`` without anything XML 1.0 forbids (escaped as in ``printable``), so a JUnit
     file stays well-formed whatever a failure message held."""
     return _NOT_XML.sub(_escape, printable(text))
+
+
+def safe_str(value: object) -> str:
+    """``str(value)`` for an object of the user's (an exception whose ``__str__`` raises gets
+    Python's own placeholder instead of breaking our report)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__} str() failed>"

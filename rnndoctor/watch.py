@@ -66,7 +66,7 @@ from .schedule import (
     Schedule,
     flush_schedule,
 )
-from .text import printable, printable_line
+from .text import printable, printable_line, safe_str
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -392,11 +392,14 @@ class Watch:
         if exc is not None and status != "completed":
             self._meta["exception"] = {
                 "type": type(exc).__name__,
-                "message": str(exc),
+                "message": safe_str(exc),
                 "traceback": user_traceback(exc)[-8000:],
             }
         assert self._recorder is not None
-        self._recorder.close()
+        try:
+            self._recorder.close()
+        except OSError as err:  # the last writes failed (disk full): keep what is on disk
+            self._recorder.errors.append(f"closing the record: {type(err).__name__}: {err}")
         if self._recorder.errors:
             if self.strict:
                 raise RuntimeError(self._recorder.errors[0])

@@ -56,7 +56,7 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
         lines.extend(textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     "))
     for note in diagnosis.notes:
         lines.extend(textwrap.wrap(f"note: {note}", width=width, initial_indent="  ", subsequent_indent="        "))
-    if run.path:
+    if run.path and (run.path / "report.html").is_file():
         lines.append(f"  details: {shown_path(run.path / 'report.html')}")
     text = "\n".join(printable(line) for line in lines)
     if color:  # after escaping: our own colour codes are the only escapes that get through
@@ -66,5 +66,11 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
 
 
 def print_summary(run: Run, diagnosis: Diagnosis, stream: TextIO | None = None) -> None:
+    """Print the summary; a closed or broken stream costs the summary, never the run (the
+    record and the report are on disk already)."""
     stream = stream or sys.stderr
-    print(render(run, diagnosis, color=_use_color(stream)), file=stream)
+    try:
+        print(render(run, diagnosis, color=_use_color(stream)), file=stream)
+        stream.flush()
+    except (OSError, ValueError):  # EPIPE, a closed file
+        pass
