@@ -132,11 +132,12 @@ class CheckFailed(Exception):
 class CheckFile(pytest.File):
     def collect(self) -> Any:
         from .checks import CheckFileError, load_check
+        from .text import printable_line
 
         try:
             entry = load_check(self.path)
-        except CheckFileError as exc:
-            raise self.CollectError(str(exc)) from None
+        except CheckFileError as exc:  # the file's mistake, as `rnndoctor check` words it
+            raise self.CollectError(printable_line(exc)) from None
         yield CheckItem.from_parent(self, name=entry.name, entry=entry)
 
 
@@ -170,7 +171,7 @@ class CheckItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CheckFailed):
             return str(excinfo.value)
-        return super().repr_failure(excinfo)
+        return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"rnndoctor check: {self.entry.name} ({self.entry.script.name})"
