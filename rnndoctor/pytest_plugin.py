@@ -149,6 +149,7 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         from .check_runner import run_entry
+        from .text import printable
 
         base = _out_root(self.config)
         if base is None:
@@ -166,7 +167,7 @@ class CheckItem(pytest.Item):
             lines.append(f"report: {run.run_dir / 'report.html'}")
             if run.status in ("error", "timeout") and run.output:
                 lines.append("output (tail):\n" + run.output[-2000:])
-            raise CheckFailed("\n".join(lines))
+            raise CheckFailed(printable("\n".join(lines)))  # reasons and output come from the user's script
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CheckFailed):

@@ -131,3 +131,50 @@ def test_file_that_is_not_utf8_is_one_line_error(cli: Cli) -> None:
     (cli.cwd / "latin.toml").write_bytes((SCRIPT + 'description = "café"\n').encode("latin-1"))
     assert one_error_line(cli.run("check", "latin.toml")) == "rnndoctor: error: latin.toml: not UTF-8 text (byte 34)"
 
+
+# ------------------------------------------------------------------ hostile strings in results
+#: T_PY, then a crash whose exception type and message carry an OSC title sequence, BEL, NUL, SOH
+CRASH_PY = T_PY + r'''
+Hostile = type("Crash\x1b]0;pwned\x07\x01", (RuntimeError,), {})
+raise Hostile("dataset \x1b]0;pwned\x07 missing \x00 here \x01")
+'''
+#: an entry whose own name (its file name) carries the same
+HOSTILE_NAME = "name\x1b]0;pwned\x07\x01"
+
+
+@pytest.fixture(scope="module")
+def hostile_check(tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path]:
+    """One ``rnndoctor check`` run (about 10 s) shared by the JUnit and the table cells."""
+    cli = Cli(tmp_path_factory.mktemp("hostile"))
+    cli.script(CRASH_PY)
+    checks = cli.cwd / "checks"
+    checks.mkdir()
+    (checks / "crash.toml").write_text(SCRIPT, encoding="utf-8")
+    (checks / f"{HOSTILE_NAME}.toml").write_text('script = "missing.py"\n', encoding="utf-8")
+    result = cli.run("check", "checks", "-j", "2", "--out", "runs", "--junit-xml", "junit.xml")
+    return result, cli.cwd / "junit.xml"
+
+
+def test_junit_is_well_formed_when_messages_hold_control_characters(hostile_check: tuple[Result, Path]) -> None:
+    result, junit = hostile_check
+    assert result.returncode == 1, result.output
+    root = ET.parse(junit).getroot()  # raises on a NUL, ESC or BEL in the file
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert set(cases) == {"crash", "name\\x1b]0;pwned\\x07\\x01"}
+    failure = cases["crash"].find("failure")
+    assert failure is not None
+    message = failure.get("message") or ""
+    assert "the script crashed with Crash\\x1b]0;pwned\\x07\\x01: dataset \\x1b]0;pwned\\x07 missing \\x00 here \\x01" in message
+    assert "\\x00" in (failure.text or "")
+    assert cases["name\\x1b]0;pwned\\x07\\x01"].find("error") is not None
+
+
+def test_table_shows_control_characters_escaped(hostile_check: tuple[Result, Path]) -> None:
+    result, _ = hostile_check
+    assert result.returncode == 1, result.output
+    for raw in ("\x1b", "\x07", "\x00", "\x01"):
+        assert raw not in result.stdout, result.stdout
+    assert "crashed with Crash\\x1b]0;pwned\\x07\\x01: dataset \\x1b]0;pwned\\x07 missing \\x00 here" in result.stdout
+    assert "name\\x1b]0;pwned\\x07\\x01" in result.stdout
+    assert "0 passed, 2 failed" in result.stdout
+
