@@ -42,6 +42,7 @@ def run_entry(entry: CheckEntry, out_root: Path) -> EntryRun:
     if entry.timeout:
         cmd += ["--timeout", str(entry.timeout)]
     cmd += ["--", *entry.args]
+    json_path.unlink(missing_ok=True)  # a run that cannot start must not be judged by the last one's findings
     t0 = time.perf_counter()
     limit = (entry.timeout or DEFAULT_ENTRY_TIMEOUT_S) + 60
     try:

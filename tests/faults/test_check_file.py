@@ -178,3 +178,13 @@ def test_table_shows_control_characters_escaped(hostile_check: tuple[Result, Pat
     assert "name\\x1b]0;pwned\\x07\\x01" in result.stdout
     assert "0 passed, 2 failed" in result.stdout
 
+
+def test_entry_whose_script_is_gone_is_not_judged_by_the_last_runs_findings(cli: Cli) -> None:
+    """``--out`` is reused between runs: a script that cannot run must not pass on old findings."""
+    cli.script()
+    (cli.cwd / "e.toml").write_text(SCRIPT + 'max_steps = 3\nfail_on = "never"\n', encoding="utf-8")
+    assert cli.run("check", "e.toml", "--out", "runs").returncode == 0
+    (cli.cwd / "t.py").unlink()
+    result = cli.run("check", "e.toml", "--out", "runs")
+    assert result.returncode == 1, result.output
+    assert "could not run (exit 3)" in result.stdout and "0 passed, 1 failed" in result.stdout
