@@ -3,21 +3,30 @@
 One file per entry::
 
     script = "fixtures/parity_stuck.py"   # absolute, or relative to the checks/ dir's parent (else to the file's dir)
-    args = ["--seed", "1"]
-    max_steps = 400
+    args = ["--seed", "1"]                # strings; numbers are passed as their str()
+    max_steps = 400                       # a positive integer
+    timeout = 120                         # seconds, a positive number
     expect = ["stuck-at-chance", "non-finite>=error"]   # ids that must be found (min. severity)
     forbid = ["non-finite"]                              # ids that must not be found
     fail_on = "error"     # any finding this severe that is not expected fails the entry
+    description = "..."   # for people
+
+``load_check`` rejects a file with a wrongly typed field or an id no rule reports
+(``CheckFileError``, one line), before any entry runs.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import sys
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 from .finding import Finding, Severity
+from .text import printable_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,13 +42,6 @@ class CheckFileError(Exception):
 class Expectation:
     id: str
     min_severity: Severity | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "Expectation":
-        if ">=" in text:
-            rule_id, sev = text.split(">=", 1)
-            return cls(rule_id.strip(), Severity.parse(sev.strip()))
-        return cls(text.strip())
 
 
 @dataclass(frozen=True)
@@ -64,42 +66,174 @@ class CheckResult:
 
 
 _KNOWN_KEYS = {"script", "args", "max_steps", "timeout", "expect", "forbid", "fail_on", "description"}
+_FAIL_ON = ("info", "warning", "error", "never")
+_TOML_TYPES = ((bool, "boolean"), (str, "string"), (int, "integer"), (float, "float"), (list, "array"), (dict, "table"))
+
+
+class _Malformed(ValueError):
+    """One field of a file is wrong; ``load_check`` prefixes the file's path."""
 
 
 def load_check(path: str | Path) -> CheckEntry:
+    """Read and validate one file: every field's type and range and every finding id, so a
+    typo fails at once as the file's error instead of minutes later as a run's (or never)."""
     path = Path(path)
+    data = _read_toml(path)
     try:
-        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+        return _entry(path, data)
+    except _Malformed as exc:
+        raise CheckFileError(f"{path}: {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise CheckFileError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise CheckFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CheckFileError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _entry(path: Path, data: dict[str, Any]) -> CheckEntry:
     unknown = set(data) - _KNOWN_KEYS
     if unknown:
-        raise CheckFileError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise _Malformed(f"unknown key(s) {', '.join(sorted(unknown))}")
     if "script" not in data:
-        raise CheckFileError(f"{path}: missing 'script'")
-    script = Path(data["script"])
-    if not script.is_absolute():
-        script = (path.parent.parent / script) if (path.parent.parent / script).exists() else (path.parent / script)
-    try:
-        expect = tuple(Expectation.parse(e) for e in data.get("expect", []))
-        fail_on = str(data.get("fail_on", "error")).lower()
-        if fail_on != "never":
-            Severity.parse(fail_on)
-    except ValueError as exc:
-        raise CheckFileError(f"{path}: {exc}") from None
+        raise _Malformed("missing 'script'")
+    if not isinstance(data.get("description", ""), str):
+        raise _Malformed(f"description must be a string, got {_shown(data['description'])}")
+    expect = _expectations(data.get("expect", []))
+    forbid = _forbidden(data.get("forbid", []))
+    both = sorted({e.id for e in expect} & set(forbid))
+    if both:
+        raise _Malformed(f"{both[0]!r} is both expected and forbidden")
     return CheckEntry(
         name=path.stem,
         path=path,
-        script=script,
-        args=tuple(str(a) for a in data.get("args", [])),
-        max_steps=data.get("max_steps"),
-        timeout=data.get("timeout"),
+        script=_script(data["script"], path),
+        args=_args(data.get("args", [])),
+        max_steps=_max_steps(data.get("max_steps")),
+        timeout=_timeout(data.get("timeout")),
         expect=expect,
-        forbid=tuple(data.get("forbid", [])),
-        fail_on=fail_on,
+        forbid=forbid,
+        fail_on=_fail_on(data.get("fail_on", "error")),
     )
+
+
+def _shown(value: Any) -> str:
+    """A value as the file spelt it, with its TOML type: ``the string '10'``, ``the boolean true``."""
+    kind = next((name for t, name in _TOML_TYPES if isinstance(value, t)), type(value).__name__)
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    else:
+        text = repr(value) if isinstance(value, (str, list, dict)) else str(value)
+    text = printable_line(text)
+    return f"the {kind} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _no_nul(text: str, what: str) -> str:
+    """A NUL cannot be in a path or a command-line argument: say so here, not as a crash."""
+    if "\x00" in text:
+        raise _Malformed(f"{what} contains a NUL character")
+    return text
+
+
+def _script(value: Any, path: Path) -> Path:
+    if not isinstance(value, str) or not value:
+        raise _Malformed(f"script must be a non-empty path, got {_shown(value)}")
+    script = Path(_no_nul(value, "script"))
+    if script.is_absolute():
+        return script
+    beside_checks = path.parent.parent / script
+    return beside_checks if beside_checks.exists() else path.parent / script
+
+
+def _args(value: Any) -> tuple[str, ...]:
+    """Strings, or numbers passed as their ``str()`` (``args = ["--seed", 1]`` is common)."""
+    if not isinstance(value, list):
+        raise _Malformed(f"args must be a list of strings, got {_shown(value)}")
+    args = []
+    for i, arg in enumerate(value):
+        if isinstance(arg, bool) or not isinstance(arg, (str, int, float)):
+            raise _Malformed(f"args[{i}] must be a string or a number, got {_shown(arg)}")
+        args.append(_no_nul(str(arg), f"args[{i}]"))
+    return tuple(args)
+
+
+def _max_steps(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Malformed(f"max_steps must be a positive integer, got {_shown(value)}")
+    return value
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _Malformed(f"timeout must be a positive number of seconds, got {_shown(value)}")
+    return float(value)
+
+
+def _fail_on(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in _FAIL_ON:
+        raise _Malformed(f"fail_on must be one of {', '.join(_FAIL_ON)}, got {_shown(value)}")
+    return value.lower()
+
+
+def _id_list(value: Any, field: str) -> list[str]:
+    """A list of strings; a bare string would otherwise be read one character at a time."""
+    if not isinstance(value, list):
+        raise _Malformed(f"{field} must be a list of finding ids, got {_shown(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _Malformed(f"{field}[{i}] must be a finding id (a string), got {_shown(item)}")
+    return [item.strip() for item in value]
+
+
+def _expectations(value: Any) -> tuple[Expectation, ...]:
+    out = []
+    for text in _id_list(value, "expect"):
+        rule_id, _, sev = text.partition(">=")
+        min_severity = None
+        if sev:
+            try:
+                min_severity = Severity.parse(sev.strip())
+            except ValueError:
+                raise _Malformed(f"unknown severity {sev.strip()!r} in expect {text!r}; use one of info, warning, error") from None
+        out.append(Expectation(_known(rule_id.strip(), "expect"), min_severity))
+    return tuple(out)
+
+
+def _forbidden(value: Any) -> tuple[str, ...]:
+    ids = _id_list(value, "forbid")
+    for rule_id in ids:
+        if ">=" in rule_id:
+            raise _Malformed(f"forbid takes ids without a severity, got {rule_id!r}")
+    return tuple(_known(rule_id, "forbid") for rule_id in ids)
+
+
+@lru_cache(maxsize=1)
+def _known_ids() -> tuple[str, ...]:
+    from .rules import all_rules
+
+    return tuple(spec.id for spec in all_rules())
+
+
+def _known(rule_id: str, field: str) -> str:
+    """``rule_id`` if a rule reports it; a misspelt id would otherwise pass (forbid) or fail
+    with a misleading "not found" (expect)."""
+    known = _known_ids()
+    if rule_id in known:
+        return rule_id
+    close = difflib.get_close_matches(rule_id, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "`rnndoctor rules` lists them"
+    raise _Malformed(f"unknown finding id {rule_id!r} in {field} ({hint})")
 
 
 def collect(paths: list[str | Path]) -> list[CheckEntry]:

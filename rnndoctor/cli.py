@@ -178,11 +178,12 @@ def check(paths: tuple[str, ...], jobs: int, out: str, junit_xml: str | None) ->
     """
     from .check_runner import run_all, table, write_junit
     from .checks import CheckFileError, collect
+    from .text import printable_line
 
     try:
         entries = collect(list(paths) or ["checks"])
-    except CheckFileError as exc:
-        raise _fail(str(exc))
+    except CheckFileError as exc:  # one line even when a file's name holds a newline or ESC
+        raise _fail(printable_line(exc))
     if not entries:
         raise _fail(f"no .toml expectation files in {', '.join(paths) or 'checks'}")
     runs = run_all(entries, Path(out), jobs=jobs)

@@ -132,11 +132,12 @@ class CheckFailed(Exception):
 class CheckFile(pytest.File):
     def collect(self) -> Any:
         from .checks import CheckFileError, load_check
+        from .text import printable_line
 
         try:
             entry = load_check(self.path)
-        except CheckFileError as exc:
-            raise self.CollectError(str(exc)) from None
+        except CheckFileError as exc:  # the file's mistake, as `rnndoctor check` words it
+            raise self.CollectError(printable_line(exc)) from None
         yield CheckItem.from_parent(self, name=entry.name, entry=entry)
 
 
@@ -148,6 +149,7 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         from .check_runner import run_entry
+        from .text import printable
 
         base = _out_root(self.config)
         if base is None:
@@ -165,12 +167,12 @@ class CheckItem(pytest.Item):
             lines.append(f"report: {run.run_dir / 'report.html'}")
             if run.status in ("error", "timeout") and run.output:
                 lines.append("output (tail):\n" + run.output[-2000:])
-            raise CheckFailed("\n".join(lines))
+            raise CheckFailed(printable("\n".join(lines)))  # reasons and output come from the user's script
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CheckFailed):
             return str(excinfo.value)
-        return super().repr_failure(excinfo)
+        return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, 0, f"rnndoctor check: {self.entry.name} ({self.entry.script.name})"
