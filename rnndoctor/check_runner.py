@@ -56,7 +56,11 @@ def run_entry(entry: CheckEntry, out_root: Path) -> EntryRun:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         res = CheckResult(entry, False, [f"could not run (exit {proc.returncode}): {last}"])
         return EntryRun(res, seconds, run_dir, "error", output)
-    data = json.loads(json_path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        res = CheckResult(entry, False, [f"could not read its findings.json: {exc}"])
+        return EntryRun(res, seconds, run_dir, "error", output)
     findings = [finding_from_dict(f) for f in data.get("findings", [])]
     result = evaluate(entry, findings)
     status = str(data.get("run", {}).get("status", "unknown"))

@@ -40,6 +40,9 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
 
 
 def write_json(run: Run, diagnosis: Diagnosis, path: Path) -> Path:
+    """Write findings.json atomically: CI reads it, and must never see half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(diagnosis_dict(run, diagnosis), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(diagnosis_dict(run, diagnosis), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path
