@@ -9,6 +9,7 @@ neither run code nor reach the network, and the file opens the same offline.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shlex
@@ -23,7 +24,7 @@ from .. import __version__
 from ..finding import Diagnosis, Finding
 from ..run import Run
 from . import plots
-from .terminal import verdict
+from .terminal import damage_note, verdict
 
 HTML_FILE = "report.html"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -147,6 +148,7 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
     worst = diagnosis.findings[0].severity.value if diagnosis.findings else "ok"
     return _ENV.get_template("report.html.j2").render(
         verdict=verdict(diagnosis),
+        damage=damage_note(run.notes) if run.notes else "",
         worst=worst,
         counts=diagnosis.counts(),
         findings=findings,
@@ -162,10 +164,16 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
 
 
 def write_html(run: Run, diagnosis: Diagnosis, path: Path) -> Path:
-    """Write report.html atomically (a reader never sees half a page)."""
+    """Write report.html atomically (a reader never sees half a page). Text UTF-8 cannot hold
+    (a lone surrogate from a JSON escape or an undecodable file name) is written escaped."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(run, diagnosis), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(render_html(run, diagnosis), encoding="utf-8", errors="backslashreplace")
+        tmp.replace(path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return path

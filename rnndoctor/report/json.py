@@ -28,6 +28,7 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
                 "torch": meta.get("torch"),
                 "device": (meta.get("model") or {}).get("device"),
                 "exception": (meta.get("exception") or {}).get("type"),
+                "load_notes": list(run.notes),
             }
         ),
         "counts": diagnosis.counts(),

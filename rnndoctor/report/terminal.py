@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from typing import TextIO
+from typing import Sequence, TextIO
 
 from ..finding import Diagnosis, Severity
 from ..run import Run
+from ..text import printable_line
 
 _COLORS = {Severity.ERROR: "31", Severity.WARNING: "33", Severity.INFO: "36"}
 
@@ -26,12 +27,23 @@ def verdict(diagnosis: Diagnosis) -> str:
     return f"{', '.join(parts)} — {diagnosis.findings[0].title}"
 
 
+def damage_note(notes: Sequence[str], shown: int | None = None) -> str:
+    """One line that says the record was damaged and what loading left out (the first
+    ``shown`` notes; findings.json has them all): a diagnosis of part of a record must say so."""
+    text = "; ".join(notes[:shown])
+    if shown is not None and len(notes) > shown:
+        text += f"; {len(notes) - shown} more in findings.json (run.load_notes)"
+    return f"damaged record, loaded in part: {text}"
+
+
 def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 100) -> str:
     meta = run.meta
     lines = [
         f"rnndoctor: {verdict(diagnosis)}",
         f"  run: {meta.get('steps', '?')} steps · {meta.get('status', '?')} · {run.path or ''}",
     ]
+    if run.notes:
+        lines.append(f"  note: {printable_line(damage_note(run.notes, shown=3))}")
     exc = meta.get("exception")
     if exc and meta.get("status") != "completed":
         lines.append(f"  the run stopped with {exc.get('type')}: {str(exc.get('message', ''))[:200]}")
