@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .finding import Diagnosis, Severity
+from .text import printable_line
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3
 SEVERITIES = click.Choice(["info", "warning", "error", "never"], case_sensitive=False)
@@ -90,6 +91,7 @@ def report(run_dir: str, json_path: str | None, fail_on: str) -> None:
     """Re-diagnose a saved RUN_DIR with the current rules and rewrite its outputs."""
     from .diagnose import diagnose as judge
     from .report.output import write_outputs
+    from .report.terminal import print_summary
     from .run import RunDirError, load_run
 
     try:
@@ -97,10 +99,22 @@ def report(run_dir: str, json_path: str | None, fail_on: str) -> None:
     except RunDirError as exc:
         raise _fail(str(exc))
     diagnosis = judge(run)
-    write_outputs(run, diagnosis, Path(run_dir))
-    if json_path:
-        shutil.copyfile(Path(run_dir) / "findings.json", json_path)
+    try:  # every file first: a write that fails is then the only line
+        write_outputs(run, diagnosis, Path(run_dir), summary=False)
+        if json_path:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(run_dir) / "findings.json", json_path)
+    except OSError as exc:  # a read-only directory, a folder where a report file goes
+        raise _fail(f"cannot write the report: {_os_error_text(exc)}")
+    print_summary(run, diagnosis)
     raise click.exceptions.Exit(_exit_code(diagnosis, fail_on))
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``Permission denied: run/findings.json``: the reason and the path, on one line."""
+    where = exc.filename2 if exc.filename2 is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {printable_line(where)}" if where is not None else reason
 
 
 @cli.command()
