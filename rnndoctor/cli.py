@@ -125,6 +125,7 @@ def report(run_dir: str, json_path: str | None, fail_on: str) -> None:
     """Re-diagnose a saved RUN_DIR with the current rules and rewrite its outputs."""
     from .diagnose import diagnose as judge
     from .report.output import write_outputs
+    from .report.terminal import print_summary
     from .run import RunDirError, load_run
 
     try:
@@ -132,11 +133,24 @@ def report(run_dir: str, json_path: str | None, fail_on: str) -> None:
     except RunDirError as exc:
         raise _fail(str(exc))
     diagnosis = judge(run)
-    if write_outputs(run, diagnosis, Path(run_dir)):
-        raise click.exceptions.Exit(EXIT_USAGE)
+    problems = write_outputs(run, diagnosis, Path(run_dir), summary=False)
+    if problems:  # a read-only directory, a folder where a report file goes: the only line
+        raise _fail(f"cannot write the report: {problems[0]}")
     if json_path:
-        shutil.copyfile(Path(run_dir) / "findings.json", json_path)
+        try:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(run_dir) / "findings.json", json_path)
+        except OSError as exc:
+            raise _fail(f"cannot write the report: {_os_error_text(exc)}")
+    print_summary(run, diagnosis)
     raise click.exceptions.Exit(_exit_code(diagnosis, fail_on))
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``Permission denied: run/findings.json``: the reason and the path, on one line."""
+    where = exc.filename2 if exc.filename2 is not None else exc.filename
+    reason = exc.strerror or str(exc)
+    return f"{reason}: {printable_line(where)}" if where is not None else reason
 
 
 @cli.command()

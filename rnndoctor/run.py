@@ -3,25 +3,32 @@
 Layout of a run directory::
 
     meta.json              script, args, versions, model summary, status, exception
+                           (the keys and their types: META_SCHEMA)
     signals/<name>.jsonl   one JSON object per row, appended in batches by the Recorder;
                            arrays of 8+ values as {"$f64": base64 float64, "shape": [...]}
     findings.json          the diagnosis (written by reporters, not needed to load)
+
+Run directories are shared (CI artifacts) and edited by hand, so ``load_run`` trusts none of
+it: what cannot be used at all is a one-line ``RunDirError``; a damaged but usable record is
+loaded with what it holds, and ``Run.notes`` says what was left out.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Iterator, Mapping, get_args, get_origin
 
 import numpy as np
 import pandas as pd
 
 from .rundir import settle_status
-from .signals import CATALOGUE
+from .signals import CATALOGUE, Signal
+from .text import printable_line
 
 META_FILE = "meta.json"
 
@@ -37,6 +44,11 @@ class Run:
     meta: dict[str, Any]
     signals: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     path: Path | None = None
+    #: what loading left out of a damaged record, one short line each (the reports show them:
+    #: a diagnosis of part of a record must say so)
+    notes: tuple[str, ...] = ()
+    #: signal name -> lines of its file that could not be used (not JSON, not UTF-8, wrong types)
+    unreadable: Mapping[str, int] = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
         df = self.signals.get(name)
@@ -57,13 +69,26 @@ class Run:
         return str(self.meta.get("status", "unknown"))
 
 
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Replace ``path`` with ``text`` through a temporary file, so a reader (CI, a browser, a
+    crash) never sees half a file and a failed write leaves nothing behind. Text UTF-8
+    cannot hold (a lone surrogate from a JSON escape or a file name) is written escaped."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the program may have deleted it
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_meta(run_dir: Path, meta: Mapping[str, Any]) -> None:
     """Atomically replace meta.json, so a crash never leaves half a file."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)  # the program may have deleted it
-    tmp = run_dir / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, run_dir / META_FILE)
+    write_text_atomic(Path(run_dir) / META_FILE, json.dumps(meta, indent=2, default=str))
 
 
 #: arrays of at least this many values are written as base64 of their float64 bytes
@@ -87,46 +112,161 @@ def unpack(obj: dict[str, Any]) -> Any:
     return np.frombuffer(base64.b64decode(packed), dtype="<f8").reshape(obj["shape"]).tolist()
 
 
+#: a number: int or float (JSON true/false are not numbers, though ``isinstance(True, int)``)
+Number = int | float
+
+#: Every key of meta.json that rnndoctor reads, with the JSON type it must have (a dict: an object
+#: with those keys). ``check_meta`` drops a key of the wrong type with a note and keeps the rest;
+#: keys not listed are kept as written, and null means "not recorded". No key is essential: the
+#: rules judge the signals and meta only labels the report, so a record whose meta was damaged is
+#: still worth diagnosing. Only a meta.json that is not a JSON object is an error.
+META_SCHEMA: dict[str, Any] = {
+    "script": str,
+    "script_args": list[str],
+    "max_steps": int,
+    "timeout": Number,
+    "rnndoctor": str,
+    "started": str,
+    "python": str,
+    "torch": str,
+    "status": str,
+    "steps": int,
+    "wall_s": Number,
+    "argv": list[str],
+    "cwd": str,
+    "internal_errors": list[str],
+    "exception": {"type": str, "message": str, "traceback": str},
+    "model": {"roots": list[str], "modules": list[dict], "recurrent": list[dict], "params": list[dict], "device": str},
+}
+
+_KIND_NAMES: dict[Any, str] = {str: "a string", int: "an integer", Number: "a number", dict: "an object"}
+
+
+def check_meta(meta: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``meta`` less the META_SCHEMA keys whose values have the wrong type, and a note for each."""
+    notes: list[str] = []
+    return _checked(meta, META_SCHEMA, "", notes), notes
+
+
+def _checked(obj: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, notes: list[str]) -> dict[str, Any]:
+    """One object of meta.json checked against its schema (``prefix``: where it sits, for the notes)."""
+    out = dict(obj)
+    for key, kind in schema.items():
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not _is(value, kind):
+            del out[key]
+            notes.append(f"{META_FILE}: {prefix}{key} is not {_kind_name(kind)}, ignored")
+        elif isinstance(kind, dict):
+            out[key] = _checked(value, kind, f"{prefix}{key}.", notes)
+    return out
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """Whether a JSON value has the META_SCHEMA type ``kind``."""
+    if isinstance(kind, dict):
+        return isinstance(value, dict)
+    if get_origin(kind) is list:
+        (item,) = get_args(kind)
+        return isinstance(value, list) and all(_is(v, item) for v in value)
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+
+
+def _kind_name(kind: Any) -> str:
+    if isinstance(kind, dict):
+        return "an object"
+    if get_origin(kind) is list:
+        return "a list of " + _KIND_NAMES[get_args(kind)[0]].split(" ", 1)[1] + "s"
+    return _KIND_NAMES[kind]
+
+
+SIGNALS_DIR = "signals"
+
+#: a line longer than this is damage, not a row (the largest rows, ``samples`` of a huge batch or
+#: ``params`` of a model with 100k tensors, are a few MB): it is skipped without being held whole
+MAX_LINE_BYTES = 64 << 20
+
+
 def load_run(path: str | os.PathLike[str]) -> Run:
-    """Load a run directory written by ``watch()``; tolerate a torn last line."""
+    """Load a run directory written by ``watch()``. What cannot be used at all (no directory,
+    no readable meta.json object) is a RunDirError; the rest of a damaged record (a line torn by
+    a killed process, garbage, wrong types) is loaded in part, and ``Run.notes`` says what not."""
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise RunDirError(f"no run directory at {run_dir}")
-    meta_path = run_dir / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not an rnndoctor run directory (no {META_FILE})") from None
-    except (OSError, ValueError) as exc:
-        raise RunDirError(f"{meta_path} is corrupt: {exc}") from None
-    if not isinstance(meta, dict):
-        raise RunDirError(f"{meta_path} is corrupt: expected a JSON object")
+    meta, notes = check_meta(_read_meta(run_dir))
     signals: dict[str, pd.DataFrame] = {}
-    sig_dir = run_dir / "signals"
-    if sig_dir.is_dir():
-        for file in sorted(sig_dir.glob("*.jsonl")):
-            signals[file.stem] = _read_signal(file)
-    run = Run(meta=meta, signals=signals, path=run_dir)
+    unreadable: dict[str, int] = {}
+    for file in _signal_files(run_dir / SIGNALS_DIR, notes):
+        shown = f"{SIGNALS_DIR}/{printable_line(file.name)}"
+        try:
+            if not file.is_file():  # a folder, or a FIFO that would block the read
+                notes.append(f"{shown} is not a file, left out")
+                continue
+            df, bad, total = _read_signal(file)
+        except OSError as exc:
+            notes.append(f"{shown} could not be read ({exc.strerror or exc}), left out")
+            continue
+        signals[file.stem] = df
+        if bad:
+            unreadable[file.stem] = bad
+            notes.append(f"{shown}: {bad} of {total} line{'s' if total != 1 else ''} unreadable, skipped")
+    run = Run(meta=meta, signals=signals, path=run_dir, notes=tuple(notes), unreadable=unreadable)
     settle_status(meta, run_dir, len(run.train_steps()))
     return run
 
 
-def _read_signal(file: Path) -> pd.DataFrame:
-    rows: list[dict[str, Any]] = []
-    with open(file, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line, object_hook=unpack)
-            except ValueError:
-                continue  # a line torn by a killed process
-            if isinstance(row, dict):
-                rows.append(row)
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    """meta.json as a dict, or a one-line RunDirError saying why not."""
+    meta_path = run_dir / META_FILE
+    try:
+        if not meta_path.is_file():
+            if meta_path.exists():
+                raise RunDirError(f"{meta_path} is not a file")
+            raise RunDirError(f"{run_dir} is not an rnndoctor run directory (no {META_FILE})")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunDirError(f"cannot read {meta_path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested past the parser's depth
+        raise RunDirError(f"{meta_path} is corrupt: {exc}") from None
+    if not isinstance(meta, dict):
+        raise RunDirError(f"{meta_path} is corrupt: expected a JSON object")
+    return meta
+
+
+def _signal_files(sig_dir: Path, notes: list[str]) -> list[Path]:
+    """The ``*.jsonl`` entries of ``sig_dir`` (none when nothing was recorded); a note when it is
+    there but cannot be listed."""
+    try:
+        if not sig_dir.exists():
+            return []
+        if not sig_dir.is_dir():
+            notes.append(f"{SIGNALS_DIR} is not a folder, no signal loaded")
+            return []
+        return sorted(sig_dir.glob("*.jsonl"))
+    except OSError as exc:
+        notes.append(f"{SIGNALS_DIR} could not be read ({exc.strerror or exc}), no signal loaded")
+        return []
+
+
+def _read_signal(file: Path) -> tuple[pd.DataFrame, int, int]:
+    """One signal as a table, how many of its lines could not be used, and how many it has."""
     spec = CATALOGUE.get(file.stem)
+    rows: list[dict[str, Any]] = []
+    total = 0
+    with open(file, "rb") as f:
+        for line in _lines(f):
+            if line is not None and not line.strip():
+                continue
+            total += 1
+            row = _parse_row(line, spec) if line is not None else None
+            if row is not None:
+                rows.append(row)
     if spec and (spec.carried or spec.zeros_if_absent):
         _fill_carried(rows, spec.carried, spec.zeros_if_absent)
+    if spec and spec.explode:
+        rows = [row for row in rows if _lists_line_up(row, spec.explode)]
     df = pd.DataFrame(rows)
     if spec and spec.explode and not df.empty:
         cols = [c for c in spec.explode if c in df.columns]
@@ -137,7 +277,52 @@ def _read_signal(file: Path) -> pd.DataFrame:
                     df[c] = pd.to_numeric(df[c])
                 except (ValueError, TypeError):
                     pass  # names (params, modules) stay strings
-    return df
+    return df, total - len(rows), total
+
+
+def _lines(f: IO[bytes]) -> Iterator[bytes | None]:
+    """The lines of ``f``; None for one longer than MAX_LINE_BYTES (read past in pieces, so a
+    damaged file of one endless line costs no more memory than a row may)."""
+    while line := f.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+        else:
+            yield line
+
+
+def _parse_row(line: bytes, spec: Signal | None) -> dict[str, Any] | None:
+    """The row on ``line``, or None when there is none: a line torn by a killed process, not
+    UTF-8, not a JSON object, a broken packed array, key columns of the wrong type."""
+    try:
+        row = json.loads(line.decode("utf-8"), object_hook=unpack)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        return None
+    return row if isinstance(row, dict) and _keys_ok(row, spec) else None
+
+
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def _keys_ok(row: dict[str, Any], spec: Signal | None) -> bool:
+    """Whether the columns rules sort, group and filter by are usable: ``step`` a whole number,
+    ``mode`` a name, other keys scalars; list columns (``explode``) lists of scalars."""
+    if spec is None:
+        return True
+    if "step" in spec.keys and not (isinstance(row.get("step"), int) and not isinstance(row["step"], bool)):
+        return False
+    if "mode" in spec.keys and not isinstance(row.get("mode", ""), str):
+        return False
+    for key in spec.keys:
+        if key not in spec.explode and not isinstance(row.get(key), _SCALAR):
+            return False
+    return all(isinstance(row[c], list) and all(isinstance(v, _SCALAR) for v in row[c]) for c in spec.explode if c in row)
+
+
+def _lists_line_up(row: dict[str, Any], cols: tuple[str, ...]) -> bool:
+    """Whether a row's list columns have one length (else they cannot be exploded together)."""
+    return len({len(row[c]) for c in cols if c in row}) <= 1
 
 
 def _fill_carried(rows: list[dict[str, Any]], carried: tuple[str, ...], zeros: tuple[str, ...]) -> None:

@@ -407,10 +407,14 @@ class Watch:
         self._write_meta()
         from .diagnose import diagnose
         from .report.output import write_outputs
+        from .report.terminal import print_summary
 
         self.record = load_run(self.run_dir)
         self.diagnosis = diagnose(self.record, strict=self.strict)
-        write_outputs(self.record, self.diagnosis, self.run_dir, summary=self.summary)
+        for problem in write_outputs(self.record, self.diagnosis, self.run_dir, summary=False):
+            sys.stderr.write(f"[rnndoctor] {problem}\n")
+        if self.summary:
+            print_summary(self.record, self.diagnosis)
 
     def _release(self) -> None:
         if self._claim is not None:

@@ -22,10 +22,10 @@ from markupsafe import Markup
 from .. import __version__
 from ..finding import Diagnosis, Finding
 from ..privacy import shown_path
-from ..run import Run
+from ..run import Run, write_text_atomic
 from ..text import printable
 from . import plots
-from .terminal import verdict
+from .terminal import damage_note, verdict
 
 HTML_FILE = "report.html"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -149,6 +149,7 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
     worst = diagnosis.findings[0].severity.value if diagnosis.findings else ("unjudged" if diagnosis.unjudged else "ok")
     page = _ENV.get_template("report.html.j2").render(
         verdict=verdict(diagnosis),
+        damage=damage_note(run.notes) if run.notes else "",
         worst=worst,
         counts=diagnosis.counts(),
         notes=list(diagnosis.notes),
@@ -170,9 +171,4 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
 
 def write_html(run: Run, diagnosis: Diagnosis, path: Path) -> Path:
     """Write report.html atomically (a reader never sees half a page)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(run, diagnosis), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(Path(path), render_html(run, diagnosis))

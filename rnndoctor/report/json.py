@@ -9,7 +9,7 @@ from typing import Any
 from .. import __version__
 from ..finding import Diagnosis, json_safe
 from ..privacy import shown_path
-from ..run import Run
+from ..run import Run, write_text_atomic
 
 FINDINGS_FILE = "findings.json"
 
@@ -29,6 +29,7 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
                 "torch": meta.get("torch"),
                 "device": (meta.get("model") or {}).get("device"),
                 "exception": (meta.get("exception") or {}).get("type"),
+                "load_notes": list(run.notes),
             }
         ),
         "counts": diagnosis.counts(),
@@ -41,8 +42,4 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
 
 def write_json(run: Run, diagnosis: Diagnosis, path: Path) -> Path:
     """Write findings.json atomically: CI reads it, and must never see half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(diagnosis_dict(run, diagnosis), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(diagnosis_dict(run, diagnosis), indent=2, allow_nan=False) + "\n")

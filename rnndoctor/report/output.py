@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..finding import Diagnosis
@@ -15,19 +14,14 @@ from .terminal import print_summary
 
 def write_outputs(run: Run, diagnosis: Diagnosis, run_dir: Path, *, summary: bool = True) -> list[str]:
     """findings.json first (CI reads it), then report.html, then the summary. A file that
-    cannot be written (disk full, read-only) costs that file only: each failure is one line
-    on stderr and is returned, so the caller can choose its exit code."""
+    cannot be written (disk full, read-only) costs that file only; the failures are returned
+    (``could not write report.html: No space left on device``) for the caller to say."""
     problems: list[str] = []
     for name, write in ((FINDINGS_FILE, write_json), (HTML_FILE, write_html)):
         try:
             write(run, diagnosis, Path(run_dir) / name)
         except OSError as exc:
-            problems.append(f"could not write {name}: {exc.strerror or exc}")
-    for problem in problems:
-        try:
-            sys.stderr.write(f"[rnndoctor] {printable_line(problem)}\n")
-        except (OSError, ValueError):
-            pass
+            problems.append(f"could not write {name}: {printable_line(exc.strerror or exc)}")
     if summary:
         print_summary(run, diagnosis)
     return problems

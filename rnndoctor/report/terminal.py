@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from typing import TextIO
+from typing import Sequence, TextIO
 
 from ..finding import Diagnosis, Severity
 from ..privacy import shown_path
 from ..run import Run
-from ..text import printable
+from ..text import printable, printable_line
 
 _COLORS = {Severity.ERROR: "31", Severity.WARNING: "33", Severity.INFO: "36"}
 
@@ -39,10 +39,21 @@ def run_line(run: Run) -> str:
     return f"{steps if isinstance(steps, int) else '?'} steps · {meta.get('status', '?')} · {where}"
 
 
+def damage_note(notes: Sequence[str], shown: int | None = None) -> str:
+    """One line that says the record was damaged and what loading left out (the first
+    ``shown`` notes; findings.json has them all): a diagnosis of part of a record must say so."""
+    text = "; ".join(notes[:shown])
+    if shown is not None and len(notes) > shown:
+        text += f"; {len(notes) - shown} more in findings.json (run.load_notes)"
+    return f"damaged record, loaded in part: {text}"
+
+
 def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 100) -> str:
     """The summary; every string from the run (names, messages, paths) is made printable."""
     meta = run.meta
     lines = [f"rnndoctor: {verdict(diagnosis)}", f"  run: {run_line(run)}"]
+    if run.notes:
+        lines.append(f"  note: {printable_line(damage_note(run.notes, shown=3))}")
     exc = meta.get("exception")
     if isinstance(exc, dict) and meta.get("status") != "completed":
         lines.append(f"  the run stopped with {exc.get('type')}: {str(exc.get('message', ''))[:200]}")
