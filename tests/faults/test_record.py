@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from harness import T_PY, Cli, steps_recorded
@@ -31,11 +33,20 @@ def wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"{run_dir} never reached {n} steps")
 
 
-def popen(cli: Cli, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def running(cli: Cli, *args: str) -> Iterator[subprocess.Popen]:
+    """``python -m rnndoctor ARGS`` in the background; killed on the way out if still alive
+    (an endless script must never outlive its test)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "rnndoctor", *args], cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env={**os.environ, "NO_COLOR": "1"},
     )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 @pytest.mark.parametrize("out", ["run", None], ids=["relative-out", "default-out"])
@@ -66,13 +77,16 @@ def test_dunder_file_is_absolute_as_under_python(cli: Cli, tmp_path: Path) -> No
     assert line and line == [ln for ln in watched.stdout.splitlines() if ln.startswith("file ")]
 
 
+ARGS = ("diagnose", "t.py", "--out", "shared", "--quiet")
+
+
 def test_concurrent_runs_into_one_out_never_share_a_record(cli: Cli) -> None:
     """2. Three runs started together with the same ``--out``: one records there, the others
     are refused in one line (exit 2) instead of appending into the same signals (a run that
     starts after another finished may reuse the directory: then it replaces the record)."""
     cli.script()
-    procs = [popen(cli, "diagnose", "t.py", "--out", "shared", "--quiet") for _ in range(3)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    with running(cli, *ARGS) as a, running(cli, *ARGS) as b, running(cli, *ARGS) as c:
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in (a, b, c)]
     codes = sorted(code for code, _ in results)
     assert codes[0] == 0 and all(c in (0, 2) for c in codes), results
     refused = [err for code, err in results if code == 2]
@@ -106,12 +120,9 @@ def test_watch_inside_a_program_moves_to_a_free_directory(cli: Cli) -> None:
 def test_sigkill_leaves_a_record_that_says_it_was_killed(cli: Cli) -> None:
     """3. A record whose writer died says so and is judged on the steps it holds."""
     cli.script(ENDLESS)
-    proc = popen(cli, "diagnose", "t.py", "--out", "run", "--quiet")
-    try:
+    with running(cli, "diagnose", "t.py", "--out", "run", "--quiet") as proc:
         wait_for_steps(cli.cwd / "run", 50, proc)
-    finally:
         proc.kill()
-        proc.wait()
     held = steps_recorded(cli.cwd / "run")
     r = cli.run("report", "run")
     assert r.returncode == 0, r.output
@@ -125,13 +136,9 @@ def test_sigkill_leaves_a_record_that_says_it_was_killed(cli: Cli) -> None:
 def test_a_live_run_is_reported_as_still_running(cli: Cli) -> None:
     """3. (extra) ``report`` on a run that is still recording says so (its lock is held)."""
     cli.script(ENDLESS)
-    proc = popen(cli, "diagnose", "t.py", "--out", "run", "--quiet")
-    try:
+    with running(cli, "diagnose", "t.py", "--out", "run", "--quiet") as proc:
         wait_for_steps(cli.cwd / "run", 20, proc)
         r = cli.run("report", "run", "--json", "copy.json")
-    finally:
-        proc.kill()
-        proc.wait()
     assert r.returncode == 0, r.output
     notes = json.loads((cli.cwd / "copy.json").read_text())["notes"]
     assert any("still running" in n for n in notes), notes
@@ -142,10 +149,10 @@ def test_a_signal_keeps_the_record_and_dies_of_the_signal(cli: Cli, signum: int)
     """4. Ctrl-C (and SIGTERM: ``timeout``, a CI cancel) keeps the record and the report, then
     the process dies of the signal as ``python t.py`` does (a shell sees 130 / 143)."""
     cli.script(ENDLESS)
-    proc = popen(cli, "diagnose", "t.py", "--out", "run", "--quiet")
-    wait_for_steps(cli.cwd / "run", 50, proc)
-    proc.send_signal(signum)
-    out, err = proc.communicate(timeout=120)
+    with running(cli, "diagnose", "t.py", "--out", "run", "--quiet") as proc:
+        wait_for_steps(cli.cwd / "run", 50, proc)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
     assert proc.returncode == -signum, (proc.returncode, err)
     meta = cli.meta("run")
     assert meta["status"] == {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}[signum]
@@ -160,9 +167,14 @@ def test_sigint_stops_a_shell_loop(cli: Cli) -> None:
     loop = f"for i in 1 2 3; do {sys.executable} -m rnndoctor diagnose t.py --out run-$i --quiet; done; echo loop-finished"
     proc = subprocess.Popen(["bash", "-c", loop], cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    wait_for_steps(cli.cwd / "run-1", 50, proc)
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
-    out, _ = proc.communicate(timeout=120)
+    try:
+        wait_for_steps(cli.cwd / "run-1", 50, proc)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+        out, _ = proc.communicate(timeout=120)
+    finally:  # a loop that went on must not outlive the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert "loop-finished" not in out
     assert not (cli.cwd / "run-2").exists()
 
