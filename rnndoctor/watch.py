@@ -31,7 +31,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from . import __version__
+from . import __version__, compiled
 from .finding import Diagnosis, Finding, Severity
 from .probes import data as data_probe
 from .probes import gates
@@ -314,7 +314,7 @@ class Watch:
             if self._explicit_model is not None:
                 if not isinstance(self._explicit_model, nn.Module):
                     raise TypeError(f"watch() needs a torch.nn.Module, got {type(self._explicit_model).__name__}")
-                self._adopt(self._explicit_model, name=type(self._explicit_model).__name__)
+                self._adopt(self._explicit_model, name=compiled.type_name(self._explicit_model))
             else:
                 self._arm_discovery()
             self._global_handles.append(register_optimizer_step_pre_hook(self._opt_pre))
@@ -485,7 +485,7 @@ class Watch:
             return
         if next(module.parameters(), None) is None:
             return
-        self._adopt(module, name=type(module).__name__)
+        self._adopt(module, name=compiled.type_name(module))
         self._before_forward(module, args)
 
     def _arm_discovery(self) -> None:
@@ -518,16 +518,18 @@ class Watch:
         dropouts: list[tuple[str, nn.Module]] = []
         device = None
         for root_name, root in self._roots.items():
-            for sub_name, m in root.named_modules():
+            for sub_name, m in compiled.user_named_modules(root):
                 qual = ".".join(x for x in ((root_name if multi else ""), sub_name) if x) or root_name
                 self._names[id(m)] = qual
+                if compiled.is_wrapper(m):
+                    continue  # torch.compile's wrapper: the module it wraps is listed under its name
                 modules_meta.append({"name": qual, "type": type(m).__name__})
                 if isinstance(m, nn.modules.dropout._DropoutNd) or (isinstance(m, nn.RNNBase) and m.num_layers > 1):
                     dropouts.append((qual, m))
                 if isinstance(m, RECURRENT_TYPES):
                     rnn_modules.append((qual, m))
                     recurrent.append({"name": qual, "type": type(m).__name__, **_rnn_config(m)})
-            for p_name, p in root.named_parameters():
+            for p_name, p in compiled.user_named_parameters(root):
                 if p.requires_grad and id(p) not in seen_params:
                     seen_params.add(id(p))
                     named_params.append(((f"{root_name}.{p_name}" if multi else p_name), p))
