@@ -9,8 +9,11 @@ we hand to torch is ever compiled:
   the one they get without us. Where a module's call is traced its probes do not see it;
   where it runs eagerly (a wrapper, a fused RNN that Dynamo hands back to eager, any module
   outside the compiled code) they do, with Dynamo kept off our frames.
-- the loss, optimizer and discovery callbacks (:func:`eager`, :func:`break_graph`) must see
-  every call: where traced code calls them, a graph break runs them eagerly.
+- the discovery, model pre-hook and loss callbacks (:class:`Deferred`) must see calls from
+  traced code too: there their arguments are stored (a side effect Dynamo replays after the
+  graph: no graph break, ``fullgraph=True`` still compiles) and the watcher runs them at its
+  next eager hook. Optimizer hooks run eagerly (:func:`eager`; a graph break in a compiled
+  ``optimizer.step``).
 
 Hooks being there at all changes what Dynamo decides (it guards on the hook dicts of modules
 it traces, ignores hooks added to an empty dict, compiles other frames when hooks exist), so
@@ -54,9 +57,19 @@ def _disable() -> Callable[[Any], Any] | None:
     return getattr(getattr(torch, "compiler", None), "disable", None) or _dynamo_attr("torch._dynamo", "disable")
 
 
-def _is_compiling() -> Callable[[], bool] | None:
-    found = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return found or _dynamo_attr("torch._dynamo", "is_compiling")
+def _is_tracing() -> Callable[[], bool] | None:
+    """True only while Dynamo traces the caller (constant-folded there), False when run."""
+    found = getattr(getattr(torch, "compiler", None), "is_dynamo_compiling", None)
+    return found or _dynamo_attr("torch._dynamo.external_utils", "is_compiling")  # torch < 2.3
+
+
+def _compile_running() -> Callable[[], bool]:
+    """True while a compilation runs (torch >= 2.3 with ``is_dynamo_compiling``): a call made
+    then, when run for real, comes from the compiler itself (on fake tensors), not the user."""
+    compiler = getattr(torch, "compiler", None)
+    if getattr(compiler, "is_dynamo_compiling", None) is None:
+        return lambda: False
+    return getattr(compiler, "is_compiling", lambda: False)
 
 
 def _eval_frame_callback() -> Callable[[], Any] | None:
@@ -65,9 +78,9 @@ def _eval_frame_callback() -> Callable[[], Any] | None:
 
 def in_region() -> bool:
     """Whether the hook of ours that is running was called inside a compiled region: from
-    traced code (a graph break) or eagerly while Dynamo was on (code that Dynamo handed back to
-    eager, the user's module inside a wrapper). Set by :func:`outside_graph` and
-    :func:`break_graph` hooks, read by their bodies; False on torch without the API."""
+    traced code (deferred, see :class:`Deferred`) or eagerly while Dynamo was on (code that
+    Dynamo handed back to eager, the user's module inside a wrapper). Set by our hooks, read by
+    their bodies; False on torch without the API."""
     return _region
 
 
@@ -87,31 +100,26 @@ def eager(fn: F) -> F:
     return wrapped
 
 
-def _called_in_graph(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    global _region
-    _region = True
-    return fn(*args, **kwargs)
-
-
-def _hook(fn: F, *, traced: bool, unless: list[bool] | None = None) -> F:
-    """``fn`` behind a frame Dynamo never compiles (``skip_code``) but does trace: traced, it
-    is left out (``traced=False``, or ``unless[0]`` is true when traced) or becomes a graph
-    break; called on its own it notes whether a compiled region is running and runs ``fn``
-    eagerly."""
+def _hook(fn: F, *, unless: list[bool] | None = None, slot: list[Any] | None = None) -> F:
+    """``fn`` behind a frame Dynamo never compiles (``skip_code``) but does trace. Traced, it
+    is left out, or (``slot``) its arguments go to an empty ``slot[0]`` unless ``unless[0]``.
+    Called on its own it notes whether a compiled region is running (:func:`in_region`) and
+    runs ``fn`` eagerly."""
     if not dynamo_loaded() or getattr(fn, "_rnndoctor_eager", False):
         return fn
-    body, compiling = eager(fn), _is_compiling()
+    body, tracing, compile_running = eager(fn), _is_tracing(), _compile_running()
     skip, callback = _dynamo_attr("torch._dynamo.eval_frame", "skip_code"), _eval_frame_callback()
-    if compiling is None or skip is None:
+    if tracing is None or skip is None:
         return body  # older torch: a graph break where traced, still never compiled
-    in_graph = eager(functools.partial(_called_in_graph, fn)) if traced else None
 
     def hook(*args: Any, **kwargs: Any) -> Any:
         global _region
-        if compiling():  # constant True while Dynamo traces this frame
-            if in_graph is None or (unless is not None and unless[0]):
-                return None
-            return in_graph(*args, **kwargs)
+        if tracing():  # constant True while Dynamo traces this frame
+            if slot is not None and slot[0] is None and not (unless is not None and unless[0]):
+                slot[0] = (args, kwargs)
+            return None
+        if compile_running():  # the compiler's own call (a decomposition calling a loss)
+            return None
         _region = callback is not None and callback() is not None
         return body(*args, **kwargs)
 
@@ -122,15 +130,43 @@ def _hook(fn: F, *, traced: bool, unless: list[bool] | None = None) -> F:
 
 def outside_graph(fn: F) -> F:
     """A module hook left out of every traced graph, run eagerly wherever it runs."""
-    return _hook(fn, traced=False)
+    return _hook(fn)
 
 
-def break_graph(fn: F, unless: list[bool] | None = None) -> F:
-    """A module hook that must see every call: a graph break where traced code calls it. A
-    graph break stays in the compiled code for good (Dynamo does not guard on hook dicts), so
-    ``unless[0]``, read while tracing (Dynamo guards on it: a plain bool in a list, nothing
-    else of ours is traced), leaves it out once true."""
-    return _hook(fn, traced=True, unless=unless)
+class Deferred:
+    """Calls that traced code makes to our callbacks, run at the watcher's next eager hook.
+
+    Each callback has one slot that its first call since the last :meth:`drain` fills (later
+    calls until then are not kept): a slot, not a list, because Dynamo guards on the length of
+    a list it appends to, and a length that differs between calls would recompile the user's
+    graph. Dynamo guards on whether the slot is empty: at most one more variant."""
+
+    def __init__(self) -> None:
+        self._slots: list[tuple[int, list[Any], Callable[..., Any]]] = []
+
+    def wrap(self, fn: F, order: int, unless: list[bool] | None = None) -> F:
+        """``fn`` as a callback traced code defers; drained by ``order`` (discovery, then the
+        model's pre-hook, then its loss). ``unless[0]``, read while tracing (Dynamo guards on
+        it), stops the deferral once true: what traced code does stays in compiled code for
+        good (Dynamo does not guard on hook dicts)."""
+        slot: list[Any] = [None]
+        hook = _hook(fn, unless=unless, slot=slot)
+        if hook is not fn:
+            self._slots.append((order, slot, eager(fn)))
+            self._slots.sort(key=lambda s: s[0])
+        return hook
+
+    def __bool__(self) -> bool:
+        return any(slot[0] is not None for _, slot, _ in self._slots)
+
+    def drain(self) -> None:
+        """Run the deferred calls, each as called inside a compiled region (:func:`in_region`)."""
+        global _region
+        for _, slot, fn in self._slots:
+            if slot[0] is not None:
+                (args, kwargs), slot[0] = slot[0], None
+                _region = True
+                fn(*args, **kwargs)
 
 
 def make_eager(handles: Iterable[Any], wrap: Callable[[Any], Any] = eager) -> None:

@@ -278,6 +278,8 @@ class Watch:
         self._inside: set[int] = set()
         #: [whether discovery adopted a model]: compiled code then leaves discovery out
         self._discovered = [False]
+        #: discovery, model pre-hook and loss calls made by traced code, run at the next eager hook
+        self._deferred = compiled.Deferred()
         #: ids of the roots and recurrent modules whose hooks ran (see ``_unseen``)
         self._hooks_ran: set[int] = set()
         #: discovery, out of the global hook dict while an adopted wrapper's compiled call runs
@@ -328,7 +330,7 @@ class Watch:
                 self._arm_discovery()
             self._global_handles.append(register_optimizer_step_pre_hook(compiled.eager(self._opt_pre)))
             self._global_handles.append(register_optimizer_step_post_hook(compiled.eager(self._opt_post)))
-            self._loss_ctx = capture_losses(compiled.eager(self._on_loss))
+            self._loss_ctx = capture_losses(self._deferred.wrap(self._on_loss, order=2))
             self._loss_ctx.__enter__()
             self._compile_patch = compiled.CompilePatch(self._on_compile).__enter__()
             self._loader_patch = data_probe.LoaderPatch(self._on_loader)
@@ -497,7 +499,7 @@ class Watch:
             return
         self._adopt(module, name=compiled.type_name(module))
         self._discovered[0] = True
-        if compiled.is_wrapper(module):
+        if compiled.is_wrapper(module) and not compiled.in_region():
             self._hidden.hide()  # this call's own pre-hooks were chosen before its adoption
         self._before_forward(module, args)
 
@@ -508,19 +510,24 @@ class Watch:
         self._global_handles.append(self._discovery)  # type: ignore[arg-type]
 
     def _discovery_hook(self) -> Callable[..., Any]:
-        """Traced code calls discovery through a graph break, until a model is adopted (the
-        usual ``torch.compile(model)`` is adopted at its wrapper's call, before any tracing)."""
-        return compiled.break_graph(self._discover, unless=self._discovered)
+        """Traced code defers discovery until a model is adopted (the usual
+        ``torch.compile(model)`` is adopted at its wrapper's call, before any tracing)."""
+        return self._deferred.wrap(self._discover, order=0, unless=self._discovered)
 
     def _on_compile(self) -> None:
         """``torch.compile`` was called inside the watch: Dynamo is loaded now, so the hooks
         placed before are swapped for eager ones before anything compiled can trace them."""
         compiled.make_eager([h for h in self._global_handles if h is not self._discovery])
         compiled.make_eager([self._discovery] if self._discovery is not None else [], lambda _: self._discovery_hook())
-        compiled.make_eager(self._module_handles + self._localize_handles + self._activation_handles, compiled.outside_graph)
+
+        def module_hook(hook: Callable[..., Any]) -> Callable[..., Any]:
+            root = hook == self._before_forward  # see _rebuild_hooks
+            return self._deferred.wrap(hook, order=1) if root else compiled.outside_graph(hook)
+
+        compiled.make_eager(self._module_handles + self._localize_handles + self._activation_handles, module_hook)
         if self._loss_ctx is not None:
             self._loss_ctx.__exit__(None, None, None)
-            self._loss_ctx = capture_losses(compiled.eager(self._on_loss))
+            self._loss_ctx = capture_losses(self._deferred.wrap(self._on_loss, order=2))
             self._loss_ctx.__enter__()
 
     def _adopt(self, model: nn.Module, name: str) -> None:
@@ -574,9 +581,9 @@ class Watch:
         self._inside = compiled.inside_compiled(self._roots.values())
         outside = compiled.outside_graph
         for root in self._roots.values():
-            # a root compiled in place has no call outside its graph: a graph break at its start
-            wrap = compiled.break_graph if compiled.compiled_in_place(root) else outside
-            self._module_handles.append(root.register_forward_pre_hook(wrap(self._before_forward)))
+            # a root called only from traced code (compiled in place, or in a compiled function)
+            # is seen when the traced code's calls are drained
+            self._module_handles.append(root.register_forward_pre_hook(self._deferred.wrap(self._before_forward, order=1)))
             for m in root.modules():
                 if compiled.is_wrapper(m):
                     self._module_handles += self._hidden.hooks(m)
@@ -852,6 +859,8 @@ class Watch:
 
     @_guarded
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._deferred:  # a compiled step's model call and loss: adopted, recorded first
+            self._drain_before_update()
         if not self._watches(optimizer):
             if self._explicit_model is None and self._discovery is None and self.active:
                 self._arm_discovery()  # an optimizer of modules not seen yet (a second model)
@@ -867,6 +876,15 @@ class Watch:
             lr = optimizer.param_groups[0].get("lr", float("nan"))
             # a tensor learning rate (capturable optimizers) stays on its device until the flush
             self._lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
+
+    def _drain_before_update(self) -> None:
+        """Deferred calls run in the optimizer's pre-hook, after the backward pass: its
+        gradients belong to the step these calls open, not to a manual update closing the last."""
+        grads, self._grads_seen = self._grads_seen, False
+        try:
+            self._deferred.drain()
+        finally:
+            self._grads_seen = self._grads_seen or grads
 
     @_guarded
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -924,6 +942,8 @@ class Watch:
         )
 
     def _maybe_close_step(self) -> None:
+        if self._deferred:
+            self._deferred.drain()
         if self._opt_stepped or (self._grads_seen and not self._optimizer_seen):
             self._close_step()
 
