@@ -30,7 +30,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 from torch.utils.hooks import RemovableHandle
 
-from . import __version__
+from . import __version__, compiled
 from .finding import Diagnosis, Finding, Severity
 from .probes import data as data_probe
 from .probes import gates
@@ -283,6 +283,17 @@ class Watch:
         self._nonfinite: NonFiniteProbe | None = None
         self._recorder: Recorder | None = None
         self._loss_ctx: Any = None
+        #: ids of modules whose calls run inside a compiled region: their hooks never change
+        self._inside: set[int] = set()
+        #: [whether discovery adopted a model]: compiled code then leaves discovery out
+        self._discovered = [False]
+        #: discovery, model pre-hook and loss calls made by traced code, run at the next eager hook
+        self._deferred = compiled.Deferred()
+        #: ids of the roots and recurrent modules whose hooks ran (see ``_unseen``)
+        self._hooks_ran: set[int] = set()
+        #: discovery, out of the global hook dict while an adopted wrapper's compiled call runs
+        self._hidden = compiled.Hidden(lambda: self._discovery)
+        self._compile_patch: compiled.CompilePatch | None = None
         self._train = _StepAccumulator()
         self._eval = _StepAccumulator()
         self._losses = _LossBatcher()
@@ -340,13 +351,14 @@ class Watch:
             if self._explicit_model is not None:
                 if not isinstance(self._explicit_model, nn.Module):
                     raise TypeError(f"watch() needs a torch.nn.Module, got {type(self._explicit_model).__name__}")
-                self._adopt(self._explicit_model, name=type(self._explicit_model).__name__)
+                self._adopt(self._explicit_model, name=compiled.type_name(self._explicit_model))
             else:
                 self._arm_discovery()
-            self._global_handles.append(register_optimizer_step_pre_hook(self._opt_pre))
-            self._global_handles.append(register_optimizer_step_post_hook(self._opt_post))
-            self._loss_ctx = capture_losses(self._on_loss)
+            self._global_handles.append(register_optimizer_step_pre_hook(compiled.eager(self._opt_pre)))
+            self._global_handles.append(register_optimizer_step_post_hook(compiled.eager(self._opt_post)))
+            self._loss_ctx = capture_losses(self._deferred.wrap(self._on_loss, order=2))
             self._loss_ctx.__enter__()
+            self._compile_patch = compiled.CompilePatch(self._on_compile).__enter__()
             self._loader_patch = data_probe.LoaderPatch(self._on_loader)
             self._loader_patch.__enter__()
         except BaseException:
@@ -538,13 +550,38 @@ class Watch:
             return
         if next(module.parameters(), None) is None:
             return
-        self._adopt(module, name=type(module).__name__)
+        self._adopt(module, name=compiled.type_name(module))
+        self._discovered[0] = True
+        if compiled.is_wrapper(module) and not compiled.in_region():
+            self._hidden.hide()  # this call's own pre-hooks were chosen before its adoption
         self._before_forward(module, args)
 
     def _arm_discovery(self) -> None:
         """Diagnose mode: adopt modules as they are first called (a global pre-hook)."""
-        self._discovery = nn.modules.module.register_module_forward_pre_hook(self._discover)
-        self._global_handles.append(self._discovery)
+        hook = nn.modules.module.register_module_forward_pre_hook(self._discovery_hook())
+        self._discovery = compiled.QuietHandle(hook)  # type: ignore[assignment]
+        self._global_handles.append(self._discovery)  # type: ignore[arg-type]
+
+    def _discovery_hook(self) -> Callable[..., Any]:
+        """Traced code defers discovery until a model is adopted (the usual
+        ``torch.compile(model)`` is adopted at its wrapper's call, before any tracing)."""
+        return self._deferred.wrap(self._discover, order=0, unless=self._discovered)
+
+    def _on_compile(self) -> None:
+        """``torch.compile`` was called inside the watch: Dynamo is loaded now, so the hooks
+        placed before are swapped for eager ones before anything compiled can trace them."""
+        compiled.make_eager([h for h in self._global_handles if h is not self._discovery])
+        compiled.make_eager([self._discovery] if self._discovery is not None else [], lambda _: self._discovery_hook())
+
+        def module_hook(hook: Callable[..., Any]) -> Callable[..., Any]:
+            root = hook == self._before_forward  # see _rebuild_hooks
+            return self._deferred.wrap(hook, order=1) if root else compiled.outside_graph(hook)
+
+        compiled.make_eager(self._module_handles + self._localize_handles + self._activation_handles, module_hook)
+        if self._loss_ctx is not None:
+            self._loss_ctx.__exit__(None, None, None)
+            self._loss_ctx = capture_losses(self._deferred.wrap(self._on_loss, order=2))
+            self._loss_ctx.__enter__()
 
     def _adopt(self, model: nn.Module, name: str) -> None:
         # A newly adopted root may contain earlier roots (a sub-module called first).
@@ -571,16 +608,18 @@ class Watch:
         dropouts: list[tuple[str, nn.Module]] = []
         device = None
         for root_name, root in self._roots.items():
-            for sub_name, m in root.named_modules():
+            for sub_name, m in compiled.user_named_modules(root):
                 qual = ".".join(x for x in ((root_name if multi else ""), sub_name) if x) or root_name
                 self._names[id(m)] = qual
+                if compiled.is_wrapper(m):
+                    continue  # torch.compile's wrapper: the module it wraps is listed under its name
                 modules_meta.append({"name": qual, "type": type(m).__name__})
                 if isinstance(m, nn.modules.dropout._DropoutNd) or (isinstance(m, nn.RNNBase) and m.num_layers > 1):
                     dropouts.append((qual, m))
                 if isinstance(m, RECURRENT_TYPES):
                     rnn_modules.append((qual, m))
                     recurrent.append({"name": qual, "type": type(m).__name__, **_rnn_config(m)})
-            for p_name, p in root.named_parameters():
+            for p_name, p in compiled.user_named_parameters(root):
                 if p.requires_grad and id(p) not in seen_params:
                     seen_params.add(id(p))
                     named_params.append(((f"{root_name}.{p_name}" if multi else p_name), p))
@@ -592,14 +631,21 @@ class Watch:
         self._set_localize(False)
         self._set_activations(False)
         self._nonfinite = NonFiniteProbe(device)
+        self._inside = compiled.inside_compiled(self._roots.values())
+        outside = compiled.outside_graph
         for root in self._roots.values():
-            self._module_handles.append(root.register_forward_pre_hook(self._before_forward))
+            # a root called only from traced code (compiled in place, or in a compiled function)
+            # is seen when the traced code's calls are drained
+            self._module_handles.append(root.register_forward_pre_hook(self._deferred.wrap(self._before_forward, order=1)))
+            for m in root.modules():
+                if compiled.is_wrapper(m):
+                    self._module_handles += self._hidden.hooks(m)
         for qual, m in rnn_modules:
-            self._module_handles.append(m.register_forward_pre_hook(functools.partial(self._before_rnn, qual), with_kwargs=True))
+            self._module_handles.append(m.register_forward_pre_hook(outside(functools.partial(self._before_rnn, qual)), with_kwargs=True))
             if isinstance(m, nn.RNNBase):
-                self._module_handles.append(m.register_forward_hook(functools.partial(self._after_rnn, qual), with_kwargs=True))
+                self._module_handles.append(m.register_forward_hook(outside(functools.partial(self._after_rnn, qual)), with_kwargs=True))
             elif isinstance(m, nn.RNNCellBase):
-                self._module_handles.append(m.register_forward_hook(functools.partial(self._after_cell, qual), with_kwargs=True))
+                self._module_handles.append(m.register_forward_hook(outside(functools.partial(self._after_cell, qual)), with_kwargs=True))
         self._dropouts = dropouts
         fused = [m for _, m in rnn_modules if isinstance(m, nn.RNNBase)]
         self._rnn_batch_first = bool(fused[0].batch_first) if fused else True
@@ -618,6 +664,7 @@ class Watch:
             "params": [{"name": n, "shape": list(p.shape), "numel": p.numel()} for n, p in named_params],
             "device": str(device),
         }
+        self._note_compiled()
         if self.active:
             self._write_meta()
 
@@ -625,6 +672,9 @@ class Watch:
     @_guarded
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         self._maybe_close_step()
+        self._hooks_ran.add(id(module))
+        if id(module) not in self._inside and not compiled.is_wrapper(module) and compiled.in_region():
+            self._mark_compiled(module)
         due, grad = self._due, torch.is_grad_enabled()
         self._set_localize(due.localize)
         self._set_activations(grad and due.gates)
@@ -647,6 +697,33 @@ class Watch:
                 row.update(stats)
                 self._recorder.add("inputs", row, finalize=data_probe.with_all_zero)
 
+    def _mark_compiled(self, module: nn.Module) -> None:
+        """A root we adopted unwrapped runs inside a wrapper of the user's: from now on its
+        modules keep the hooks they have (per-step ones come off once, now)."""
+        self._set_localize(False)
+        self._set_activations(False)
+        self._inside.update(id(m) for m in module.modules())
+        self._note_compiled()
+        if self.active:
+            self._write_meta()
+
+    def _note_compiled(self) -> None:
+        """Which modules run compiled, and what the probes do not see there (meta)."""
+        inside = sorted({self._names[i] for i in self._inside if i in self._names})
+        unseen = self._unseen()
+        model = self._meta.get("model")
+        if (inside or unseen) and isinstance(model, dict):
+            model["compiled"] = {"modules": inside, "unseen": unseen, "note": compiled.NOTE}
+
+    def _unseen(self) -> list[str]:
+        """Models and recurrent modules whose hooks never ran in a run that had steps: with
+        Dynamo loaded, their calls were traced (a compiled function, a cell inside a
+        compiled module), where our hooks are left out."""
+        if not self.steps or not compiled.dynamo_loaded():
+            return []
+        hooked = [*self._roots.values()] + [m for r in self._roots.values() for m in r.modules() if isinstance(m, RECURRENT_TYPES)]
+        return sorted({self._names[id(m)] for m in hooked if id(m) not in self._hooks_ran and id(m) in self._names})
+
     def _check_eval_pass(self, module: nn.Module) -> None:
         """An evaluation pass (no grad): is dropout still active in it? (once per step)"""
         assert self._recorder is not None
@@ -665,6 +742,7 @@ class Watch:
         Closes a finished step first, as the root's pre-hook does: a watched container that
         is never called itself (a ModuleList, a dict of encoder and decoder) has no root
         call, and the RNN input would be counted to the step before."""
+        self._hooks_ran.add(id(module))
         if self._recorder is None:
             return None
         self._maybe_close_step()
@@ -796,8 +874,10 @@ class Watch:
         if on and not handles:
             for root in self._roots.values():
                 for m in root.modules():
-                    if roots or m is not root:
-                        handles.append(m.register_forward_hook(hook_for(self._names[id(m)])))
+                    if (roots or m is not root) and id(m) not in self._inside:  # compiled: hooks fixed
+                        hook = hook_for(self._names[id(m)])
+                        hook = compiled.as_wrapped(hook) if compiled.is_wrapper(m) else hook
+                        handles.append(m.register_forward_hook(compiled.outside_graph(hook)))
         elif not on and handles:
             for h in handles:
                 h.remove()
@@ -836,6 +916,8 @@ class Watch:
 
     @_guarded
     def _opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._deferred:  # a compiled step's model call and loss: adopted, recorded first
+            self._drain_before_update()
         if not self._watches(optimizer):
             if self._explicit_model is None and self._discovery is None and self.active:
                 self._arm_discovery()  # an optimizer of modules not seen yet (a second model)
@@ -851,6 +933,15 @@ class Watch:
             lr = optimizer.param_groups[0].get("lr", float("nan"))
             # a tensor learning rate (capturable optimizers) stays on its device until the flush
             self._lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
+
+    def _drain_before_update(self) -> None:
+        """Deferred calls run in the optimizer's pre-hook, after the backward pass: its
+        gradients belong to the step these calls open, not to a manual update closing the last."""
+        grads, self._grads_seen = self._grads_seen, False
+        try:
+            self._deferred.drain()
+        finally:
+            self._grads_seen = self._grads_seen or grads
 
     @_guarded
     def _opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -908,6 +999,8 @@ class Watch:
         )
 
     def _maybe_close_step(self) -> None:
+        if self._deferred:
+            self._deferred.drain()
         if self._opt_stepped or (self._grads_seen and not self._optimizer_seen):
             self._close_step()
 
@@ -969,6 +1062,7 @@ class Watch:
 
     # ------------------------------------------------------------------ teardown
     def _detach(self) -> None:
+        self._note_compiled()
         self._set_localize(False)
         self._set_activations(False)
         for h in self._module_handles + self._grad_handles + self._global_handles:
@@ -977,6 +1071,9 @@ class Watch:
         if self._loss_ctx is not None:
             self._loss_ctx.__exit__(None, None, None)
             self._loss_ctx = None
+        if self._compile_patch is not None:
+            self._compile_patch.__exit__(None, None, None)
+            self._compile_patch = None
         if self._loader_patch is not None:
             self._loader_patch.__exit__(None, None, None)
             self._loader_patch = None
