@@ -29,7 +29,8 @@ def test_program_deleting_the_run_directory(cli: Cli) -> None:
     recorded and the loss of what came before is said."""
     cli.script("import shutil\n" + T_PY.replace("range(50)", "range(30)") + "shutil.rmtree('run')\n"
                + T_PY.replace("range(50)", "range(250)") + "print('user program finished')\n")
-    r = cli.run("diagnose", "t.py", "--out", "run", "--quiet")
+    # --fail-on never: T_PY's LSTM may sit at chance for its first ~200 steps (a true finding)
+    r = cli.run("diagnose", "t.py", "--out", "run", "--quiet", "--fail-on", "never")
     assert r.returncode == 0, r.output
     assert "user program finished" in r.stdout
     assert "the run directory was removed while recording" in r.stderr.replace("\n        ", " ")
