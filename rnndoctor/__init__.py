@@ -1,7 +1,6 @@
 """rnndoctor: tells you why your recurrent network will not train, and what to change."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .diagnose import diagnose  # noqa: E402
 from .finding import Diagnosis, Finding, Severity, Skipped  # noqa: E402
 from .report.assertion import FindingAssertionError  # noqa: E402

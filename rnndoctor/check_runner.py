@@ -19,6 +19,7 @@ from pathlib import Path
 from .checks import CheckEntry, CheckResult, evaluate
 from .finding import finding_from_dict
 from .text import printable_line, xml_safe
+from .rundir import FINDINGS_FILE, META_FILE
 
 #: an entry without its own ``timeout`` is killed after this long (a hung script)
 DEFAULT_ENTRY_TIMEOUT_S = 600.0
@@ -35,7 +36,7 @@ class EntryRun:
 
 def run_entry(entry: CheckEntry, out_root: Path) -> EntryRun:
     run_dir = (out_root / entry.name).resolve()
-    json_path = run_dir / "findings.json"
+    json_path = run_dir / FINDINGS_FILE
     cmd = [sys.executable, "-m", "rnndoctor", "diagnose", str(entry.script), "--out", str(run_dir), "--quiet", "--fail-on", "never"]
     if entry.max_steps:
         cmd += ["--max-steps", str(entry.max_steps)]
@@ -74,7 +75,7 @@ def _crash_reason(data: dict, run_dir: Path) -> str:
     """``the script crashed with KeyError: 'label'``: the type alone rarely says why; the
     message is in the record's meta.json (findings.json keeps only the type)."""
     exc_type = data.get("run", {}).get("exception") or "an exception"
-    message = _exception_message(run_dir / "meta.json")
+    message = _exception_message(run_dir / META_FILE)
     return f"the script crashed with {exc_type}: {message}" if message else f"the script crashed with {exc_type}"
 
 

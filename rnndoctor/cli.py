@@ -15,9 +15,10 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .finding import Diagnosis, Severity
 from .text import printable, printable_line
+from .rundir import FINDINGS_FILE
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3
 SEVERITIES = click.Choice(["info", "warning", "error", "never"], case_sensitive=False)
@@ -56,6 +57,7 @@ def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float |
 @click.option("--fail-on", default="error", type=SEVERITIES, show_default=True, help="Exit 1 on findings this severe.")
 @click.option("--redact-args", is_flag=True, help="Keep the script's arguments out of the record and report.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--no-probe", "no_probe", multiple=True, metavar="NAME", help="Switch a probe off (repeatable; `rnndoctor probes` lists them).")
 def diagnose(
     script: str,
     script_args: tuple[str, ...],
@@ -66,6 +68,7 @@ def diagnose(
     fail_on: str,
     redact_args: bool,
     quiet: bool,
+    no_probe: tuple[str, ...],
 ) -> None:
     """Run SCRIPT [ARGS]... (an unmodified training script) under instrumentation and report.
 
@@ -73,13 +76,18 @@ def diagnose(
     """
     from .rundir import RunDirBusy, RunDirUnusable
     from .runner import ScriptNotRunnable, run_script
+    from .probes import probe_names
     from .watch import default_out_dir
 
+    unknown = sorted(set(no_probe) - set(probe_names()))
+    if unknown:
+        raise click.BadParameter(f"no probe named {', '.join(unknown)}; probes: {', '.join(probe_names())}", param_hint="--no-probe")
     json_file = Path(os.path.abspath(json_path)) if json_path else None  # the script may chdir
     try:
         outcome = run_script(
             script, list(script_args), out=Path(out) if out else default_out_dir(), max_steps=max_steps,
             timeout=timeout, progress=not quiet, redact_args=redact_args, move_if_busy=out is None,
+            disable=no_probe,
         )
     except ScriptNotRunnable as exc:
         raise _fail(str(exc), EXIT_NOT_RUNNABLE)
@@ -97,7 +105,7 @@ def diagnose(
     if json_file is not None:
         try:
             json_file.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(outcome.watch.run_dir / "findings.json", json_file)
+            shutil.copyfile(outcome.watch.run_dir / FINDINGS_FILE, json_file)
         except OSError as exc:
             raise _fail(f"cannot write {printable(json_path)}: {exc.strerror or exc}")
     _finish(_exit_code(outcome.diagnosis, fail_on), outcome.died_of)
@@ -115,6 +123,23 @@ def _finish(code: int, died_of: int | None) -> None:
             os.kill(os.getpid(), died_of)
         raise click.exceptions.Exit(128 + died_of)
     raise click.exceptions.Exit(code)
+
+
+@cli.command(name="probes")
+def list_probes() -> None:
+    """List the probes in the order they run: name, schedule, signals written."""
+    from .probes import DEFAULT_PROBES
+    from .schedule import AFTER_NAN, SCHEDULES
+    from .signals import CATALOGUE
+
+    for probe in DEFAULT_PROBES:
+        names = (probe.schedule,) if probe.schedule else probe.follows
+        when = "; ".join(f"{n}: {SCHEDULES[n]}" + (" (every step after a NaN)" if n in AFTER_NAN else "") for n in names)
+        when = when or CATALOGUE[probe.signals[0]].when
+        doc = (probe.__doc__ or "").strip().splitlines()
+        click.echo(f"{probe.name}  ->  {', '.join(probe.signals)}")
+        click.echo(f"    {doc[0] if doc else ''}")
+        click.echo(f"    when: {when}")
 
 
 @cli.command()
@@ -139,7 +164,7 @@ def report(run_dir: str, json_path: str | None, fail_on: str) -> None:
     if json_path:
         try:
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(Path(run_dir) / "findings.json", json_path)
+            shutil.copyfile(Path(run_dir) / FINDINGS_FILE, json_path)
         except OSError as exc:
             raise _fail(f"cannot write the report: {_os_error_text(exc)}")
     print_summary(run, diagnosis)

@@ -60,7 +60,9 @@ def _out_root(config: pytest.Config) -> Path | None:
 
 def _fresh(run_dir: Path) -> Path:
     """A rerun of the same test replaces its previous record (records are append-only)."""
-    if (run_dir / "meta.json").is_file():
+    from .rundir import META_FILE
+
+    if (run_dir / META_FILE).is_file():
         shutil.rmtree(run_dir)
     return run_dir
 
@@ -98,6 +100,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     runs = item.stash.get(_RUNS, None)
     from .report.assertion import FindingAssertionError
+    from .rundir import REPORT_FILE
 
     explained = call.excinfo is not None and isinstance(call.excinfo.value, FindingAssertionError)
     if runs and report.failed and report.when == "call" and not explained:
@@ -106,7 +109,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             d = w.run_dir.resolve()
             ids = ", ".join(f"{f.id} ({f.severity.value})" for f in w.findings) or "none"
             state = f"findings: {ids}" if w.diagnosis is not None else "not finished"
-            lines.append(f"{d}  [{state}]\n    report: {d / 'report.html'}")
+            lines.append(f"{d}  [{state}]\n    report: {d / REPORT_FILE}")
         report.sections.append(("rnndoctor runs", "\n".join(lines)))
 
 
@@ -149,6 +152,7 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         from .check_runner import run_entry
+        from .rundir import REPORT_FILE
         from .text import printable
 
         base = _out_root(self.config)
@@ -164,7 +168,7 @@ class CheckItem(pytest.Item):
             lines += [f"  {r}" for r in run.result.reasons]
             lines.append(f"  found: {', '.join(run.result.found) or 'nothing'}")
             lines.append(f"run directory: {run.run_dir}")
-            lines.append(f"report: {run.run_dir / 'report.html'}")
+            lines.append(f"report: {run.run_dir / REPORT_FILE}")
             if run.status in ("error", "timeout") and run.output:
                 lines.append("output (tail):\n" + run.output[-2000:])
             raise CheckFailed(printable("\n".join(lines)))  # reasons and output come from the user's script

@@ -46,6 +46,8 @@ from typing import Any, Callable, Iterator, TextIO
 import torch
 
 from .run import PACK_MIN, pack
+from .rundir import SIGNALS_DIR
+from .signals import SignalContractError, undeclared
 
 Row = dict[str, Any]
 Finalize = Callable[[Row], "Row | None"]
@@ -94,10 +96,10 @@ class _Batch:
 class Recorder:
     """Collects rows per signal and writes them in batches (on the writer thread or inline)."""
 
-    def __init__(self, run_dir: Path, *, background: bool = True) -> None:
+    def __init__(self, run_dir: Path, *, background: bool = True, contract: str | None = None) -> None:
         """``background``: write on the writer thread (see the module docstring); may be
         changed until the first flush."""
-        self.signals_dir = Path(run_dir) / "signals"
+        self.signals_dir = Path(run_dir) / SIGNALS_DIR
         self.signals_dir.mkdir(parents=True, exist_ok=True)
         for old in self.signals_dir.glob("*.jsonl"):  # a reused run directory starts empty
             old.unlink()
@@ -121,6 +123,10 @@ class Recorder:
         self.background = background
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
         self._writer: threading.Thread | None = None  # started with the first background batch
+        #: a row breaking the signal contract (signals.py) is dropped and kept as an error;
+        #: ``contract="raise"`` (the tests) also makes ``close()`` raise it
+        self.contract = contract if contract is not None else os.environ.get(CONTRACT_ENV, "record")
+        self.contract_error: SignalContractError | None = None
 
     def before_flush(self, take: Taker) -> None:
         """``take`` runs on the training thread at every flush and takes what its probe
@@ -179,6 +185,8 @@ class Recorder:
             except OSError as exc:  # its last buffered rows could not be written (disk full)
                 self._keep_error(exc)
         self._files.clear()
+        if self.contract == "raise" and self.contract_error is not None:
+            raise self.contract_error
 
     def _write_loop(self) -> None:
         _lower_priority()
@@ -223,7 +231,7 @@ class Recorder:
         rows = []
         for p in batch.pending:
             row = p.finalize(p.row) if p.finalize is not None else p.row
-            if row is not None:
+            if row is not None and self._declared(p.signal, row):
                 rows.append((p.signal, row))
         encode = self._encoder.encode
         self._check_directory()
@@ -235,6 +243,15 @@ class Recorder:
             f.flush()
         self.rows_written += len(rows)
         self.flushes += 1
+
+    def _declared(self, signal: str, row: Row) -> bool:
+        problem = undeclared(signal, row)
+        if problem is None:
+            return True
+        if self.contract_error is None:
+            self.contract_error = SignalContractError(problem)
+            self.errors.append(f"signal contract: {problem}")
+        return False
 
     def tick(self) -> None:
         """The training thread is about to spend a while without the GIL (a backward pass
@@ -285,6 +302,8 @@ class Recorder:
 
 #: ``RNNDOCTOR_WRITER``: ``thread`` or ``inline`` forces where the recorder writes
 WRITER_ENV = "RNNDOCTOR_WRITER"
+#: ``raise``: a row breaking the signal contract makes ``Recorder.close()`` raise (tests)
+CONTRACT_ENV = "RNNDOCTOR_SIGNAL_CONTRACT"
 
 
 def writer_choice(choice: str | None = None) -> str | None:

@@ -26,11 +26,10 @@ from typing import IO, Any, Iterator, Mapping, get_args, get_origin
 import numpy as np
 import pandas as pd
 
-from .rundir import settle_status
+from .rundir import META_FILE, SIGNALS_DIR, settle_status
 from .signals import CATALOGUE, Signal
 from .text import printable_line
 
-META_FILE = "meta.json"
 
 
 class RunDirError(Exception):
@@ -181,7 +180,6 @@ def _kind_name(kind: Any) -> str:
     return _KIND_NAMES[kind]
 
 
-SIGNALS_DIR = "signals"
 
 #: a line longer than this is damage, not a row (the largest rows, ``samples`` of a huge batch or
 #: ``params`` of a model with 100k tensors, are a few MB): it is skipped without being held whole

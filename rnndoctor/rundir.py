@@ -27,10 +27,17 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
+from .status import KILLED, RUNNING
+
+# The run directory's names: used everywhere through these constants.
+META_FILE = "meta.json"
+FINDINGS_FILE = "findings.json"
+REPORT_FILE = "report.html"
+SIGNALS_DIR = "signals"
 LOCK_FILE = ".lock"
 #: files of ours a reused run directory starts without (a new run must not show the last
 #: run's report if it is killed before writing its own)
-STALE_OUTPUTS = ("findings.json", "report.html", "meta.json")
+STALE_OUTPUTS = (FINDINGS_FILE, REPORT_FILE, META_FILE)
 #: ``DIR-2`` ... ``DIR-<this>`` are tried before giving up
 MAX_SIBLINGS = 99
 
@@ -140,14 +147,12 @@ def _clear_stale(path: Path) -> None:
             raise RunDirUnusable(f"cannot write the run directory {path}: {exc.strerror or exc}") from None
 
 
-#: ``meta["status"]`` of a record whose writer is gone without closing it
-KILLED = "killed"
 
 
 def settle_status(meta: dict[str, object], run_dir: Path, train_steps: int) -> None:
     """A record still marked ``running``: say whether its writer lives (the lock), and how
     many training steps it holds, so it is reported and judged on what it holds."""
-    if meta.get("status") != "running":
+    if meta.get("status") != RUNNING:
         return
     alive = writer_alive(run_dir)
     if alive is False:

@@ -24,15 +24,8 @@ from typing import Any, TextIO
 from .finding import Diagnosis
 from .privacy import shown_path, user_traceback
 from .text import printable
+from .status import StopRun, died_of as died_of_signal, is_failure, status_for
 from .watch import Watch
-
-
-class StopRun(BaseException):
-    """Raised inside the script to end it cleanly (not an ``Exception``: cannot be swallowed)."""
-
-    def __init__(self, status: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class ScriptNotRunnable(Exception):
@@ -97,6 +90,7 @@ def run_script(
     progress: bool = True,
     redact_args: bool = False,
     move_if_busy: bool = True,
+    disable: tuple[str, ...] | list[str] = (),
 ) -> RunOutcome:
     """Run ``script`` with ``args`` under a discovery-mode watch and diagnose it.
 
@@ -122,6 +116,7 @@ def run_script(
         max_steps=max_steps,
         redact_args=redact_args,
         move_if_busy=move_if_busy,
+        disable=disable,
     )
     bar.watch = w
     # as ``python script.py``: argv[0] as typed, __file__ absolute, sys.path[0] the real folder
@@ -137,20 +132,11 @@ def run_script(
     sys.path.insert(0, script_dir)
     timer = _start_timer(timeout)
     terminate = _stop_on_sigterm()
-    error: BaseException | None = None
-    status, died_of = "completed", None
+    ended: BaseException | None = None
     try:
         _run_as_main(file)
-    except StopRun as exc:
-        status = exc.status
-        died_of = signal.SIGTERM if exc.status == "terminated" else None
-    except KeyboardInterrupt as exc:
-        status, error, died_of = "interrupted", exc, signal.SIGINT
-    except SystemExit as exc:
-        if exc.code not in (None, 0):
-            status, error = "crashed", exc
-    except BaseException as exc:  # the script's own error: keep it, diagnose anyway
-        status, error = "crashed", exc
+    except BaseException as exc:  # the script's own error or a stop: keep it, diagnose anyway
+        ended = exc
     finally:
         _restore_sigterm(terminate)
         _stop_timer(timer)
@@ -160,6 +146,8 @@ def run_script(
         except ValueError:
             pass
         bar.done()
+    status, died_of = status_for(ended), died_of_signal(ended)
+    error = ended if is_failure(ended) else None
     if error is not None and not isinstance(error, (SystemExit, KeyboardInterrupt)):
         sys.stderr.write(f"[rnndoctor] the script raised {type(error).__name__}; its traceback:\n")
         sys.stderr.write(printable(user_traceback(error)))

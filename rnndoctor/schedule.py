@@ -76,3 +76,36 @@ DEFAULT_TIME_GRAD = first_then_every(10, 100)
 #: gate replay (and per-module activation statistics): an exact recompute of every layer
 #: and step plus its statistics cost ~2 steps of the seed-000 model
 DEFAULT_GATES = first_then_every(3, 500)
+
+#: every default schedule by the name a probe gives in ``Probe.schedule`` / ``ctx.due(name)``
+SCHEDULES: dict[str, Schedule] = {
+    "stats": DEFAULT_STEP_STATS,
+    "localize": DEFAULT_LOCALIZE,
+    "detail": DEFAULT_DETAIL,
+    "update": DEFAULT_UPDATE_RATIO,
+    "data": DEFAULT_DATA,
+    "time_grad": DEFAULT_TIME_GRAD,
+    "gates": DEFAULT_GATES,
+}
+
+#: schedules that are due on every step once a non-finite loss or gradient was seen: the
+#: first NaN module, update ratio, class counts and norms are then wanted where it happens
+AFTER_NAN = frozenset({"localize", "update", "stats"})
+
+
+class StepSchedules:
+    """Which schedules are due in the step being recorded: read once per step, at its start,
+    instead of in every hook call."""
+
+    def __init__(self, schedules: dict[str, Schedule] | None = None, after_nan: frozenset[str] = AFTER_NAN) -> None:
+        self.schedules = dict(SCHEDULES if schedules is None else schedules)
+        self.after_nan = after_nan
+        self.nan_seen = False
+        self._due: dict[str, bool] = {}
+
+    def at(self, step: int) -> None:
+        nan = self.nan_seen
+        self._due = {name: (nan and name in self.after_nan) or bool(s(step)) for name, s in self.schedules.items()}
+
+    def due(self, name: str) -> bool:
+        return self._due.get(name, False)

@@ -124,6 +124,7 @@ NONFINITE = Signal(
         "call": "which call of that module within the step (0-based; the time step for cells)",
         "t": "first non-finite time step of a recurrent module's output sequence (-1: n/a)",
         "calls_checked": "module calls checked in the step",
+        "outputs_bad": "1 when some checked call's output was non-finite, even one whose inputs were not finite too",
     },
     when=f"steps on the localisation schedule ({DEFAULT_LOCALIZE}, every step after a NaN)",
 )
@@ -164,8 +165,10 @@ SAMPLES = Signal(
 REFETCH = Signal(
     "refetch",
     keys=("index",),
-    values={"same_input": "1 when fetching the index twice gave the same input", "same_label": "... the same label",
-            "draw1": "summary of the first fetch", "draw2": "summary of the second"},
+    values={"dataset": "type name of the dataset",
+            "same_input": "1 when fetching the index twice gave the same input", "same_label": "... the same label",
+            "draw1": "summary of the first fetch", "draw2": "summary of the second",
+            "label1": "summary of the first fetch's label", "label2": "summary of the second fetch's label"},
     when="once per DataLoader over a map-style dataset, before its first batch",
 )
 
@@ -174,6 +177,7 @@ TIME_GRAD = Signal(
     keys=("step", "module"),
     values={"grad_norm": "mean over the batch of ||dL/dx_t|| for every time step t of the recurrent input (list)",
             "backward_step": "the step whose backward() produced it (> step: gradient reached an earlier batch)",
+            "packed": "1 when the recurrent input was a PackedSequence",
             "pad_grad_share": "share of the input gradient on trailing all-zero steps (padding) of padded input"},
     when=f"first fused-RNN call of the step, {DEFAULT_TIME_GRAD} (training passes only)",
 )
@@ -183,6 +187,7 @@ GATES = Signal(
     keys=("step", "module", "layer", "direction", "gate"),
     values={"frac_low": "share of entries < 0.05 (sigmoid) / < -0.95 (tanh) / == 0 (relu)",
             "frac_high": "share > 0.95", "frac_saturated": "frac_low + frac_high",
+            "activation": "sigmoid | tanh | relu: the gate's nonlinearity",
             "mean": "mean activation", "p10": "10th percentile", "p50": "median", "p90": "90th percentile",
             "unit_mean": "mean activation of each unit (list over the hidden units)",
             "replay_err": "max |h_n(replay) - h_n(module)|: the replay checks itself", "exact": "0 when dropout makes replay inexact"},
@@ -224,3 +229,30 @@ DATASETS = Signal(
 )
 
 CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, ACTIVATIONS, EVAL_PASSES)}
+
+
+# ---------------------------------------------------------------------------- the contract
+#: columns every row may carry besides its signal's keys and values
+COMMON_COLUMNS = frozenset({"step"})
+
+#: signal name -> (its Signal, the columns it allows), computed once per declaration
+_ALLOWED: dict[str, tuple[Signal, frozenset[str]]] = {}
+
+
+class SignalContractError(ValueError):
+    """A probe wrote a row of an undeclared signal or with an undeclared column."""
+
+
+def undeclared(signal: str, row: dict) -> str | None:
+    """Why ``row`` breaks the contract (an undeclared signal or columns), or None."""
+    spec = CATALOGUE.get(signal)
+    if spec is None:
+        return f"signal {signal!r} is not declared in signals.py"
+    cached = _ALLOWED.get(signal)
+    if cached is None or cached[0] is not spec:
+        cached = _ALLOWED[signal] = (spec, frozenset(spec.keys) | frozenset(spec.values) | COMMON_COLUMNS)
+    allowed = cached[1]
+    extra = [k for k in row if k not in allowed]
+    if extra:
+        return f"signal {signal!r} has undeclared column(s) {', '.join(map(repr, sorted(extra)))}"
+    return None

@@ -16,7 +16,8 @@ from torch import nn
 import rnndoctor
 from rnndoctor.finding import Diagnosis, Finding, Severity
 from rnndoctor.report import plots
-from rnndoctor.report.html import HTML_FILE, render_html, write_html
+from rnndoctor.report.html import render_html, write_html
+from rnndoctor.rundir import REPORT_FILE
 from rnndoctor.run import Run
 from synth import classification_run
 
@@ -86,7 +87,7 @@ def test_user_text_is_escaped_and_a_run_crashed_at_step_3_still_renders(tmp_path
                 loss.backward()
                 opt.step()
     assert run.steps == 3
-    text = (tmp_path / "r" / HTML_FILE).read_text(encoding="utf-8")
+    text = (tmp_path / "r" / REPORT_FILE).read_text(encoding="utf-8")
     page = assert_inert(text)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # shown, as text
     assert "boom &lt;img src=x onerror=alert(2)&gt;" in text
@@ -119,7 +120,7 @@ def test_script_path_and_arguments_are_escaped():
 
 def test_a_run_without_findings_and_an_empty_run(tmp_path):
     run = classification_run(200, acc=np.linspace(0.5, 1.0, 200), loss=np.linspace(0.7, 0.05, 200))
-    page = assert_inert(write_html(run, Diagnosis(findings=()), tmp_path / HTML_FILE).read_text())
+    page = assert_inert(write_html(run, Diagnosis(findings=()), tmp_path / REPORT_FILE).read_text())
     assert page.count("data-finding") == 0 and page.count("data-healthy") == 1
     assert {"loss", "accuracy", "balance"} <= set(page.values("data-plot"))
     empty = assert_inert(render_html(Run(meta={}), Diagnosis(findings=())))
@@ -193,7 +194,7 @@ def test_a_20000_step_run_renders_small_and_fast(tmp_path):
     run = long_run()
     diagnosis = rnndoctor.diagnose(run, strict=True)
     t0 = time.perf_counter()
-    path = write_html(run, diagnosis, tmp_path / HTML_FILE)
+    path = write_html(run, diagnosis, tmp_path / REPORT_FILE)
     seconds = time.perf_counter() - t0
     size = path.stat().st_size
     print(f"\n20 000-step report: {size / 1e6:.2f} MB, rendered in {seconds:.2f} s, findings {diagnosis.ids()}")
@@ -244,7 +245,7 @@ def test_report_command_rewrites_report_html(tmp_path):
             opt.zero_grad()
             loss.backward()
             opt.step()
-    html = tmp_path / "r" / HTML_FILE
+    html = tmp_path / "r" / REPORT_FILE
     assert html.is_file()
     html.unlink()
     p = subprocess.run([sys.executable, "-m", "rnndoctor", "report", str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)

@@ -21,7 +21,7 @@ from cdp import Browser, chromium_path
 from rnndoctor.checks import load_check
 from rnndoctor.finding import finding_from_dict
 from rnndoctor.report import plots
-from rnndoctor.report.html import HTML_FILE
+from rnndoctor.rundir import REPORT_FILE
 from rnndoctor.run import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def expected_plots(run_dir: Path) -> tuple[list[tuple[str | None, str]], list[st
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_report_in_chromium(name, runs, browser, tmp_path_factory):
     run_dir = runs[name]
-    url = (run_dir / HTML_FILE).resolve().as_uri()
+    url = (run_dir / REPORT_FILE).resolve().as_uri()
     browser.open(url, width=WIDTH)
     events = browser.events
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..signals import LARGE_PREACTIVATION
+from .base import Context, Probe
 from .nonfinite import tensors_in
 
 
@@ -30,7 +31,7 @@ class _ModuleSums:
     abs_max: torch.Tensor
 
 
-class ActivationProbe:
+class ActivationSums:
     """Sums, per module, the output moments of its calls while ``active``."""
 
     def __init__(self) -> None:
@@ -82,3 +83,31 @@ class ActivationProbe:
                          "abs_max": m.abs_max, "frac_large": m.sums[2] / n_finite, "frac_zero": m.sums[3] / n_finite,
                          "frac_nonfinite": 1 - m.sums[4] / m.numel})
         return rows
+
+
+class ActivationsProbe(Probe):
+    """Output moments of every submodule (what a hand-written cell shows of its gates).
+
+    On training passes of gates steps only."""
+
+    name = "activations"
+    follows = ("gates",)
+    signals = ("activations",)
+
+    def start(self, ctx: Context) -> list[Any]:
+        self.ctx = ctx
+        self.sums = ActivationSums()
+        return []
+
+    def attach(self, ctx: Context) -> list[Any]:
+        self.switch = ctx.switched_hooks(self.sums.hook_for, roots=False)
+        return []
+
+    def model_call(self, module: nn.Module, args: Any) -> None:
+        on = torch.is_grad_enabled() and self.ctx.due("gates")
+        self.switch.set(on)
+        self.sums.active = on
+
+    def end_step(self, step: int, row: dict[str, Any]) -> None:
+        for act_row in self.sums.take_rows(step):
+            self.ctx.recorder.add("activations", act_row)

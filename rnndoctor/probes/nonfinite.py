@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .base import Context, Probe
+
 RECURRENT_TYPES = (nn.RNNBase, nn.RNNCellBase)
 
 
@@ -52,7 +54,7 @@ def _first_bad_t(module: nn.Module, output: Any, device: torch.device) -> torch.
     return torch.where(per_t.any(), first, torch.full_like(first, -1)).to(device=device, dtype=torch.long)
 
 
-class NonFiniteProbe:
+class NonFiniteFlags:
     """Forward hooks on every module of the watched models; active only when told."""
 
     def __init__(self, device: torch.device) -> None:
@@ -112,6 +114,37 @@ class NonFiniteProbe:
             if r["t"] == -1:
                 r["t"] = None
             r.pop("index")
+            r.pop("any")
             return r
 
         return row, finalize
+
+
+class LocalizeProbe(Probe):
+    """Where a NaN or Inf first appears: per-module isfinite checks.
+
+    On localisation steps only (every step once a NaN was seen): the hooks exist only then."""
+
+    name = "localize"
+    follows = ("localize",)
+    signals = ("nonfinite",)
+
+    def start(self, ctx: Context) -> list[Any]:
+        self.ctx = ctx
+        return []
+
+    def attach(self, ctx: Context) -> list[Any]:
+        self.flags = NonFiniteFlags(ctx.model.device)
+        self.switch = ctx.switched_hooks(self.flags.hook_for, roots=True)
+        return []
+
+    def model_call(self, module: nn.Module, args: Any) -> None:
+        on = self.ctx.due("localize")
+        self.switch.set(on)
+        if on:  # the flags stay on once set: hooks already placed keep checking
+            self.flags.active = True
+
+    def end_step(self, step: int, row: dict[str, Any]) -> None:
+        taken = self.flags.take_row(step)
+        if taken is not None:
+            self.ctx.recorder.add("nonfinite", taken[0], finalize=taken[1])

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..recorder import Part
+from .base import Context, Probe
 
 Row = dict[str, Any]
 
@@ -64,7 +65,7 @@ def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         return torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
 
 
-class ParamProbe:
+class ParamNorms:
     """Per-parameter gradient norm before the update, weight norm and update ratio after."""
 
     def __init__(self, named_params: list[tuple[str, nn.Parameter]], hold_steps: int = 0) -> None:
@@ -244,3 +245,41 @@ class ParamProbe:
                     e.grads_row["grad_lost"] = 1
 
         return job
+
+
+class ParamsProbe(Probe):
+    """Gradient norms before the update; weight norms and update ratios after it.
+
+    Gradients are normed (schedule ``stats``) before the first watched optimizer of the step
+    moves the weights, update ratios (schedule ``update``) after."""
+
+    name = "params"
+    follows = ("stats", "update")
+    signals = ("params", "updates")
+
+    def start(self, ctx: Context) -> list[Any]:
+        self.ctx = ctx
+        self.norms: ParamNorms | None = None
+        ctx.recorder.before_flush(lambda: self.norms.take_deferred() if self.norms is not None else None)
+        return []
+
+    def attach(self, ctx: Context) -> list[Any]:
+        self.norms = ParamNorms(ctx.model.params, hold_steps=ctx.flush_every + 1)
+        return []
+
+    def gradient(self, index: int, param: torch.Tensor) -> None:
+        if self.norms is not None:
+            self.norms.on_grad_accumulated(index, param)
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.norms is not None:
+            self.norms.before_update(norms=self.ctx.due("stats"), snapshot=self.ctx.due("update"))
+
+    def end_step(self, step: int, row: Row) -> None:
+        if self.norms is None:
+            return
+        grads, updates = self.norms.take_rows(step, row)
+        if grads is not None:
+            self.ctx.recorder.add("params", grads)
+        if updates is not None:
+            self.ctx.recorder.add("updates", updates)

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from ..finding import Diagnosis, Finding
 from ..text import printable
+from ..rundir import FINDINGS_FILE, REPORT_FILE
 
 #: one finding's evidence line is cut here (findings.json has all of it)
 EVIDENCE_CHARS = 300
@@ -91,6 +92,6 @@ def explain(
         if errors:
             lines.append(f"  note: rnndoctor's own hooks failed {len(errors)}× (first: {errors[0]}); the record may be partial")
     lines.append(f"run directory: {run_dir}")
-    lines.append(f"report: {run_dir / 'report.html'}")
-    lines.append(f"findings: {run_dir / 'findings.json'}")
+    lines.append(f"report: {run_dir / REPORT_FILE}")
+    lines.append(f"findings: {run_dir / FINDINGS_FILE}")
     return "\n".join(printable(line) for line in lines)

@@ -19,15 +19,15 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from .. import __version__
+from .._version import __version__
 from ..finding import Diagnosis, Finding
 from ..privacy import shown_path
 from ..run import Run, write_text_atomic
+from ..rundir import REPORT_FILE
 from ..text import printable
 from . import plots
 from .terminal import damage_note, verdict
 
-HTML_FILE = "report.html"
 TEMPLATES = Path(__file__).parent / "templates"
 
 _ENV = jinja2.Environment(

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..finding import Diagnosis, json_safe
 from ..privacy import shown_path
 from ..run import Run, write_text_atomic
+from ..rundir import FINDINGS_FILE
 
-FINDINGS_FILE = "findings.json"
 
 
 def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:

@@ -7,8 +7,9 @@ from pathlib import Path
 from ..finding import Diagnosis
 from ..run import Run
 from ..text import printable_line
-from .html import HTML_FILE, write_html
-from .json import FINDINGS_FILE, write_json
+from ..rundir import FINDINGS_FILE, REPORT_FILE
+from .html import write_html
+from .json import write_json
 from .terminal import print_summary
 
 
@@ -17,7 +18,7 @@ def write_outputs(run: Run, diagnosis: Diagnosis, run_dir: Path, *, summary: boo
     cannot be written (disk full, read-only) costs that file only; the failures are returned
     (``could not write report.html: No space left on device``) for the caller to say."""
     problems: list[str] = []
-    for name, write in ((FINDINGS_FILE, write_json), (HTML_FILE, write_html)):
+    for name, write in ((FINDINGS_FILE, write_json), (REPORT_FILE, write_html)):
         try:
             write(run, diagnosis, Path(run_dir) / name)
         except OSError as exc:

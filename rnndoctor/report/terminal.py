@@ -11,6 +11,7 @@ from ..finding import Diagnosis, Severity
 from ..privacy import shown_path
 from ..run import Run
 from ..text import printable, printable_line
+from ..rundir import REPORT_FILE
 
 _COLORS = {Severity.ERROR: "31", Severity.WARNING: "33", Severity.INFO: "36"}
 
@@ -67,8 +68,8 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
         lines.extend(textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     "))
     for note in diagnosis.notes:
         lines.extend(textwrap.wrap(f"note: {note}", width=width, initial_indent="  ", subsequent_indent="        "))
-    if run.path and (run.path / "report.html").is_file():
-        lines.append(f"  details: {shown_path(run.path / 'report.html')}")
+    if run.path and (run.path / REPORT_FILE).is_file():
+        lines.append(f"  details: {shown_path(run.path / REPORT_FILE)}")
     text = "\n".join(printable(line) for line in lines)
     if color:  # after escaping: our own colour codes are the only escapes that get through
         for sev, code in _COLORS.items():

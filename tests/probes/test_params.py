@@ -1,4 +1,4 @@
-"""ParamProbe: gradient norms now or held for the flush, and never a wrong value."""
+"""ParamNorms: gradient norms now or held for the flush, and never a wrong value."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnndoctor.probes.params import HOLD_AFTER_CLEAN_STEPS, ParamProbe
+from rnndoctor.probes.params import HOLD_AFTER_CLEAN_STEPS, ParamNorms
 from rnndoctor.recorder import Part
 
 
@@ -20,7 +20,7 @@ def _model():
     return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
 
 
-def _run(probe: ParamProbe, model: nn.Module, steps: int, *, zeroing: str = "none"):
+def _run(probe: ParamNorms, model: nn.Module, steps: int, *, zeroing: str = "none"):
     """Train ``steps`` steps; returns (rows, expected per-parameter norms per step)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     rows, expected = [], []
@@ -53,7 +53,7 @@ def _norms(grads_row) -> list[float]:
 
 def test_held_gradients_give_the_norms_of_their_own_step():
     model = _model()
-    probe = ParamProbe(list(model.named_parameters()), hold_steps=26)
+    probe = ParamNorms(list(model.named_parameters()), hold_steps=26)
     assert probe.may_hold
     rows, expected = _run(probe, model, 10)
     assert probe.holding  # the loop left finished gradients alone
@@ -68,7 +68,7 @@ def test_gradients_zeroed_in_place_are_normed_at_once(zeroing):
     holding them would read the next step's values, so the probe never holds and its values
     stay right."""
     model = _model()
-    probe = ParamProbe(list(model.named_parameters()), hold_steps=26)
+    probe = ParamNorms(list(model.named_parameters()), hold_steps=26)
     rows, expected = _run(probe, model, HOLD_AFTER_CLEAN_STEPS + 5, zeroing=zeroing)
     assert not probe.may_hold and not probe.holding
     for (grads, _), want in zip(rows, expected):
@@ -77,7 +77,7 @@ def test_gradients_zeroed_in_place_are_normed_at_once(zeroing):
 
 def test_a_held_gradient_changed_in_place_gives_no_value():
     model = _model()
-    probe = ParamProbe(list(model.named_parameters()), hold_steps=26)
+    probe = ParamNorms(list(model.named_parameters()), hold_steps=26)
     _run(probe, model, HOLD_AFTER_CLEAN_STEPS + 2)
     assert probe.holding
     model.zero_grad()
@@ -94,14 +94,14 @@ def test_a_held_gradient_changed_in_place_gives_no_value():
 
 def test_large_models_never_hold():
     model = nn.Linear(2048, 2048)  # 16 MiB of gradients: 26 steps of them exceed the budget
-    probe = ParamProbe(list(model.named_parameters()), hold_steps=26)
+    probe = ParamNorms(list(model.named_parameters()), hold_steps=26)
     assert not probe.may_hold
-    assert not ParamProbe(list(_model().named_parameters()), hold_steps=0).may_hold
+    assert not ParamNorms(list(_model().named_parameters()), hold_steps=0).may_hold
 
 
 def test_steps_without_norms_write_no_params_row_but_keep_the_update_row():
     model = _model()
-    probe = ParamProbe(list(model.named_parameters()), hold_steps=26)
+    probe = ParamNorms(list(model.named_parameters()), hold_steps=26)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     F.cross_entropy(model(torch.randn(8, 3)), torch.randint(0, 2, (8,))).backward()
     probe.before_update(norms=False, snapshot=True)
