@@ -36,4 +36,4 @@ def test_every_rule_documents_itself():
 def test_duplicate_ids_are_refused():
     spec = all_rules()[0]
     with pytest.raises(ValueError, match="duplicate rule id"):
-        rule(spec.id, spec.severity, signals=())(lambda run: iter(()))
+        rule(spec.id, spec.severity, signals=(), fix=spec.fix)(lambda run: iter(()))
