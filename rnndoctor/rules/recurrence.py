@@ -7,9 +7,8 @@ from typing import Iterator
 import numpy as np
 
 from ..finding import Severity
-from ..probes.through_time import horizon
 from ..run import Run
-from ._common import mean_profile, second_half
+from ._common import horizon, mean_profile, second_half
 from .outcome import not_learning
 from .registry import Found, rule
 
