@@ -187,8 +187,8 @@ def cell_state_growth(
     What it detects: on sequences of at least 20 steps, the mean ‖c_t‖ over the batch,
     averaged over the sampled steps of the first half of the run, is at least 3x larger at
     the last time step than a quarter of the way in and grows through the middle
-    (research-notes §6, TDC's divergence pattern applied over time; linear accumulation
-    from 0 gives 4x), or its mean magnitude per unit exceeds 1e3.
+    (TDC's divergence pattern applied over time; linear accumulation from 0 gives
+    4x), or its mean magnitude per unit exceeds 1e3.
 
     Why it matters: a cell that only accumulates (forget gate ≈ 1, input gate open) has no
     bounded memory: h = o·tanh(c) saturates and, with unbounded activations, the values
