@@ -103,3 +103,11 @@ def test_the_fix_is_one_non_empty_line(fix, monkeypatch):
 def test_every_rule_has_a_one_line_fix():
     for spec in all_rules():
         assert spec.fix and "\n" not in spec.fix, spec.id
+
+
+@pytest.mark.parametrize("spec", all_rules(), ids=lambda s: s.id)
+def test_every_plot_a_rule_declares_is_drawn_by_the_report(spec):
+    from rnndoctor.report.plots import PLOTS
+
+    missing = [p for p in spec.plots if p not in PLOTS]
+    assert not missing, f"{spec.id} declares plots {missing} that rnndoctor.report.plots.PLOTS does not draw"
