@@ -197,10 +197,16 @@ def explain(rule_id: str) -> None:
 
 
 @cli.command(name="rules")
-def list_rules() -> None:
+@click.option("--markdown", is_flag=True, help="Print the full catalogue as Markdown (what docs/findings.md holds).")
+def list_rules(markdown: bool) -> None:
     """List every rule: id, default severity, one-line summary."""
-    from .rules import all_rules
+    from .rules import FAMILIES, all_rules
 
+    if markdown:
+        from .rules.catalogue import markdown as catalogue
+
+        click.echo(catalogue(all_rules(), FAMILIES), nl=False)
+        return
     for spec in all_rules():
         click.echo(f"{spec.id:28} {spec.severity.value:8} {spec.summary}")
 

@@ -144,6 +144,8 @@ def test_explain_and_rules(tmp_path):
     assert p.returncode == 2 and "no rule with id" in p.stderr
     p = rnndoctor("rules", cwd=tmp_path)
     assert "non-finite" in p.stdout and "stuck-at-chance" in p.stdout
+    p = rnndoctor("rules", "--markdown", cwd=tmp_path)  # a real process's stdout: the catalogue's non-ASCII text survives
+    assert p.returncode == 0 and p.stdout == (ROOT / "docs" / "findings.md").read_text(encoding="utf-8")
 
 
 def test_progress_line_shows_steps_rate_and_findings_so_far():

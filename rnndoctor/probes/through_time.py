@@ -77,16 +77,3 @@ def attach(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], on_
 
     data.register_hook(hook)
     return replaced
-
-
-def horizon(profile: list[float] | Any, eps: float) -> int:
-    """Steps back from the last time step over which the gradient stays >= eps x its peak:
-    T - (first t with g(t) >= eps * max g). Pascanu et al. 2013's decay, Madsen 2019's
-    connectivity, applied to the loss."""
-    import numpy as np
-
-    g = np.asarray(profile, dtype=float)
-    if g.size == 0 or not np.isfinite(g).any() or np.nanmax(g) <= 0:
-        return 0
-    above = np.nonzero(g >= eps * np.nanmax(g))[0]
-    return int(g.size - above[0])

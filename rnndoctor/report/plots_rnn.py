@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..probes.through_time import horizon
-from ..rules._common import first_half, mean_profile, second_half
+from ..rules._common import first_half, horizon, mean_profile, second_half
 from ..run import Run
 from ..signals import LARGE_PREACTIVATION
 from .plots import BAD, PALETTE, _figure, _legend, _styled, label, to_markup

@@ -164,3 +164,14 @@ def mean_profile(series: pd.Series) -> np.ndarray | None:
     lengths = series.map(len)
     t = int(lengths.mode().iloc[0])
     return np.mean([np.asarray(v, float) for v in series[lengths == t]], axis=0)
+
+
+def horizon(profile: list[float] | np.ndarray, eps: float) -> int:
+    """Steps back from the last time step over which the gradient stays >= eps x its peak:
+    T - (first t with g(t) >= eps * max g). Pascanu et al. 2013's decay, Madsen 2019's
+    connectivity, applied to the loss."""
+    g = np.asarray(profile, dtype=float)
+    if g.size == 0 or not np.isfinite(g).any() or np.nanmax(g) <= 0:
+        return 0
+    above = np.nonzero(g >= eps * np.nanmax(g))[0]
+    return int(g.size - above[0])

@@ -7,10 +7,10 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..finding import Finding, Severity
+from ..finding import Severity
 from ..run import Run
 from ._common import fmt
-from .registry import rule
+from .registry import Found, rule
 
 #: fingerprints are float64 projections; round before comparing so identical samples that
 #: went through differently blocked matmuls still match
@@ -27,8 +27,17 @@ def _fingerprints(run: Run) -> pd.DataFrame:
     )
 
 
-@rule("resampled-parameters", Severity.ERROR, signals=("refetch",))
-def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indices: int = 4) -> Iterator[Finding]:
+@rule(
+    "resampled-parameters",
+    Severity.ERROR,
+    signals=("refetch",),
+    fix=(
+        "Draw the task's parameters once in __init__ and make __getitem__(i) deterministic for i (seed it "
+        "from the index or precompute the samples)."
+    ),
+    plots=("samples",),
+)
+def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indices: int = 4) -> Iterator[Found]:
     """The same dataset index returns a different sample — and a different label.
 
     What it detects: rnndoctor fetches a few indices of each map-style Dataset twice (RNG
@@ -56,18 +65,12 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
         return
     ex = changed.iloc[0]
     differs = r[r["same_input"] == 0]
-    yield Finding(
-        id="resampled-parameters",
-        severity=Severity.ERROR,
+    yield Found(
         title=f"Dataset index {int(ex['index'])} returned a different sample and label on a second fetch",
         explanation=(
             f"Fetching {len(r)} indices of {ex.get('dataset', 'the dataset')} twice gave a different input for "
             f"{len(differs)} and a different label for {len(changed)}: __getitem__ ignores its index and redraws "
             "the sample, so the input->label mapping is never the same twice."
-        ),
-        fix=(
-            "Draw the task's parameters once in __init__ and make __getitem__(i) deterministic for i (seed it "
-            "from the index or precompute the samples)."
         ),
         evidence={
             "indices_checked": int(len(r)),
@@ -78,12 +81,17 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
         },
         where={"dataset": str(ex.get("dataset", "")), "index": int(ex["index"])},
         first_step=int(ex.get("step", 0)),
-        plots=("samples",),
     )
 
 
-@rule("inconsistent-labels", Severity.ERROR, signals=("samples",))
-def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 0.1) -> Iterator[Finding]:
+@rule(
+    "inconsistent-labels",
+    Severity.ERROR,
+    signals=("samples",),
+    fix="Make the label a function of exactly what the model receives; check shuffling keeps inputs and labels aligned.",
+    plots=("samples",),
+)
+def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 0.1) -> Iterator[Found]:
     """Identical inputs arrive with different labels.
 
     What it detects: among inputs seen more than once (by fingerprint, as they reach the
@@ -112,24 +120,26 @@ def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 
     if share < min_share:
         return
     first = s[s["x"].isin(bad.index)]["step"].min()
-    yield Finding(
-        id="inconsistent-labels",
-        severity=Severity.ERROR,
+    yield Found(
         title=f"{share:.0%} of repeated inputs came with different labels",
         explanation=(
             f"{len(repeated)} distinct inputs were seen more than once; {len(bad)} of them arrived with more than one "
             "target. No model can fit that; accuracy is capped by the label noise."
         ),
-        fix="Make the label a function of exactly what the model receives; check shuffling keeps inputs and labels aligned.",
         evidence={"repeated_inputs": int(len(repeated)), "inconsistent": int(len(bad)), "share": share},
         where={"data": "model input / loss target"},
         first_step=int(first),
-        plots=("samples",),
     )
 
 
-@rule("constant-input", Severity.ERROR, signals=("rnn_inputs",))
-def constant_input(run: Run) -> Iterator[Finding]:
+@rule(
+    "constant-input",
+    Severity.ERROR,
+    signals=("rnn_inputs",),
+    fix="Pass the data as the RNN's sequence input (lstm(x)), not only through the initial state; check the tensor right before the call.",
+    plots=("inputs",),
+)
+def constant_input(run: Run) -> Iterator[Found]:
     """The recurrent layer's input never varies (all zeros, or one constant).
 
     What it detects: every sampled call of a recurrent module received a sequence input with
@@ -151,24 +161,26 @@ def constant_input(run: Run) -> Iterator[Finding]:
             continue
         zero = bool((rows["all_zero"] == 1).all())
         value = "all zeros" if zero else f"constant {fmt(float(rows['abs_mean'].iloc[0]))}"
-        yield Finding(
-            id="constant-input",
-            severity=Severity.ERROR,
+        yield Found(
             title=f"The input of '{module}' is {value} in every sampled call",
             explanation=(
                 f"Across {len(rows)} sampled calls the sequence fed to '{module}' had standard deviation 0: the "
                 "recurrent layer never sees the data."
             ),
-            fix="Pass the data as the RNN's sequence input (lstm(x)), not only through the initial state; check the tensor right before the call.",
             evidence={"calls": int(len(rows)), "all_zero": zero, "std": 0.0},
             where={"module": module},
             first_step=int(rows["step"].min()),
-            plots=("inputs",),
         )
 
 
-@rule("duplicate-samples", Severity.WARNING, signals=("samples",))
-def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float = 0.5, max_eval_overlap: float = 0.1) -> Iterator[Finding]:
+@rule(
+    "duplicate-samples",
+    Severity.WARNING,
+    signals=("samples",),
+    fix="Enumerate the input space and split it into disjoint train/validation/test sets, or enlarge it.",
+    plots=("samples",),
+)
+def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float = 0.5, max_eval_overlap: float = 0.1) -> Iterator[Found]:
     """Far fewer distinct samples than samples drawn, or evaluation samples seen in training.
 
     What it detects: among the training inputs fingerprinted (at least 500), fewer than half
@@ -192,42 +204,41 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
     # epochs over a finite dataset repeat samples by design: compare with the dataset size
     pool = min(n, int(sizes.max())) if not sizes.empty else n
     if n >= min_drawn and unique < max_unique_share * pool:
-        yield Finding(
-            id="duplicate-samples",
-            severity=Severity.WARNING,
+        yield Found(
             title=f"Only {unique} distinct inputs among {n} training samples drawn",
             explanation=(
                 f"{n} training samples were fingerprinted and only {unique} ({unique / n:.1%}) were distinct"
                 + (f", though the dataset claims {int(sizes.max())} samples" if not sizes.empty else "")
                 + ": the generator draws from a small space, so 'more data' is the same data again."
             ),
-            fix="Enumerate the input space and split it into disjoint train/validation/test sets, or enlarge it.",
             evidence={"drawn": int(n), "distinct": int(unique), "distinct_share": unique / n,
                       "dataset_size": int(sizes.max()) if not sizes.empty else None},
             where={"data": "training inputs"},
             first_step=int(train["step"].min()),
-            plots=("samples",),
         )
     ev = s[s["mode"] == "eval"]
     if not ev.empty and not train.empty:
         ev_unique = set(ev["x"])
         overlap = len(ev_unique & set(train["x"])) / len(ev_unique)
         if overlap >= max_eval_overlap and len(ev_unique) >= 20:
-            yield Finding(
-                id="duplicate-samples",
-                severity=Severity.WARNING,
+            yield Found(
                 title=f"{overlap:.0%} of evaluation inputs also occur in training",
                 explanation="Evaluation samples were also trained on: the evaluation measures memory, not generalisation.",
-                fix="Split the data so evaluation inputs never occur in training.",
                 evidence={"eval_distinct": len(ev_unique), "overlap_share": overlap},
                 where={"data": "evaluation inputs"},
                 first_step=int(ev["step"].min()),
-                plots=("samples",),
+                fix="Split the data so evaluation inputs never occur in training.",
             )
 
 
-@rule("length-range-bug", Severity.WARNING, signals=("rnn_inputs",))
-def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: float = 0.2) -> Iterator[Finding]:
+@rule(
+    "length-range-bug",
+    Severity.WARNING,
+    signals=("rnn_inputs",),
+    fix="Draw lengths with an inclusive upper bound (randint(1, T + 1)); pack padded batches with pack_padded_sequence.",  # each finding names T
+    plots=("lengths",),
+)
+def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: float = 0.2) -> Iterator[Found]:
     """Sequence lengths never reach the padded maximum.
 
     What it detects: in padded (not packed) recurrent inputs where at least 20 % of sequences
@@ -258,26 +269,29 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
             if padded_share < min_padded_share or longest >= t or longest == 0:
                 continue  # (all-zero input is constant-input's finding)
             shortest = int(nonzero.min())
-            yield Finding(
-                id="length-range-bug",
-                severity=Severity.WARNING,
+            yield Found(
                 title=f"Sequences fed to '{module}' are padded to {t} but never longer than {longest}",
                 explanation=(
                     f"Of {int(total)} sequences, {padded_share:.0%} end before the padded length {t} (trailing zeros) and "
                     f"none reaches it: lengths run {shortest}..{longest}. An exclusive upper bound (randint(1, {t})) "
                     "produces exactly this."
                 ),
-                fix=f"Draw lengths with randint(1, {t} + 1) if {t} is meant to occur; pack padded batches with pack_padded_sequence.",
                 evidence={"padded_length": t, "longest_seen": longest, "shortest_seen": shortest, "sequences": int(total),
                           "length_histogram": [int(v) for v in hist]},
                 where={"module": module},
                 first_step=int(same_t["step"].min()),
-                plots=("lengths",),
+                fix=f"Draw lengths with randint(1, {t} + 1) if {t} is meant to occur; pack padded batches with pack_padded_sequence.",
             )
 
 
-@rule("unnormalized-inputs", Severity.WARNING, signals=("rnn_inputs",))
-def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limit: float = 10.0) -> Iterator[Finding]:
+@rule(
+    "unnormalized-inputs",
+    Severity.WARNING,
+    signals=("rnn_inputs",),
+    fix="Standardise each input feature with training-set mean and std (or scale to [-1, 1]).",
+    plots=("inputs",),
+)
+def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limit: float = 10.0) -> Iterator[Found]:
     """Input features far from unit scale.
 
     What it detects: in the input of a recurrent module, more than 1 % of values have |x| > 10
@@ -298,18 +312,14 @@ def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limi
         fstd = float(pd.to_numeric(rows["feature_std_max"], errors="coerce").max())
         if frac <= large_share and fstd <= feature_std_limit:
             continue
-        yield Finding(
-            id="unnormalized-inputs",
-            severity=Severity.WARNING,
+        yield Found(
             title=f"Inputs of '{module}' are far from unit scale: max |x| {fmt(float(rows['abs_max'].max()))}, {frac:.0%} above 10",
             explanation=(
                 f"{frac:.1%} of the values fed to '{module}' exceed 10 in magnitude and the widest feature has standard "
                 f"deviation {fmt(fstd)}; gate pre-activations start saturated."
             ),
-            fix="Standardise each input feature with training-set mean and std (or scale to [-1, 1]).",
             evidence={"share_above_10": frac, "feature_std_max": fstd, "abs_max": float(rows["abs_max"].max()),
                       "abs_mean": float(rows["abs_mean"].mean())},
             where={"module": module},
             first_step=int(rows["step"].min()),
-            plots=("inputs",),
         )

@@ -7,12 +7,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..finding import Finding, Severity
+from ..finding import Severity
 from ..run import Run
 from ..signals import SIGMOID_HIGH, SIGMOID_LOW, TANH_SATURATED
 from ._common import first_half, fmt, mean_profile
 from .outcome import not_learning
-from .registry import rule
+from .registry import Found, rule
 
 #: research-notes §6: "pinned" when >= 90 % of entries sit in a flat end of the sigmoid
 PINNED_SHARE = 0.9
@@ -58,8 +58,14 @@ def pinned_units(
     return (f"{text} of {len(m)}" if text else None), {k: [int(i) for i in v] for k, v in groups.items() if len(v)}
 
 
-@rule("forget-gate-saturation", Severity.ERROR, signals=("gates",))
-def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extreme_bias: float = EXTREME_FORGET_BIAS) -> Iterator[Finding]:
+@rule(
+    "forget-gate-saturation",
+    Severity.ERROR,
+    signals=("gates",),
+    fix="Initialise the forget-gate bias to about 1 (set b_ih and b_hh of the f slice so their sum is 1), not ±10.",
+    plots=("gates",),
+)
+def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extreme_bias: float = EXTREME_FORGET_BIAS) -> Iterator[Found]:
     """Forget gates pinned shut (memory wiped every step) or wide open (never forgets).
 
     What it detects: in the replayed gates of an LSTM layer, at least 90 % of forget-gate
@@ -99,29 +105,31 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
                 learning_bad = not_learning(run)
             if not learning_bad:
                 continue
-        severity = Severity.ERROR if extreme else Severity.WARNING
         text, units = pinned_units(early, SIGMOID_LOW, SIGMOID_HIGH, words=("closed", "open"))
-        yield Finding(
-            id="forget-gate-saturation",
-            severity=severity,
+        yield Found(
             title=f"Forget gates of '{module}' layer {layer} are pinned: {share:.0%} of entries below 0.05 or above 0.95",
             explanation=(
                 f"Across the sampled steps of the first half of training, {high:.1%} of forget-gate values were above 0.95 "
                 f"(the cell never forgets and accumulates) and {low:.1%} below 0.05 (memory wiped every step); the mean "
                 f"|forget bias| is {fmt(bias)}. The gate's gradient f(1-f) is ~0, so it cannot learn its way out."
             ),
-            fix="Initialise the forget-gate bias to about 1 (set b_ih and b_hh of the f slice so their sum is 1), not ±10.",
             evidence={"share_pinned": share, "share_open": high, "share_closed": low, "mostly": side, "mean_abs_forget_bias": bias, "checks": int(len(early)),
                       "p10": float(early["p10"].mean()), "p50": float(early["p50"].mean()), "p90": float(early["p90"].mean()),
                       **({"units_pinned": units} if units else {})},
             where=_where(module, layer, direction, "f", text),
             first_step=int(early["step"].min()),
-            plots=("gates",),
+            severity=Severity.ERROR if extreme else Severity.WARNING,  # an error only when the bias explains it
         )
 
 
-@rule("gate-saturation", Severity.WARNING, signals=("gates",))
-def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Finding]:
+@rule(
+    "gate-saturation",
+    Severity.WARNING,
+    signals=("gates",),
+    fix="Standardise the inputs (zero mean, unit variance per feature); keep initial weights small and gate biases moderate (|b| of a few units at most, not ±10).",
+    plots=("gates",),
+)
+def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Found]:
     """Input/output gates or the cell candidate saturated for most units.
 
     What it detects: at least half of the entries of an LSTM input or output gate (sigmoid
@@ -147,38 +155,40 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fin
         act = str(early["activation"].iloc[0]) if "activation" in early else "sigmoid"
         lo, hi = (-TANH_SATURATED, TANH_SATURATED) if act == "tanh" else (SIGMOID_LOW, SIGMOID_HIGH)
         text, units = pinned_units(early, lo, hi)
-        yield Finding(
-            id="gate-saturation",
-            severity=Severity.WARNING,
+        yield Found(
             title=f"Gate '{gate}' of '{module}' layer {layer} is saturated for {sat:.0%} of entries",
             explanation=(
                 f"On the sampled steps of the first half of training {sat:.1%} of the '{gate}' gate's values sat in a flat end "
                 "of its sigmoid/tanh, where almost no gradient passes."
             ),
-            fix="Standardise the inputs (zero mean, unit variance per feature); keep initial weights small and gate biases moderate (|b| of a few units at most, not ±10).",
             evidence={"share_saturated": sat, "checks": int(len(early)), "mean": float(early["mean"].mean()),
                       **({"units_pinned": units} if units else {})},
             where=_where(module, layer, direction, str(gate), text),
             first_step=int(early["step"].min()),
-            plots=("gates",),
         )
 
 
-@rule("cell-state-growth", Severity.WARNING, signals=("cell",))
+@rule(
+    "cell-state-growth",
+    Severity.WARNING,
+    signals=("cell",),
+    fix="Set the forget bias near 1 (not large positive), keep cell activations bounded (tanh), clip gradients, shorten sequences.",
+    plots=("cell_norm",),
+)
 def cell_state_growth(
     run: Run,
     *,
     growth: float = 3.0,  # ||c_T|| / ||c_{T/4}||: linear accumulation from 0 gives ~4, a bounded cell ~1-1.5 (calibrated on lstm_saturated_gates 3.99 vs its twin)
     min_len: int = 20,
     magnitude: float = 1e3,  # mean |c| per unit > 1e3 (TDC's magnitude bound)
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """The LSTM cell state grows steadily along the sequence.
 
     What it detects: on sequences of at least 20 steps, the mean ‖c_t‖ over the batch,
     averaged over the sampled steps of the first half of the run, is at least 3x larger at
     the last time step than a quarter of the way in and grows through the middle
-    (research-notes §6, TDC's divergence pattern applied over time; linear accumulation
-    from 0 gives 4x), or its mean magnitude per unit exceeds 1e3.
+    (TDC's divergence pattern applied over time; linear accumulation from 0 gives
+    4x), or its mean magnitude per unit exceeds 1e3.
 
     Why it matters: a cell that only accumulates (forget gate ≈ 1, input gate open) has no
     bounded memory: h = o·tanh(c) saturates and, with unbounded activations, the values
@@ -201,18 +211,14 @@ def cell_state_growth(
         per_unit = last / np.sqrt(hidden)
         if not ((q > 0 and last >= growth * q and q < mid < last) or per_unit > magnitude):
             continue
-        yield Finding(
-            id="cell-state-growth",
-            severity=Severity.WARNING,
+        yield Found(
             title=f"Cell state of '{module}' layer {layer} grows {fmt(last / q if q > 0 else float('inf'))}x from t={t // 4} to t={t - 1}",
             explanation=(
                 f"Mean ‖c_t‖ rises from {fmt(q)} at t={t // 4} to {fmt(mid)} at t={t // 2} and {fmt(last)} at t={t - 1}: "
                 "the cell accumulates instead of forgetting."
             ),
-            fix="Set the forget bias near 1 (not large positive), keep cell activations bounded (tanh), clip gradients, shorten sequences.",
             evidence={"c_norm_quarter": float(q), "c_norm_half": float(mid), "c_norm_last": float(last), "sequence_length": t,
                       "c_norm_profile": [round(float(v), 4) for v in prof]},
             where={"module": module, "layer": int(layer), "direction": "reverse" if direction else "forward"},
             first_step=int(rows["step"].min()),
-            plots=("cell_norm",),
         )

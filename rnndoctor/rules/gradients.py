@@ -7,13 +7,19 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..finding import Finding, Severity
+from ..finding import Severity
 from ..run import Run
 from ._common import WARMUP_MIN_STEPS, fmt
-from .registry import rule
+from .registry import Found, rule
 
 
-@rule("exploding-gradients", Severity.WARNING, signals=("steps", "params"))
+@rule(
+    "exploding-gradients",
+    Severity.WARNING,
+    signals=("steps", "params"),
+    fix="Clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before opt.step()), lower the learning rate.",
+    plots=("grad_norm",),
+)
 def exploding_gradients(
     run: Run,
     *,
@@ -26,7 +32,7 @@ def exploding_gradients(
     growth_windows: int = 5,
     harm_window: int = 10,  # a spike counts when the mean loss of the 10 steps from it ...
     harm_rise: float = 0.1,  # ... is > 10 % above the mean of the 10 steps before it
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """Gradient norm spikes far above its running median, or grows steadily.
 
     What it detects: the global gradient norm (before any clipping done by the optimizer)
@@ -92,24 +98,26 @@ def exploding_gradients(
         gn = pd.to_numeric(at["grad_norm"], errors="coerce")
         if gn.notna().any():
             where["param"] = at.loc[gn.idxmax(), "param"]
-    yield Finding(
-        id="exploding-gradients",
-        severity=Severity.WARNING,
+    yield Found(
         title=title,
         explanation=(
             "The global gradient norm jumped far above its recent typical value. Recurrent networks amplify "
             "gradients through time when their recurrent weights have spectral radius above 1."
         ),
-        fix="Clip the gradient norm (torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0) before opt.step()), lower the learning rate.",
         evidence=ev,
         where=where,
         first_step=first,
-        plots=("grad_norm",),
     )
 
 
-@rule("dead-parameters", Severity.WARNING, signals=("params",))
-def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Finding]:
+@rule(
+    "dead-parameters",
+    Severity.WARNING,
+    signals=("params",),
+    fix="Use the module in the forward pass, or freeze it (requires_grad=False); look for detach()/.data/numpy round-trips before the loss.",
+    plots=("grad_norm",),
+)
+def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Found]:
     """Trainable parameters that never receive a gradient.
 
     What it detects: parameters with requires_grad=True whose gradient was None or exactly
@@ -135,30 +143,32 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Finding]:
     if not dead:
         return
     never = params[params["param"].isin(dead)].groupby("param")["grad_none"].min()
-    yield Finding(
-        id="dead-parameters",
-        severity=Severity.WARNING,
+    yield Found(
         title=f"{len(dead)} parameter(s) never received a gradient: {', '.join(dead[:4])}{'…' if len(dead) > 4 else ''}",
         explanation=(
             f"Over {n_steps} optimizer steps these parameters had a None or all-zero gradient every time; "
             "they are not connected to the loss and never change."
         ),
-        fix="Use the module in the forward pass, or freeze it (requires_grad=False); look for detach()/.data/numpy round-trips before the loss.",
         evidence={"params": dead, "grad_none_always": [p for p in dead if never.get(p, 0) == 1], "steps": int(n_steps)},
         where={"params": ", ".join(dead[:8])},
         first_step=int(params["step"].min()) + min_steps - 1,
-        plots=("grad_norm",),
     )
 
 
-@rule("learning-rate-scale", Severity.WARNING, signals=("updates",))
+@rule(
+    "learning-rate-scale",
+    Severity.WARNING,
+    signals=("updates",),
+    fix="Scale the learning rate so that |Δw|/|w| ≈ 1e-3 per step.",  # each finding names the factor
+    plots=("update_ratio",),
+)
 def learning_rate_scale(
     run: Run,
     *,
     too_small_log10: float = -5.0,  # research-notes §6: median log10(|dw|/|w|) < -5: nothing moves
     too_large_log10: float = -1.0,  # ... > -1: thrashing (CS231n target ~ -3; TDC band [-4, -1])
     warmup_steps: int = WARMUP_MIN_STEPS,
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """Updates move the weights far too little or far too much per step.
 
     What it detects: for weight matrices (2-D and up), the median over steps after warm-up
@@ -186,9 +196,7 @@ def learning_rate_scale(
         worst = sel.idxmin() if side == "small" else sel.idxmax()
         value = float(sel[worst])
         factor = 10 ** (-3 - value)
-        yield Finding(
-            id="learning-rate-scale",
-            severity=Severity.WARNING,
+        yield Found(
             title=(
                 f"Updates barely move the weights: median |Δw|/|w| = {fmt(10 ** value)} for '{worst}'"
                 if side == "small"
@@ -198,9 +206,8 @@ def learning_rate_scale(
                 f"The update-to-weight ratio of {len(sel)} weight matrix(es) sits at 10^{value:.1f} per step; "
                 "a healthy run is near 10^-3."
             ),
-            fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
             evidence={"median_log10_update_ratio": {k: round(float(v), 3) for k, v in sel.items()}, "band": [too_small_log10, too_large_log10]},
             where={"param": worst},
             first_step=int(p["step"].min()),
-            plots=("update_ratio",),
+            fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
         )

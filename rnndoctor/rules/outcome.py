@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..finding import Finding, Severity
+from ..finding import Severity
 from ..run import Run
 from ..schedule import DEFAULT_LOCALIZE
 from ..signals import LARGE_PREACTIVATION
@@ -23,7 +23,7 @@ from ._common import (
     target_moments,
     targets_are_labels,
 )
-from .registry import rule
+from .registry import Found, rule
 
 
 def _stuck_in(run: Run, w: Window, *, acc_floor_tol: float, loss_fraction: float, min_rel_decrease: float) -> dict | None:
@@ -80,14 +80,24 @@ def _stuck_in(run: Run, w: Window, *, acc_floor_tol: float, loss_fraction: float
     return ev
 
 
-@rule("stuck-at-chance", Severity.ERROR, signals=("steps", "predictions"))
+@rule(
+    "stuck-at-chance",
+    Severity.ERROR,
+    signals=("steps", "predictions"),
+    fix=(
+        "Make the task learnable before tuning: overfit one small batch; for long sequences use dense "
+        "per-step targets or a short-to-long curriculum; verify the input reaches the RNN; use a "
+        "classification loss (CrossEntropyLoss / BCEWithLogitsLoss) for class labels."
+    ),
+    plots=("loss", "accuracy"),
+)
 def stuck_at_chance(
     run: Run,
     *,
     acc_floor_tol: float = 0.02,  # research-notes §6: |acc - b| <= max(0.02, 3 sigma); AUTOTRAINER δ≈0.01
     loss_fraction: float = 0.9,  # loss >= 0.9 x label entropy (nats) or target variance
     min_rel_decrease: float = 0.01,  # < 1 % loss decrease across the window = no progress (TDC)
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """Accuracy and loss sit at what an input-independent predictor would reach.
 
     What it detects: over the last window after warm-up, accuracy is within noise of the
@@ -133,30 +143,25 @@ def stuck_at_chance(
             f"Over steps {w.start}-{w.end} the loss stayed at the variance of the targets: the model "
             "predicts their mean and nothing else."
         )
-    yield Finding(
-        id="stuck-at-chance",
-        severity=Severity.ERROR,
-        title=title,
-        explanation=expl,
-        fix=(
-            "Make the task learnable before tuning: overfit one small batch; for long sequences use dense "
-            "per-step targets or a short-to-long curriculum; verify the input reaches the RNN; use a "
-            "classification loss (CrossEntropyLoss / BCEWithLogitsLoss) for class labels."
-        ),
-        evidence=ev,
-        where={"steps": f"{w.start}-{w.end}"},
-        first_step=first,
-        plots=("loss", "accuracy"),
-    )
+    yield Found(title=title, explanation=expl, evidence=ev, where={"steps": f"{w.start}-{w.end}"}, first_step=first)
 
 
-@rule("prediction-collapse", Severity.ERROR, signals=("predictions",))
+@rule(
+    "prediction-collapse",
+    Severity.ERROR,
+    signals=("predictions",),
+    fix=(
+        "Train on logits with CrossEntropyLoss / BCEWithLogitsLoss instead of MSE on labels; check the "
+        "output layer; weight or rebalance classes; lower the learning rate if outputs saturate."
+    ),
+    plots=("balance",),
+)
 def prediction_collapse(
     run: Run,
     *,
     top_share: float = 0.95,  # failure-modes.md: predictions concentrated (> 95 %) on one class
     max_label_share: float = 0.8,  # ... while that class is at most 80 % of the labels (gap >= 0.15)
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """Nearly every prediction is the same class, though the labels are mixed.
 
     What it detects: over the last window, one class takes at least 95 % of the predictions
@@ -181,17 +186,11 @@ def prediction_collapse(
     pshare, lshare = float(labels.pred_shares[cls]), float(labels.shares[cls])
     if pshare < top_share or lshare > max_label_share:
         return
-    yield Finding(
-        id="prediction-collapse",
-        severity=Severity.ERROR,
+    yield Found(
         title=f"{pshare:.0%} of predictions are class {cls}, which is {lshare:.0%} of the labels",
         explanation=(
             f"Over steps {w.start}-{w.end} the model predicted class {cls} for {pshare:.1%} of targets; "
             f"the labels are {lshare:.1%} class {cls}. Its accuracy is just that class's share."
-        ),
-        fix=(
-            "Train on logits with CrossEntropyLoss / BCEWithLogitsLoss instead of MSE on labels; check the "
-            "output layer; weight or rebalance classes; lower the learning rate if outputs saturate."
         ),
         evidence={
             "class": cls,
@@ -203,17 +202,22 @@ def prediction_collapse(
         },
         where={"class": cls, "steps": f"{w.start}-{w.end}"},
         first_step=w.start,
-        plots=("balance",),
     )
 
 
-@rule("label-imbalance", Severity.INFO, signals=("predictions",))
+@rule(
+    "label-imbalance",
+    Severity.INFO,
+    signals=("predictions",),
+    fix="Read accuracy against the majority share; report per-class recall; weight or resample classes.",
+    plots=("balance",),
+)
 def label_imbalance(
     run: Run,
     *,
     majority_ratio: float = 1.4,  # majority share >= 1.4 / K (binary: 70 %) reads as skewed
     min_labels: int = 100,
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """The labels are skewed: read accuracy against the majority share.
 
     What it detects: the most frequent label is at least 1.4 / K of all labels seen in
@@ -234,19 +238,15 @@ def label_imbalance(
     k = labels.n_classes
     if share < majority_ratio / k:
         return
-    yield Finding(
-        id="label-imbalance",
-        severity=Severity.INFO,
+    yield Found(
         title=f"Labels are skewed: class {cls} is {share:.1%} of them",
         explanation=(
             f"Across training, {share:.1%} of the {int(labels.total)} labels were class {cls} ({k} classes). "
             f"Always predicting it scores {share:.1%} accuracy."
         ),
-        fix="Read accuracy against the majority share; report per-class recall; weight or resample classes.",
         evidence={"majority_class": cls, "majority_share": share, "label_shares": [round(float(x), 4) for x in labels.shares], "classes": k},
         where={"class": cls},
         first_step=0,
-        plots=("balance",),
     )
 
 
@@ -262,8 +262,18 @@ def _first_nonfinite_param(params: pd.DataFrame, column: str) -> pd.Series | Non
     return bad.sort_values("step").iloc[0]
 
 
-@rule("non-finite", Severity.ERROR, signals=("steps",))
-def non_finite(run: Run) -> Iterator[Finding]:
+@rule(
+    "non-finite",
+    Severity.ERROR,
+    signals=("steps",),
+    fix=(
+        "Bound what grows: use saturating activations (tanh) for cell input/output, moderate gate biases "
+        "(forget bias ~1, not ±10), clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning "
+        "rate, normalise inputs, check the data for NaN."
+    ),
+    plots=("loss", "nonfinite", "activations"),  # activations: only when a saturated submodule is named
+)
+def non_finite(run: Run) -> Iterator[Found]:
     """A NaN or Inf appeared in the loss, an activation, a gradient or a parameter.
 
     What it detects: the first step at which anything recorded became non-finite, and its
@@ -359,16 +369,9 @@ def non_finite(run: Run) -> Iterator[Finding]:
             f"The {kind} became NaN/Inf at step {first_step}. Module outputs were not being checked at that "
             f"step (checks run on the {DEFAULT_LOCALIZE}, and always after a NaN), so the module is not named."
         )
-    yield Finding(
-        id="non-finite",
-        severity=Severity.ERROR,
+    yield Found(
         title=title,
         explanation=expl,
-        fix=(
-            "Bound what grows: use saturating activations (tanh) for cell input/output, moderate gate biases "
-            "(forget bias ~1, not ±10), clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning "
-            "rate, normalise inputs, check the data for NaN."
-        ),
         evidence=ev,
         where=where,
         first_step=first_step,
@@ -376,7 +379,13 @@ def non_finite(run: Run) -> Iterator[Finding]:
     )
 
 
-@rule("divergence", Severity.ERROR, signals=("steps",))
+@rule(
+    "divergence",
+    Severity.ERROR,
+    signals=("steps",),
+    fix="Lower the learning rate, clip gradients, average (not sum) the loss, bound activations.",
+    plots=("loss",),
+)
 def divergence(
     run: Run,
     *,
@@ -384,7 +393,7 @@ def divergence(
     over_initial: float = 3.0,  # ... and > 3 x the initial loss ...
     consecutive: int = 3,  # ... for 3 checks in a row
     weight_rms_limit: float = 1e8,  # parameter mean magnitude > 1e8 (TDC)
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """The loss climbs by orders of magnitude, or weights grow without bound.
 
     What it detects: finite training loss above 10 x its running minimum and 3 x its initial
@@ -426,16 +435,12 @@ def divergence(
         if kind == "loss"
         else f"Weights of '{ev['param']}' grew to RMS {fmt(ev['weight_rms'])}"
     )
-    yield Finding(
-        id="divergence",
-        severity=Severity.ERROR,
+    yield Found(
         title=title,
         explanation=f"From step {step} the training {'loss' if kind == 'loss' else 'weights'} grew by orders of magnitude.",
-        fix="Lower the learning rate, clip gradients, average (not sum) the loss, bound activations.",
         evidence=ev,
         where={"step": step, **({"param": ev["param"]} if "param" in ev else {})},
         first_step=step,
-        plots=("loss",),
     )
 
 

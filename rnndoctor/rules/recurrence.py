@@ -6,16 +6,21 @@ from typing import Iterator
 
 import numpy as np
 
-from ..finding import Finding, Severity
-from ..probes.through_time import horizon
+from ..finding import Severity
 from ..run import Run
-from ._common import mean_profile, second_half
+from ._common import horizon, mean_profile, second_half
 from .outcome import not_learning
-from .registry import rule
+from .registry import Found, rule
 
 
-@rule("no-recurrence", Severity.ERROR, signals=("rnn_inputs",))
-def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Finding]:
+@rule(
+    "no-recurrence",
+    Severity.ERROR,
+    signals=("rnn_inputs",),
+    fix="Call the RNN on the whole sequence (lstm(x), x: [B, T, F]), or carry the returned state into the next call.",
+    plots=("inputs",),
+)
+def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
     """The recurrent module never carries anything from one element to the next.
 
     What it detects: every sampled call of a recurrent module (at least 5) was a sequence of
@@ -38,9 +43,7 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Finding]:
         fresh = (rows["hx_given"] == 0) | (rows.get("hx_zero", 0) == 1)
         if not fresh.all():
             continue
-        yield Finding(
-            id="no-recurrence",
-            severity=Severity.ERROR,
+        yield Found(
             title=f"'{module}' only ever sees one element at a time with a fresh zero state",
             explanation=(
                 f"All {len(rows)} sampled calls of '{module}' had sequence length 1 and "
@@ -48,22 +51,29 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Finding]:
                 "it never carries information from one element to the next, so it cannot compute anything "
                 "that depends on order or history."
             ),
-            fix="Call the RNN on the whole sequence (lstm(x), x: [B, T, F]), or carry the returned state into the next call.",
             evidence={"calls": int(len(rows)), "seq_len": 1, "state_passed": bool((rows["hx_given"] == 1).any())},
             where={"module": module},
             first_step=int(rows["step"].min()),
-            plots=("inputs",),
         )
 
 
-@rule("vanishing-gradient-through-time", Severity.WARNING, signals=("time_grad", "steps"))
+@rule(
+    "vanishing-gradient-through-time",
+    Severity.WARNING,
+    signals=("time_grad", "steps"),
+    fix=(
+        "Give the model a short path to the inputs: dense per-step targets, a short-to-long curriculum or "
+        "random packed lengths, forget-gate bias 1; avoid post-padding (pack or pre-pad)."
+    ),
+    plots=("time_grad",),
+)
 def vanishing_gradient_through_time(
     run: Run,
     *,
     eps: float = 1e-2,  # research-notes §6: horizon H = steps back with g >= 1e-2 x peak (1e-3: strong)
     min_len: int = 10,
     horizon_fraction: float = 0.5,  # warn when H < T / 2 ...
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """The gradient fades out a few steps back from the end of the sequence.
 
     What it detects: from ‖∂L/∂x_t‖ measured at every time step of a (padded, not packed)
@@ -93,30 +103,29 @@ def vanishing_gradient_through_time(
         if h >= horizon_fraction * t:
             continue
         peak = float(np.nanmax(profile))
-        yield Finding(
-            id="vanishing-gradient-through-time",
-            severity=Severity.WARNING,
+        yield Found(
             title=f"The gradient reaches only {h} of {t} time steps back into '{module}'",
             explanation=(
                 f"‖∂L/∂x_t‖ stays above 1 % of its peak only over the last {h} of the {t} time steps "
                 f"(above 0.1 %: {horizon(profile, eps / 10)} steps), and the run is not learning: "
                 "inputs further back get no usable credit."
             ),
-            fix=(
-                "Give the model a short path to the inputs: dense per-step targets, a short-to-long curriculum or "
-                "random packed lengths, forget-gate bias 1; avoid post-padding (pack or pre-pad)."
-            ),
             evidence={"horizon": h, "horizon_strong": horizon(profile, eps / 10), "sequence_length": t, "eps": eps,
                       "profile_relative": [round(float(v) / peak, 6) if peak > 0 else 0.0 for v in profile],
                       "steps_sampled": int(len(rows))},
             where={"module": module, "time_steps": f"{t - h}-{t - 1} reached of 0-{t - 1}"},
             first_step=int(rows["step"].min()),
-            plots=("time_grad",),
         )
 
 
-@rule("undetached-state", Severity.WARNING, signals=("time_grad",))
-def undetached_state(run: Run) -> Iterator[Finding]:
+@rule(
+    "undetached-state",
+    Severity.WARNING,
+    signals=("time_grad",),
+    fix="Detach the carried state each batch: h, c = h.detach(), c.detach(); then retain_graph=True is not needed.",
+    plots=("time_grad",),
+)
+def undetached_state(run: Run) -> Iterator[Found]:
     """Hidden state is carried across batches without detach, so backprop reaches old batches.
 
     What it detects: the backward pass of a later step produced gradient at the recurrent
@@ -138,24 +147,26 @@ def undetached_state(run: Run) -> Iterator[Finding]:
     for module, rows in late.groupby("module", sort=False):
         reach = int((rows["backward_step"] - rows["step"]).max())
         first = rows.sort_values("backward_step").iloc[0]
-        yield Finding(
-            id="undetached-state",
-            severity=Severity.WARNING,
+        yield Found(
             title=f"Backward at step {int(first['backward_step'])} reached the input of step {int(first['step'])} through '{module}'",
             explanation=(
                 f"Gradient flowed from later steps into earlier batches' inputs {len(rows)} times, up to {reach} steps back: "
                 "the recurrent state is carried from batch to batch with its graph."
             ),
-            fix="Detach the carried state each batch: h, c = h.detach(), c.detach(); then retain_graph=True is not needed.",
             evidence={"reach_steps": reach, "occurrences": int(len(rows))},
             where={"module": module, "step": int(first["backward_step"])},
             first_step=int(first["backward_step"]),
-            plots=("time_grad",),
         )
 
 
-@rule("eval-in-train-mode", Severity.WARNING, signals=("eval_passes",))
-def eval_in_train_mode(run: Run) -> Iterator[Finding]:
+@rule(
+    "eval-in-train-mode",
+    Severity.WARNING,
+    signals=("eval_passes",),
+    fix="Call model.eval() before evaluating and model.train() afterwards.",
+    plots=("loss",),
+)
+def eval_in_train_mode(run: Run) -> Iterator[Found]:
     """Evaluation passes run with dropout still active.
 
     What it detects: the model was called without gradient (an evaluation under
@@ -178,19 +189,15 @@ def eval_in_train_mode(run: Run) -> Iterator[Finding]:
         return
     first = bad.sort_values("step").iloc[0]
     modules = sorted({m for ms in bad["active_modules"] for m in ms})
-    yield Finding(
-        id="eval-in-train-mode",
-        severity=Severity.WARNING,
+    yield Found(
         title=f"{len(bad)} of {len(ev)} evaluation passes ran with dropout active ({', '.join(modules[:3])})",
         explanation=(
             f"'{first['module']}' was called without gradient (an evaluation) while {', '.join(modules)} "
             "were in training mode: its evaluation outputs are random draws of a thinned network."
         ),
-        fix="Call model.eval() before evaluating and model.train() afterwards.",
         evidence={"eval_passes": int(len(ev)), "with_dropout_active": int(len(bad)), "dropout_modules": modules},
         where={"module": str(first["module"]), "dropout": ", ".join(modules[:4]), "step": int(first["step"])},
         first_step=int(first["step"]),
-        plots=("loss",),
     )
 
 
@@ -199,8 +206,14 @@ def eval_in_train_mode(run: Run) -> Iterator[Finding]:
 PADDED_BEFORE = 0.5
 
 
-@rule("padding-not-masked", Severity.WARNING, signals=("rnn_inputs", "time_grad"))
-def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad: float = 0.05, min_sequences: int = 200) -> Iterator[Finding]:
+@rule(
+    "padding-not-masked",
+    Severity.WARNING,
+    signals=("rnn_inputs", "time_grad"),
+    fix="Pack the batch with pack_padded_sequence(..., enforce_sorted=False) and use h_n, or gather output at lengths - 1; or pre-pad.",
+    plots=("time_grad",),
+)
+def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad: float = 0.05, min_sequences: int = 200) -> Iterator[Found]:
     """Padded variable-length sequences are fed whole and the answer is read after the padding.
 
     What it detects: in a padded (not packed) recurrent input, at least 20 % of the
@@ -235,18 +248,14 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
         pad_grad = float(grads.mean())
         if pad_grad < min_pad_grad:
             continue
-        yield Finding(
-            id="padding-not-masked",
-            severity=Severity.WARNING,
+        yield Found(
             title=f"'{module}' is fed padded sequences unpacked, and {pad_grad:.0%} of its input gradient lands on padding",
             explanation=(
                 f"{padded:.0%} of the sequences end by step {int(PADDED_BEFORE * t)} of the padded length {t}, yet "
                 f"{pad_grad:.0%} of ‖∂L/∂x‖ sits on their trailing padding: the answer is read after the padding "
                 "(e.g. output[:, -1]), so the network must carry it across the padded steps."
             ),
-            fix="Pack the batch with pack_padded_sequence(..., enforce_sorted=False) and use h_n, or gather output at lengths - 1; or pre-pad.",
             evidence={"padded_length": t, "padded_share": float(padded), "gradient_on_padding": pad_grad, "sequences": int(total)},
             where={"module": module},
             first_step=int(rows["step"].min()),
-            plots=("time_grad",),
         )

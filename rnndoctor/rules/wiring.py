@@ -7,10 +7,10 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from ..finding import Finding, Severity
+from ..finding import Severity
 from ..run import Run
 from ._common import CLASS_LOSSES, detail_rows, fmt, label_stats, loss_kind, target_moments
-from .registry import rule
+from .registry import Found, rule
 
 #: autograd ops whose outputs are bounded to [0, 1] (or [-1, 1]): not an unbounded linear output
 BOUNDED_OPS = frozenset({"SigmoidBackward0", "SoftmaxBackward0", "TanhBackward0", "HardsigmoidBackward0", "ClampBackward1", "ClampBackward0"})
@@ -18,14 +18,20 @@ BOUNDED_OPS = frozenset({"SigmoidBackward0", "SoftmaxBackward0", "TanhBackward0"
 PROB_OPS = frozenset({"SoftmaxBackward0"})
 
 
-@rule("poor-initial-loss", Severity.INFO, signals=("steps", "predictions"))
+@rule(
+    "poor-initial-loss",
+    Severity.INFO,
+    signals=("steps", "predictions"),
+    fix="Initialise the output layer small (bias = class prior), check the loss reduction and that targets match outputs.",
+    plots=("loss",),
+)
 def poor_initial_loss(
     run: Run,
     *,
     first_steps: int = 3,  # Karpathy's recipe: "verify loss @ init" on the first batches
     info_deviation: float = 0.5,  # research-notes §6: |L0 - L*| / L* > 0.5 -> info
     warn_deviation: float = 1.0,  # > 1.0 (TDC dev_ratio) or L0 < 0.5 L* -> warning
-) -> Iterator[Finding]:
+) -> Iterator[Found]:
     """The first loss is far from what an untrained model should give.
 
     What it detects: the mean loss of the first 3 training steps L0 against the expected
@@ -65,22 +71,24 @@ def poor_initial_loss(
     dev = abs(l0 - expected) / expected
     if dev <= info_deviation:
         return
-    severity = Severity.WARNING if dev > warn_deviation or l0 < 0.5 * expected else Severity.INFO
-    yield Finding(
-        id="poor-initial-loss",
-        severity=severity,
+    yield Found(
         title=f"Initial loss {fmt(l0)} is {dev:.0%} away from the expected {fmt(expected)}",
         explanation=f"The first {len(head)} steps averaged loss {fmt(l0)}; an untrained model should give about {fmt(expected)} ({basis}).",
-        fix="Initialise the output layer small (bias = class prior), check the loss reduction and that targets match outputs.",
         evidence={"initial_loss": l0, "expected": expected, "basis": basis, "relative_deviation": dev},
         where={"steps": f"0-{len(head) - 1}"},
         first_step=0,
-        plots=("loss",),
+        severity=Severity.WARNING if dev > warn_deviation or l0 < 0.5 * expected else Severity.INFO,
     )
 
 
-@rule("loss-output-mismatch", Severity.ERROR, signals=("steps",))
-def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -> Iterator[Finding]:
+@rule(
+    "loss-output-mismatch",
+    Severity.ERROR,
+    signals=("steps",),
+    fix="Return raw logits and use CrossEntropyLoss (K classes) or BCEWithLogitsLoss (binary); use NLLLoss only after log_softmax.",  # each case gives its own
+    plots=("loss",),
+)
+def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -> Iterator[Found]:
     """The loss function does not fit what the model outputs or what the targets are.
 
     What it detects (each on at least 90 % of at least 3 sampled steps):
@@ -148,12 +156,9 @@ def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -
     if found is None:
         return
     severity, title, expl, fix = found
-    yield Finding(
-        id="loss-output-mismatch",
-        severity=severity,
+    yield Found(
         title=title,
         explanation=expl,
-        fix=fix,
         evidence={
             "loss": kind,
             "output_range": [out_lo, out_hi],
@@ -163,5 +168,6 @@ def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -
         },
         where={"loss": kind},
         first_step=int(d["step"].min()),
-        plots=("loss",),
+        severity=severity,
+        fix=fix,
     )
