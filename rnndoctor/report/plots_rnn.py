@@ -1,6 +1,6 @@
 """Plots of what happens inside the recurrence: gate saturation, ‖c_t‖ over t, the
 gradient profile through time with its horizon, and the per-module activation statistics
-that stand in for the gates of hand-written cells. Registered into ``plots.PLOTS``."""
+that stand in for the gates of hand-written cells. Registered in ``plots.PLOTS``."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from ..probes.through_time import horizon
 from ..rules._common import first_half, mean_profile, second_half
 from ..run import Run
 from ..signals import LARGE_PREACTIVATION
-from .plots import BAD, PALETTE, _figure, _legend, _styled, label, to_markup
+from .figure import BAD, PALETTE, label, legend, new_figure, styled, to_markup
 
 #: the horizon is marked at the rule's threshold: 1 % of the peak
 HORIZON_EPS = 1e-2
 
 
-@_styled
+@styled
 def plot_time_grad(run: Run) -> str | None:
     """Mean ‖∂L/∂x_t‖ over t (log scale) for each recurrent module in the second half of the
     run (what vanishing-gradient-through-time judges), horizon marked."""
@@ -24,7 +24,7 @@ def plot_time_grad(run: Run) -> str | None:
     if tg.empty:
         return None
     own = tg[tg["backward_step"] == tg["step"]]
-    fig, ax = _figure()
+    fig, ax = new_figure()
     drawn = False
     for i, (module, rows) in enumerate(own.groupby("module", sort=False)):
         prof = mean_profile(second_half(rows)["grad_norm"])  # the half vanishing-gradient judges
@@ -41,17 +41,17 @@ def plot_time_grad(run: Run) -> str | None:
     ax.set_yscale("log")
     ax.set_xlabel("time step t of the input")
     ax.set_ylabel("‖∂L/∂x_t‖")
-    _legend(ax)
+    legend(ax)
     return to_markup(fig, "gradient reaching each time step")
 
 
-@_styled
+@styled
 def plot_cell_norm(run: Run) -> str | None:
     """Mean ‖c_t‖ over t per LSTM layer (sampled steps of the first half of the run)."""
     cell = run["cell"]
     if cell.empty:
         return None
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for i, ((module, layer, direction), rows) in enumerate(cell.groupby(["module", "layer", "direction"], sort=False)):
         prof = mean_profile(first_half(rows)["c_norm"])
         if prof is None:
@@ -60,11 +60,11 @@ def plot_cell_norm(run: Run) -> str | None:
         ax.plot(np.arange(len(prof)), prof, color=PALETTE[i % len(PALETTE)], lw=1.5, label=name)
     ax.set_xlabel("time step t")
     ax.set_ylabel("mean ‖c_t‖")
-    _legend(ax)
+    legend(ax)
     return to_markup(fig, "cell state norm over time")
 
 
-@_styled
+@styled
 def plot_gates(run: Run) -> str | None:
     """Share of each gate's values in the flat ends (low / high), first half of the run."""
     g = run["gates"]
@@ -76,14 +76,14 @@ def plot_gates(run: Run) -> str | None:
     names = [f"{label(m, 14)} l{int(layer)}{'r' if d else ''} {gate}" for m, layer, d, gate in keys]
     low = np.nan_to_num(means["frac_low"].to_numpy(float))
     high = np.nan_to_num(means["frac_high"].to_numpy(float))
-    fig, ax = _figure()
+    fig, ax = new_figure()
     x = np.arange(len(names))
     ax.bar(x, low, color=PALETTE[0], label="low end (σ < 0.05, tanh < -0.95)")
     ax.bar(x, high, bottom=low, color=PALETTE[1], label="high end (σ > 0.95, tanh > 0.95)")
     ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center", fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share saturated")
-    _legend(ax)
+    legend(ax)
     return to_markup(fig, "gate saturation")
 
 
@@ -91,7 +91,7 @@ def plot_gates(run: Run) -> str | None:
 ACTIVATION_MODULES = 16
 
 
-@_styled
+@styled
 def plot_activations(run: Run) -> str | None:
     """Per module, at the first sampled step: share of finite outputs with |y| beyond
     LARGE_PREACTIVATION, and share of non-finite outputs."""
@@ -102,12 +102,12 @@ def plot_activations(run: Run) -> str | None:
     rows["frac_large"] = rows["frac_large"].astype(float).fillna(0.0)
     rows["frac_nonfinite"] = rows["frac_nonfinite"].astype(float).fillna(0.0) if "frac_nonfinite" in rows else 0.0
     rows = rows.sort_values("frac_large", ascending=False).head(ACTIVATION_MODULES)[::-1]
-    fig, ax = _figure()
+    fig, ax = new_figure()
     y = np.arange(len(rows))
     ax.barh(y, rows["frac_large"], color=PALETTE[1], label=f"|output| > {LARGE_PREACTIVATION:g} (of finite)")
     ax.barh(y, rows["frac_nonfinite"], left=0, height=0.35, color=BAD, label="non-finite")
     ax.set_yticks(y, [label(str(m), 28) for m in rows["module"]], fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"share of outputs, step {int(rows['step'].iloc[0])}")
-    _legend(ax)
+    legend(ax)
     return to_markup(fig, "activation statistics per module")
