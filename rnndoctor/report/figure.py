@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from ..run import Run
 
@@ -153,6 +154,29 @@ def legend(ax: Axes) -> None:
     if handles:
         cols = max(1, min(len(names), 5, 84 // (max(len(n) for n in names) + 6)))
         ax.figure.legend(handles, names, loc="outside upper left", ncols=cols, handlelength=1.6, columnspacing=1.2)
+
+
+def legend_rows(fig: Figure, rows: list[list[tuple[Any, str]]], ncols: int) -> None:
+    """A legend above the axes laid out row by row (matplotlib fills columns first): each
+    inner list starts a new row, wrapped at ``ncols`` entries; empty rows are skipped."""
+    lines = [row[i : i + ncols] for row in rows if row for i in range(0, len(row), ncols)]
+    if not lines:
+        return
+    ncols = max(len(line) for line in lines)
+    blank = (Line2D([], [], alpha=0), "")
+    grid = [line + [blank] * (ncols - len(line)) for line in lines]
+    entries = [grid[r][c] for c in range(ncols) for r in range(len(grid))]
+    fig.legend([h for h, _ in entries], [n for _, n in entries], loc="outside upper left", ncols=ncols,
+               handlelength=1.6, columnspacing=1.2)
+
+
+def handles(*axes: Axes) -> list[tuple[Any, str]]:
+    """(handle, name) of every labelled artist of the axes, in drawing order."""
+    out: list[tuple[Any, str]] = []
+    for ax in axes:
+        h, n = ax.get_legend_handles_labels()
+        out += list(zip(h, n))
+    return out
 
 
 def centered_note(ax: Axes, text: str, color: str = BAD) -> None:

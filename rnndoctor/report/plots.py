@@ -2,7 +2,7 @@
 
 Every plot function takes a ``Run`` and returns the markup (inline SVG, see ``figure``), or
 ``None`` when the run has no data for it. The plots of training as a whole live here, those
-of the recurrence in ``plots_rnn``; all of them share the style and helpers of ``figure``.
+of the recurrence in ``plots_rnn``, those of the data in ``plots_data``; all of them share the style and helpers of ``figure``.
 Adding a plot is one entry in ``PLOTS``; finding names that are not in ``PLOTS`` are
 ignored by the report.
 """
@@ -40,6 +40,7 @@ from .figure import (
     styled,
     to_markup,
 )
+from .plots_data import plot_inputs, plot_lengths, plot_samples
 from .plots_rnn import plot_activations, plot_cell_norm, plot_gates, plot_time_grad
 
 
@@ -335,6 +336,9 @@ PLOTS: dict[str, PlotSpec] = {
     "cell_norm": PlotSpec("Cell state norm over time", plot_cell_norm),
     "time_grad": PlotSpec("Gradient reaching each time step, horizon marked", plot_time_grad),
     "activations": PlotSpec("Module outputs beyond sigmoid/tanh saturation (first sampled step)", plot_activations),
+    "inputs": PlotSpec("Input scale over training (recurrent layers' and model's input)", plot_inputs),
+    "lengths": PlotSpec("Sequence lengths fed to the recurrent layers, padded length marked", plot_lengths),
+    "samples": PlotSpec("Training inputs by fingerprint: repeats pile up, colour is the target", plot_samples),
 }
 
 
