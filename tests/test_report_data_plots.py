@@ -1,5 +1,5 @@
-"""The data plots (inputs, lengths, samples) on a real recording with every data problem, and
-absent without their signals."""
+"""The data plots (inputs, lengths, samples) on a real recording with every data problem; absent
+without their signals; and no plot in the registry raises on an empty or damaged record."""
 
 import ast
 import random
@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 import rnndoctor
 from rnndoctor.report import plots
 from rnndoctor.report.figure import new_figure, to_markup
-from rnndoctor.report.html import HTML_FILE
+from rnndoctor.report.html import HTML_FILE, render_html
 from rnndoctor.run import Run
+from rnndoctor.signals import CATALOGUE
 
 T = 6  # padded length
 DATA_FINDINGS = {"resampled-parameters", "inconsistent-labels", "duplicate-samples", "length-range-bug", "unnormalized-inputs"}
@@ -142,6 +143,71 @@ def test_the_scatter_stays_small_for_many_distinct_samples():
                             "x1": rng.normal(size=n), "x2": rng.normal(size=n), "y": rng.integers(0, 40, n).astype(float)})
     svg = plots.render("samples", Run(meta={}, signals={"samples": samples}))
     assert described(svg) and "1000 of 30000 shown" in svg and len(svg) < 300_000
+
+
+# ----------------------------------------------------------------------------- damaged records
+#: what a hand-edited or torn record can still hold after load_run: ``step`` is always a whole
+#: number and ``mode`` text (other rows are dropped), other keys are scalars, values any JSON
+JUNK_VALUES = [None, "abc", float("nan"), [1.0, 2.0], {"k": 1}, -1, float("inf"), "", [[1, 2], [3]], 1e308, True]
+JUNK_KEYS = [None, "abc", 1.5, True, -1, "", 1e308]
+
+
+def damaged_runs(run: Run) -> dict[str, Run]:
+    """Records as hand edits and crashes leave them; each must render (or draw nothing)."""
+    def keys(name: str) -> tuple[str, ...]:
+        return CATALOGUE[name].keys if name in CATALOGUE else ("step",)
+
+    def junked(name: str, df: pd.DataFrame, in_keys: bool) -> pd.DataFrame:
+        out = df.head(60).copy()
+        for i, c in enumerate(out.columns):
+            if c in ("step", "mode") or (c in keys(name)) != in_keys:
+                continue
+            junk = JUNK_KEYS if in_keys else JUNK_VALUES
+            out[c] = pd.Series([junk[(i + j) % len(junk)] for j in range(len(out))], index=out.index, dtype=object)
+        return out
+
+    def odd_lists(df: pd.DataFrame) -> pd.DataFrame:
+        out = df.copy()
+        for c in out.columns:
+            if out[c].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+                out[c] = [list(np.arange(j % 7, dtype=float)) if j % 3 else [float("nan")] * (j % 5) for j in range(len(out))]
+        return out
+
+    def nan_row(name: str) -> pd.DataFrame:
+        spec = CATALOGUE[name]
+        row = {c: None for c in spec.keys} | {c: np.nan for c in spec.values} | {"step": 0}
+        return pd.DataFrame([row | ({"mode": "train"} if "mode" in spec.keys else {})])
+
+    signals = run.signals
+    return {
+        "no signals": Run(meta={}),
+        "empty tables": Run(meta={}, signals={n: pd.DataFrame() for n in CATALOGUE}),
+        "columns, no rows": Run(meta={}, signals={n: pd.DataFrame(columns=[*s.keys, *s.values]) for n, s in CATALOGUE.items()}),
+        "one row of NaN": Run(meta={}, signals={n: nan_row(n) for n in CATALOGUE}),
+        "keys only": Run(meta={}, signals={n: df[[c for c in keys(n) if c in df]] for n, df in signals.items()}),
+        "every other value missing": Run(meta={}, signals={n: df.drop(columns=[c for c in df.columns if c not in keys(n)][::2])
+                                                           for n, df in signals.items()}),
+        "junk values": Run(meta={}, signals={n: junked(n, df, in_keys=False) for n, df in signals.items()}),
+        "junk keys": Run(meta={}, signals={n: junked(n, df, in_keys=True) for n, df in signals.items()}),
+        "lists of other lengths": Run(meta={}, signals={n: odd_lists(df) for n, df in signals.items()}),
+        "all NaN values": Run(meta={}, signals={n: df.assign(**{c: np.nan for c in df.columns if c not in keys(n)})
+                                                for n, df in signals.items()}),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")  # 1e308 and inf overflow on the way
+def test_no_plot_raises_on_an_empty_or_damaged_record(run):
+    raised = []
+    for case, damaged in damaged_runs(run).items():
+        for name in plots.PLOTS:
+            try:
+                markup = plots.render(name, damaged)
+            except Exception as exc:  # noqa: BLE001  (collected: the assertion lists every plot and case)
+                raised.append(f"{name} on {case}: {type(exc).__name__}: {exc}")
+                continue
+            assert markup is None or markup.startswith(("<svg", "<img")), (case, name)
+        assert "<html" in render_html(damaged, rnndoctor.diagnose(damaged)).lower()
+    assert not raised, "\n".join(raised)
 
 
 # ----------------------------------------------------------------------------- structure

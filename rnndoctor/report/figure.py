@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..run import Run
+from .tidy import tidy
 
 #: points per plotted series; longer series are binned (mean line + min/max band)
 MAX_POINTS = 1000
@@ -185,12 +186,13 @@ def centered_note(ax: Axes, text: str, color: str = BAD) -> None:
 
 
 def styled(draw: Callable[[Run], "str | None"]) -> Callable[[Run], "str | None"]:
-    """Run a plot function under the report's matplotlib style (rcParams are read at draw time)."""
+    """Run a plot function under the report's matplotlib style (rcParams are read at draw time),
+    on the tidied record (each column of one kind: see ``tidy``)."""
 
     @functools.wraps(draw)
     def wrapper(run: Run) -> str | None:
         with matplotlib.rc_context(RC):
-            return draw(run)
+            return draw(tidy(run))
 
     return wrapper
 

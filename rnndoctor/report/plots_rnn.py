@@ -5,15 +5,34 @@ that stand in for the gates of hand-written cells. Registered in ``plots.PLOTS``
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ..probes.through_time import horizon
 from ..rules._common import first_half, mean_profile, second_half
 from ..run import Run
 from ..signals import LARGE_PREACTIVATION
-from .figure import BAD, PALETTE, label, legend, new_figure, styled, to_markup
+from .figure import BAD, PALETTE, label, legend, new_figure, numeric, styled, to_markup
 
 #: the horizon is marked at the rule's threshold: 1 % of the peak
 HORIZON_EPS = 1e-2
+
+
+def _profile(series: pd.Series) -> np.ndarray | None:
+    """``mean_profile`` of the rows that hold a profile (a damaged record's others are None)."""
+    rows = series[series.map(lambda v: isinstance(v, (list, tuple, np.ndarray)) and len(v) > 0)]
+    return mean_profile(rows) if not rows.empty else None
+
+
+def _keyed(df: pd.DataFrame, keys: tuple[str, ...], fill: object = 0) -> pd.DataFrame:
+    """Group keys present in every row: a missing column or value becomes ``fill``."""
+    return df.assign(**{k: df[k].astype(object).where(df[k].notna(), fill) if k in df else fill for k in keys})
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 @styled
@@ -21,13 +40,13 @@ def plot_time_grad(run: Run) -> str | None:
     """Mean ‖∂L/∂x_t‖ over t (log scale) for each recurrent module in the second half of the
     run (what vanishing-gradient-through-time judges), horizon marked."""
     tg = run["time_grad"]
-    if tg.empty:
+    if tg.empty or "grad_norm" not in tg:
         return None
-    own = tg[tg["backward_step"] == tg["step"]]
+    own = _keyed(tg[tg["backward_step"] == tg["step"]] if "backward_step" in tg else tg, ("module",), "?")
     fig, ax = new_figure()
     drawn = False
     for i, (module, rows) in enumerate(own.groupby("module", sort=False)):
-        prof = mean_profile(second_half(rows)["grad_norm"])  # the half vanishing-gradient judges
+        prof = _profile(second_half(rows)["grad_norm"])  # the half vanishing-gradient judges
         if prof is None or not np.isfinite(prof).any() or np.nanmax(prof) <= 0:
             continue
         color = PALETTE[i % len(PALETTE)]
@@ -49,14 +68,15 @@ def plot_time_grad(run: Run) -> str | None:
 def plot_cell_norm(run: Run) -> str | None:
     """Mean ‖c_t‖ over t per LSTM layer (sampled steps of the first half of the run)."""
     cell = run["cell"]
-    if cell.empty:
+    if cell.empty or "c_norm" not in cell:
         return None
+    cell = _keyed(cell, ("layer", "direction")).pipe(_keyed, ("module",), "?")
     fig, ax = new_figure()
     for i, ((module, layer, direction), rows) in enumerate(cell.groupby(["module", "layer", "direction"], sort=False)):
-        prof = mean_profile(first_half(rows)["c_norm"])
+        prof = _profile(first_half(rows)["c_norm"])
         if prof is None:
             continue
-        name = f"{label(module, 24)} l{int(layer)}{' reverse' if direction else ''}"
+        name = f"{label(module, 24)} l{_int(layer)}{' reverse' if direction else ''}"
         ax.plot(np.arange(len(prof)), prof, color=PALETTE[i % len(PALETTE)], lw=1.5, label=name)
     ax.set_xlabel("time step t")
     ax.set_ylabel("mean ‖c_t‖")
@@ -68,12 +88,13 @@ def plot_cell_norm(run: Run) -> str | None:
 def plot_gates(run: Run) -> str | None:
     """Share of each gate's values in the flat ends (low / high), first half of the run."""
     g = run["gates"]
-    if g.empty:
+    if g.empty or not {"frac_low", "frac_high"} <= set(g.columns):
         return None
-    g = first_half(g)
+    g = _keyed(first_half(g), ("layer", "direction")).pipe(_keyed, ("module", "gate"), "?")
+    g = g.assign(frac_low=numeric(g["frac_low"]), frac_high=numeric(g["frac_high"]))
     keys = [k for k, _ in g.groupby(["module", "layer", "direction", "gate"], sort=False)]
     means = g.groupby(["module", "layer", "direction", "gate"], sort=False)[["frac_low", "frac_high"]].mean()
-    names = [f"{label(m, 14)} l{int(layer)}{'r' if d else ''} {gate}" for m, layer, d, gate in keys]
+    names = [f"{label(m, 14)} l{_int(layer)}{'r' if d else ''} {label(gate, 8)}" for m, layer, d, gate in keys]
     low = np.nan_to_num(means["frac_low"].to_numpy(float))
     high = np.nan_to_num(means["frac_high"].to_numpy(float))
     fig, ax = new_figure()
@@ -98,9 +119,9 @@ def plot_activations(run: Run) -> str | None:
     acts = run["activations"]
     if acts.empty or "frac_large" not in acts:
         return None
-    rows = acts[acts["step"] == acts["step"].min()].copy()
-    rows["frac_large"] = rows["frac_large"].astype(float).fillna(0.0)
-    rows["frac_nonfinite"] = rows["frac_nonfinite"].astype(float).fillna(0.0) if "frac_nonfinite" in rows else 0.0
+    rows = _keyed(acts[acts["step"] == acts["step"].min()], ("module",), "?")
+    rows["frac_large"] = np.nan_to_num(numeric(rows["frac_large"]))
+    rows["frac_nonfinite"] = np.nan_to_num(numeric(rows["frac_nonfinite"])) if "frac_nonfinite" in rows else 0.0
     rows = rows.sort_values("frac_large", ascending=False).head(ACTIVATION_MODULES)[::-1]
     fig, ax = new_figure()
     y = np.arange(len(rows))
