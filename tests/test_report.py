@@ -187,6 +187,17 @@ def long_run(n: int = 20_000, n_params: int = 12) -> Run:
          "frac_large": share, "frac_zero": 0.0, "frac_nonfinite": 0.0}
         for s in (0, 1, 2) for m, share in (("lstm", 0.2), ("head", 0.9))
     ])
+    data = steps[(steps < 50) | (steps % 100 == 0)]
+    scale = {"abs_max": 3.0, "abs_mean": 0.8, "std": 1.0, "feature_std_max": 1.2, "frac_large": 0.0, "all_zero": 0}
+    frames["inputs"] = pd.DataFrame([{"step": s, "mode": "train", "module": "model", **scale} for s in data])
+    frames["rnn_inputs"] = pd.DataFrame([
+        {"step": s, "module": "lstm", "packed": 0, "seq_len": 50, "length_hist": [0.0] * 30 + [3.0] * 20 + [4.0], "hx_given": 0, **scale}
+        for s in data
+    ])
+    fingerprints = rng.integers(0, 3000, len(data) * 64).astype(float)
+    frames["samples"] = pd.DataFrame({"step": np.repeat(data, 64), "mode": "train", "x1": fingerprints,
+                                      "x2": fingerprints * 1.3 + np.sin(fingerprints), "y": fingerprints % 2})
+    frames["refetch"] = pd.DataFrame([{"index": i, "same_input": 1, "same_label": 1, "dataset": "D", "step": 0} for i in range(8)])
     return Run(meta={"status": "completed", "steps": n, "wall_s": 321.0, "script": "long.py"}, signals=frames)
 
 

@@ -27,6 +27,7 @@ from ..rundir import REPORT_FILE
 from ..text import printable
 from . import plots
 from .terminal import damage_note, verdict
+from .tidy import tidy
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -51,7 +52,7 @@ class _Plots:
     """Draws each plot once per page; every embedding gets its own SVG id prefix."""
 
     def __init__(self, run: Run) -> None:
-        self.run = run
+        self.run = tidy(run)  # once per page, not once per plot
         self._cache: dict[str, tuple[str | None, str]] = {}
         self._uses = 0
 
