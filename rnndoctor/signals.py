@@ -33,6 +33,10 @@ TANH_SATURATED = 0.95
 #: pre-activations)
 LARGE_PREACTIVATION = 2.944
 
+#: |x| above this counts as "far from unit scale" in the input signals (``frac_large``;
+#: AUTOTRAINER's ω1 = 10)
+LARGE_INPUT = 10.0
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -134,7 +138,7 @@ _INPUT_STATS = {
     "abs_mean": "mean |x|",
     "std": "standard deviation over every element (0: constant input)",
     "feature_std_max": "largest per-feature standard deviation (features = last dim)",
-    "frac_large": "share of elements with |x| > 10",
+    "frac_large": f"share of elements with |x| > {LARGE_INPUT:g}",
     "all_zero": "1 when every element is exactly 0",
 }
 

@@ -216,7 +216,8 @@ class Watch(Verdict):
             kind = "bce_logits" if logits.shape == targets.shape and targets.dim() >= 1 else "mse"
         loss_t = loss if loss is not None else torch.full((), float("nan"), device=logits.device)
         if self._conductor is not None and self.active:
-            self._conductor.log_loss(LossCall(kind, logits, targets, loss_t, {}), grad=loss_t.requires_grad or torch.is_grad_enabled())
+            self._conductor.logged_explicitly = True
+            self._conductor.record_loss(LossCall(kind, logits, targets, loss_t, {}), grad=loss_t.requires_grad or torch.is_grad_enabled())
 
     def _write_meta(self) -> None:
         write_meta(self.run_dir, self._meta)

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 import rnndoctor
 from rnndoctor.report import plots
 from rnndoctor.report.figure import new_figure, to_markup
-from rnndoctor.report.html import HTML_FILE, render_html
+from rnndoctor.report.html import render_html
+from rnndoctor.rundir import REPORT_FILE
 from rnndoctor.run import Run
 from rnndoctor.signals import CATALOGUE
 
@@ -93,7 +94,7 @@ def described(svg: str | None) -> str:
 def test_every_data_finding_of_a_real_run_shows_its_plot(recorded, run):
     diagnosis = rnndoctor.diagnose(run)
     assert DATA_FINDINGS <= set(diagnosis.ids())
-    page = (recorded / HTML_FILE).read_text()
+    page = (recorded / REPORT_FILE).read_text()
     cards = {m.group(1): m.group(0) for m in re.finditer(r'<article[^>]*data-finding="([^"]+)".*?</article>', page, re.S)}
     for f in diagnosis.findings:
         if f.id in DATA_FINDINGS:

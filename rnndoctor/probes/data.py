@@ -17,13 +17,11 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, IterableDataset
 
+from ..signals import LARGE_INPUT
 from .nonfinite import tensors_in  # noqa: F401  (re-exported for the watcher)
 
 #: how many indices of a map-style dataset are fetched twice
 REFETCH_INDICES = 8
-#: |x| above this counts as "far from unit scale" (AUTOTRAINER's ω1 = 10, research-notes §6)
-LARGE_INPUT = 10.0
-
 
 class Fingerprinter:
     """Per-sample fingerprints: two fixed random projections of the flattened sample (float64).

@@ -37,11 +37,12 @@ class InputsProbe(Probe):
             return
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point():
+            mode = "train" if torch.is_grad_enabled() else "eval"  # before no_grad below
             with torch.no_grad():
                 batch_dim = 1 if (x.dim() == 3 and not self.ctx.model.batch_first) else 0
                 xb = x.movedim(batch_dim, 0) if batch_dim else x
                 self._pending_fp = self._fingerprint(xb)
-                row = {"step": self.ctx.step, "mode": "train" if torch.is_grad_enabled() else "eval", "module": self.ctx.model.name(module)}
+                row = {"step": self.ctx.step, "mode": mode, "module": self.ctx.model.name(module)}
                 stats = data_probe.input_stats(x)
                 self._last_input_stats = (x, stats)
                 row.update(stats)

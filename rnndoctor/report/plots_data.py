@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from ..probes.data import LARGE_INPUT
+from ..signals import LARGE_INPUT
 from ..rules import REGISTRY
 from ..rules.data import _FP_DIGITS
 from ..run import Run
