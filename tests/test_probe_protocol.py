@@ -152,3 +152,28 @@ def test_the_default_probes_keep_the_contract():
     every = [s for p in DEFAULT_PROBES for s in p.signals]
     assert sorted(every) == sorted(signals.CATALOGUE), "each signal is written by exactly one probe"
     assert [type(p) for p in select(None, ("loader",))] == [p for p in DEFAULT_PROBES if p.name != "loader"]
+
+
+def test_the_cli_lists_probes_and_switches_them_off(tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "rnndoctor", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    listed = cli("probes")
+    assert listed.returncode == 0 and [line.split()[0] for line in listed.stdout.splitlines() if not line.startswith(" ")] == [p.name for p in DEFAULT_PROBES]
+    script = tmp_path / "t.py"
+    script.write_text(
+        "import torch,torch.nn as nn,torch.nn.functional as F\n"
+        "r=nn.LSTM(3,8,batch_first=True);f=nn.Linear(8,2);o=torch.optim.Adam([*r.parameters(),*f.parameters()])\n"
+        "for i in range(5):\n"
+        "    x=torch.randn(16,5,3);y=(x[:,0,0]>0).long()\n"
+        "    l=F.cross_entropy(f(r(x)[0][:,-1]),y);o.zero_grad();l.backward();o.step()\n"
+    )
+    done = cli("diagnose", "t.py", "--out", "r", "--quiet", "--fail-on", "never", "--no-probe", "gates", "--no-probe", "activations")
+    assert done.returncode == 0, done.stderr
+    written = {p.stem for p in (tmp_path / "r" / "signals").glob("*.jsonl")}
+    assert "steps" in written and "time_grad" in written and not {"gates", "cell", "activations"} & written
+    bad = cli("diagnose", "t.py", "--no-probe", "gate")
+    assert bad.returncode == 2 and "no probe named gate" in bad.stderr and "Traceback" not in bad.stderr
