@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from harness import T_PY, Cli, steps_recorded
@@ -33,13 +33,25 @@ def wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float
     raise AssertionError(f"{run_dir} never reached {n} steps")
 
 
+def from_a_terminal() -> None:
+    """Start a child as a terminal does: SIGINT at its default. A background job of a
+    non-interactive shell (``cmd &`` in a CI script) inherits SIGINT *ignored*, and Python
+    (and so ``diagnose``) then ignores Ctrl-C too; the cells must not depend on how the
+    suite itself was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
-def running(cli: Cli, *args: str) -> Iterator[subprocess.Popen]:
+def running(cli: Cli, *args: str, preexec: Callable[[], None] = from_a_terminal) -> Iterator[subprocess.Popen]:
     """``python -m rnndoctor ARGS`` in the background; killed on the way out if still alive
     (an endless script must never outlive its test)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "rnndoctor", *args], cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, "NO_COLOR": "1"},
+        text=True, env={**os.environ, "NO_COLOR": "1"}, preexec_fn=preexec,
     )
     try:
         yield proc
@@ -166,7 +178,7 @@ def test_sigint_stops_a_shell_loop(cli: Cli) -> None:
     cli.script(ENDLESS)
     loop = f"for i in 1 2 3; do {sys.executable} -m rnndoctor diagnose t.py --out run-$i --quiet; done; echo loop-finished"
     proc = subprocess.Popen(["bash", "-c", loop], cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=from_a_terminal)
     try:
         wait_for_steps(cli.cwd / "run-1", 50, proc)
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
@@ -177,6 +189,21 @@ def test_sigint_stops_a_shell_loop(cli: Cli) -> None:
         proc.wait()
     assert "loop-finished" not in out
     assert not (cli.cwd / "run-2").exists()
+
+
+def test_an_ignored_sigint_stays_ignored_as_under_python(cli: Cli) -> None:
+    """4. (extra) Started with SIGINT ignored (``nohup``, ``cmd &`` in a script), ``python
+    t.py`` ignores Ctrl-C; so does ``diagnose``: it neither dies nor stops recording."""
+    cli.script(ENDLESS)
+    with running(cli, "diagnose", "t.py", "--out", "run", "--quiet", preexec=sigint_ignored) as proc:
+        wait_for_steps(cli.cwd / "run", 50, proc)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM
+    assert cli.meta("run")["status"] == "terminated"
 
 
 NESTED = T_PY.replace("for i in range(50):", "import rnndoctor, torch.nn as nn\nm = nn.ModuleList([r, f])\n"
