@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from . import adoption, compiled
+from . import adoption, compiled, pickling
 from .clock import StepClock
 from .discovery import Discovery
 from .optimizers import OptimizerWatch
@@ -53,6 +53,7 @@ class Conductor:
         self.roots: dict[str, nn.Module] = {}
         self.view = ModelView()
         self._module_handles: list[RemovableHandle] = []
+        self._pickling = False  # pickling.enter() is in force for this watch
         self._probe_handles: list[Any] = []
         #: discovery, model pre-hook and loss calls made by traced code, run at the next eager hook
         self.deferred = compiled.Deferred()
@@ -77,6 +78,8 @@ class Conductor:
     # ------------------------------------------------------------------ lifetime
     def attach(self) -> None:
         """The probes' start, the first adoption (or discovery) and the global hooks."""
+        pickling.enter()
+        self._pickling = True
         self._probe_handles += [h for hs in self.probes.lifetime("start", self.ctx) for h in (hs or [])]
         if self.explicit_model is not None:
             if not isinstance(self.explicit_model, nn.Module):
@@ -111,6 +114,9 @@ class Conductor:
             if patch is not None:
                 patch.__exit__(None, None, None)
         self._loss_ctx = self._compile_patch = None
+        if self._pickling:
+            self._pickling = False
+            pickling.leave()
 
     def _remove_module_hooks(self) -> None:
         for s in self.ctx.switches:
