@@ -214,7 +214,7 @@ class Watch(Verdict):
                 logits = logits.movedim(-1, 1)  # [B, T, K] -> [B, K, T]
         else:
             kind = "bce_logits" if logits.shape == targets.shape and targets.dim() >= 1 else "mse"
-        loss_t = loss if loss is not None else torch.full((), float("nan"), device=logits.device)
+        loss_t = loss if loss is not None else torch.full((), float("nan"), device=logits.device, dtype=torch.float32)
         if self._conductor is not None and self.active:
             self._conductor.logged_explicitly = True
             self._conductor.record_loss(LossCall(kind, logits, targets, loss_t, {}), grad=loss_t.requires_grad or torch.is_grad_enabled())

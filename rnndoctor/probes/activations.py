@@ -18,6 +18,7 @@ from torch import nn
 from ..signals import LARGE_PREACTIVATION
 from .base import Context, Probe
 from .nonfinite import tensors_in
+from .precision import as_stat
 
 
 @dataclass
@@ -54,12 +55,12 @@ class ActivationSums:
 
     def _add(self, name: str, t: torch.Tensor) -> None:
         with torch.no_grad():
-            x = t.detach().float()
+            x = as_stat(t)
             finite = torch.isfinite(x)
-            x = torch.where(finite, x, torch.zeros((), device=x.device))  # moments of the finite part
+            x = torch.where(finite, x, torch.zeros((), device=x.device, dtype=x.dtype))  # moments of the finite part
             a = x.abs()
-            sums = torch.stack([x.sum(), (x * x).sum(), (a > LARGE_PREACTIVATION).sum().float(),
-                                ((x == 0) & finite).sum().float(), finite.sum().float()])
+            sums = torch.stack([x.sum(), (x * x).sum(), (a > LARGE_PREACTIVATION).sum().to(x.dtype),
+                                ((x == 0) & finite).sum().to(x.dtype), finite.sum().to(x.dtype)])
             amax = a.max()
             entry = self._acc.get(name)
             if entry is None:

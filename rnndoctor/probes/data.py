@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..signals import LARGE_INPUT
+from .precision import as_stat
 from .nonfinite import tensors_in  # noqa: F401  (re-exported for the watcher)
 
 #: how many indices of a map-style dataset are fetched twice
@@ -48,15 +49,15 @@ def input_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
     ``all_zero`` is not computed here: it is ``abs_max == 0``, read after the transfer
     (``with_all_zero``)."""
-    xf = x.detach().float()
+    xf = as_stat(x)
     ax = xf.abs()
     feats = xf.reshape(-1, xf.shape[-1]) if xf.dim() > 1 else xf.reshape(-1, 1)
     return {
         "abs_max": ax.max(),
         "abs_mean": ax.mean(),
-        "std": xf.std() if xf.numel() > 1 else torch.zeros((), device=x.device),
-        "feature_std_max": feats.std(0).max() if feats.shape[0] > 1 else torch.zeros((), device=x.device),
-        "frac_large": (ax > LARGE_INPUT).float().mean(),
+        "std": xf.std() if xf.numel() > 1 else torch.zeros((), device=x.device, dtype=xf.dtype),
+        "feature_std_max": feats.std(0).max() if feats.shape[0] > 1 else torch.zeros((), device=x.device, dtype=xf.dtype),
+        "frac_large": (ax > LARGE_INPUT).to(xf.dtype).mean(),
     }
 
 
@@ -76,7 +77,8 @@ def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tenso
     b, t = seq.shape[0], seq.shape[1]
     nonzero = (seq != 0).flatten(2).any(-1)  # [B, T]
     lengths = (nonzero * torch.arange(1, t + 1, device=seq.device)).amax(1)  # 0 for an all-zero sample
-    hist = torch.zeros(t + 1, device=seq.device).index_add_(0, lengths, torch.ones((), device=seq.device).expand(b))
+    hist = torch.zeros(t + 1, device=seq.device, dtype=torch.float32).index_add_(
+        0, lengths, torch.ones((), device=seq.device, dtype=torch.float32).expand(b))
     return t, hist
 
 
@@ -188,3 +190,79 @@ def recurrent_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     if args:
         return args[0]
     return (kwargs or {}).get("input")
+
+
+#: per-call weights of a step's fingerprints (cycled): order matters, magnitudes stay bounded
+_CALL_WEIGHTS = torch.rand(64, generator=torch.Generator().manual_seed(99), dtype=torch.float64).add_(0.5)
+
+
+def _collapse(fp: torch.Tensor) -> torch.Tensor:
+    """[R, 2] fingerprints of one sample's rows (an unbatched sequence) -> [1, 2]."""
+    w = torch.arange(1, fp.shape[0] + 1, device=fp.device, dtype=fp.dtype).sqrt_()
+    return (fp * w.unsqueeze(1)).sum(0, keepdim=True)
+
+
+class StepSample:
+    """What one step fed the model, and what its losses read, as per-sample fingerprints.
+
+    A step may call the model once per time step (a hand-written loop over characters) and
+    compute one loss per call, or once for the whole batch; either way a *sample* is everything
+    the step's data calls fed in, and its *label* everything the step's losses compared with.
+    Fingerprints of the calls are combined with fixed per-call weights (order matters); a
+    call whose input has a ``grad_fn`` is the model's own activation, not data, and is left
+    out. Evaluation passes (no grad) are grouped per batch instead: an input after a target
+    starts the next group, so each evaluation batch is compared with the training samples.
+    """
+
+    def __init__(self, fingerprint: "Fingerprinter") -> None:
+        self.fingerprint = fingerprint
+        self.reset()
+
+    def reset(self) -> None:
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.nx = self.ny = 0
+        self.mode: str | None = None
+        self.broken = False
+
+    @staticmethod
+    def _add(total: torch.Tensor | None, fp: torch.Tensor, n: int) -> "torch.Tensor | None":
+        if total is not None and total.shape != fp.shape:
+            return None
+        term = fp * _CALL_WEIGHTS[n % len(_CALL_WEIGHTS)].to(fp.device)
+        return term if total is None else total + term
+
+    def starts_new_group(self, mode: str) -> bool:
+        """Whether an input in ``mode`` must first close the group held (the caller emits it)."""
+        return self.mode is not None and (mode != self.mode or (mode == "eval" and self.ny > 0))
+
+    def add_input(self, rows: torch.Tensor, mode: str) -> None:
+        """``rows``: the call's input with the batch first (any dtype: token ids included)."""
+        self.mode = mode
+        x = self._add(self.x, self.fingerprint(rows), self.nx)
+        self.broken |= x is None and self.x is not None
+        self.x, self.nx = x, self.nx + 1
+
+    def add_target(self, target: torch.Tensor) -> None:
+        if self.mode is None:
+            return
+        flat = target.detach().reshape(target.shape[0] if target.dim() else 1, -1)
+        y = self._add(self.y, self.fingerprint(flat)[:, :1], self.ny)
+        self.broken |= y is None and self.y is not None
+        self.y, self.ny = y, self.ny + 1
+
+    def take(self) -> "tuple[str, torch.Tensor, torch.Tensor] | None":
+        """(mode, [B, 2] input fingerprints, [B] label fingerprints) of the group, then reset;
+        None when there is no aligned pair (rows of inputs and labels that do not match)."""
+        x, y, mode, broken = self.x, self.y, self.mode, self.broken
+        self.reset()
+        if x is None or y is None or broken or mode is None:
+            return None
+        if x.shape[0] != y.shape[0]:
+            if y.shape[0] == 1:
+                x = _collapse(x)  # one unbatched sequence, one label
+            elif x.shape[0] == 1:
+                y = _collapse(y)  # one sequence (batch 1), a label per time step
+            else:
+                return None
+        return mode, x, y[:, 0]

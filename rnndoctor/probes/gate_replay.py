@@ -47,7 +47,7 @@ class GatesProbe(Probe):
         with torch.no_grad():
             rep = gates.replay(module, x, hx)
             h_n = output[1][0] if isinstance(output[1], tuple) else output[1]
-            err = (rep.h_n - h_n.detach()).abs().max() if rep.h_n.shape == h_n.shape else torch.full((), float("nan"))
+            err = (rep.h_n - h_n.detach()).abs().max() if rep.h_n.shape == h_n.shape else torch.full((), float("nan"), dtype=torch.float32)
             self._record(name, self.ctx.step, rep, err)
 
     def _replay_cell(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:

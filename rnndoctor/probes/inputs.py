@@ -14,6 +14,11 @@ from .base import Context, Probe
 from .outputs import LossCall
 
 
+#: samples fingerprinted on every step until this many are recorded (then on the data
+#: schedule): a batch-size-1 program needs far more steps than a batch of 64 to show a repeat
+SAMPLE_BUDGET = 2048
+
+
 class InputsProbe(Probe):
     """Input statistics of the model and its RNNs, and sample fingerprints."""
 
@@ -24,43 +29,71 @@ class InputsProbe(Probe):
     def start(self, ctx: Context) -> list[Any]:
         self.ctx = ctx
         self._fingerprint = data_probe.Fingerprinter()
-        #: fingerprints of the last model call's samples, waiting for the loss's targets
-        self._pending_fp: torch.Tensor | None = None
+        #: the data and targets of the group being seen (a step, or an evaluation batch)
+        self._sample = data_probe.StepSample(self._fingerprint)
+        self._fingerprinted = 0
+        #: the last data tensor fingerprinted (the model's input often is the RNN's)
+        self._last_data: torch.Tensor | None = None
         #: the last model input and its statistics (an RNN often gets the same tensor)
         self._last_input_stats: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         return []
 
     def model_call(self, module: nn.Module, args: Any) -> None:
-        self._pending_fp = None
         self._last_input_stats = None
-        if not self.ctx.due("data"):
-            return
         x = args[0] if args else None
-        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point():
-            mode = "train" if torch.is_grad_enabled() else "eval"  # before no_grad below
-            with torch.no_grad():
-                batch_dim = 1 if (x.dim() == 3 and not self.ctx.model.batch_first) else 0
-                xb = x.movedim(batch_dim, 0) if batch_dim else x
-                self._pending_fp = self._fingerprint(xb)
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            return
+        due = self.ctx.due("data")
+        mode = "train" if torch.is_grad_enabled() else "eval"  # before no_grad below
+        with torch.no_grad():
+            if due or self._fingerprinted < SAMPLE_BUDGET:
+                self._add_data(x, self.ctx.model.batch_first, mode)
+            if due and x.is_floating_point():
                 row = {"step": self.ctx.step, "mode": mode, "module": self.ctx.model.name(module)}
                 stats = data_probe.input_stats(x)
                 self._last_input_stats = (x, stats)
                 row.update(stats)
                 self.ctx.recorder.add("inputs", row, finalize=data_probe.with_all_zero)
 
+    def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str) -> None:
+        """Fingerprint ``x`` into the sample being seen, when it is data (no ``grad_fn``: not
+        the model's own activation) and not the tensor fingerprinted last."""
+        if x.grad_fn is not None or x.is_complex() or x is self._last_data:
+            return
+        if self._sample.starts_new_group(mode):
+            self._emit()
+        self._last_data = x
+        self._sample.add_input(x.movedim(1, 0) if (x.dim() == 3 and not batch_first) else x, mode)
+
     def loss(self, call: LossCall, grad: bool) -> None:
-        fp, self._pending_fp = self._pending_fp, None
-        y = call.target
-        if fp is not None and y.dim() >= 1 and y.shape[0] == fp.shape[0]:
-            with torch.no_grad():
-                yfp = self._fingerprint(y.reshape(y.shape[0], -1).to(torch.float64))[:, 0]
-            self.ctx.recorder.add("samples", {"step": self.ctx.step, "mode": "train" if grad else "eval", "x1": fp[:, 0], "x2": fp[:, 1], "y": yfp})
+        with torch.no_grad():
+            self._sample.add_target(call.target)
+
+    def end_step(self, step: int, row: Any) -> None:
+        self._emit(step)
+
+    def stop(self) -> None:
+        self._emit()
+
+    def _emit(self, step: int | None = None) -> None:
+        """Record the group held as ``samples`` rows (one per sample of the batch)."""
+        taken = self._sample.take()
+        self._last_data = None
+        if taken is not None:
+            mode, x, y = taken
+            self._fingerprinted += x.shape[0]
+            self.ctx.recorder.add("samples", {"step": self.ctx.step if step is None else step, "mode": mode,
+                                              "x1": x[:, 0], "x2": x[:, 1], "y": y})
 
     def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
         """Recurrent input as the RNN sees it: scale, constancy, lengths, initial state."""
-        if not self.ctx.due("data"):
-            return None
         x = data_probe.recurrent_input(module, args, kwargs)
+        due = self.ctx.due("data")
+        if isinstance(x, torch.Tensor) and x.dim() >= 2 and (due or self._fingerprinted < SAMPLE_BUDGET):
+            with torch.no_grad():  # data fed straight to the RNN (its container is never called)
+                self._add_data(x, bool(getattr(module, "batch_first", False)), "train" if torch.is_grad_enabled() else "eval")
+        if not due:
+            return None
         with torch.no_grad():
             row: dict[str, Any] = {"step": self.ctx.step, "module": name, "packed": int(isinstance(x, data_probe.PackedSequence))}
             if isinstance(x, data_probe.PackedSequence):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..recorder import Part
+from .precision import as_stat, wide
 
 #: functional name -> loss kind recorded in the ``steps`` signal
 LOSS_FUNCTIONS: dict[str, str] = {
@@ -139,11 +140,13 @@ def snapshot(call: LossCall) -> LossCall:
 
 
 def batched_losses(losses: list[torch.Tensor]) -> list[Part]:
-    """Each loss as a float32 scalar, all in one tensor (one op for a flush's steps).
+    """Each loss as a scalar (float32, or float64 when a loss is float64: ``precision``), all
+    in one tensor (one op for a flush's steps).
 
-    A scalar float32 loss is used as it is; finiteness is read from the value after the
-    transfer (a mean is non-finite iff an element is, short of float32 overflow)."""
-    values = [v if v.dim() == 0 and v.dtype == torch.float32 else v.float().mean() for v in (t.detach() for t in losses)]
+    A scalar loss already in that dtype is used as it is; finiteness is read from the value
+    after the transfer (a mean is non-finite iff an element is, short of overflow)."""
+    dtype = wide(*(t.dtype for t in losses))
+    values = [v if v.dim() == 0 and v.dtype == dtype else v.to(dtype).mean() for v in (t.detach() for t in losses)]
     base = values[0].unsqueeze(0) if len(values) == 1 else torch.stack(values)
     return [Part(base, i) for i in range(len(values))]
 
@@ -202,8 +205,8 @@ def _group_stats(calls: list[LossCall]) -> list[LossStats]:
     valid = valid.reshape(n, -1)
     w = valid.to(torch.float32).reshape(-1)
     offset = (torch.arange(n, device=x.device) * k).unsqueeze(1)
-    n_pred = torch.zeros(n * k, device=x.device).index_add_(0, (pred + offset).reshape(-1), w).view(n, k)
-    n_label = torch.zeros(n * k, device=x.device).index_add_(0, (label + offset).reshape(-1), w).view(n, k)
+    n_pred = torch.zeros(n * k, device=x.device, dtype=w.dtype).index_add_(0, (pred + offset).reshape(-1), w).view(n, k)
+    n_label = torch.zeros(n * k, device=x.device, dtype=w.dtype).index_add_(0, (label + offset).reshape(-1), w).view(n, k)
     correct = ((pred == label) & valid).sum(1)
     total = valid.sum(1)
     for i, s in enumerate(stats):
@@ -272,8 +275,8 @@ def output_op(t: torch.Tensor) -> str:
 
 
 def _detail(kind: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, "torch.Tensor | int"]:
-    xf = x.float()
-    yf = y.float()
+    xf = as_stat(x)
+    yf = as_stat(y)
     d: dict[str, "torch.Tensor | int"] = {
         "out_min": xf.min(),
         "out_max": xf.max(),

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..recorder import Part
 from .base import Context, Probe
+from .precision import as_stat, wide
 
 Row = dict[str, Any]
 
@@ -55,14 +56,16 @@ def _unchanged(tensors: list[torch.Tensor], versions: list[int]) -> bool:
 
 
 def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """L2 norm of each tensor, stacked into one float32 vector on ``device``."""
+    """L2 norm of each tensor, stacked into one vector on ``device`` (float32, or float64
+    when a tensor is float64: ``precision``)."""
     if not tensors:
-        return torch.zeros(0, device=device)
+        return torch.zeros(0, device=device, dtype=torch.float32)
+    dtype = wide(*(t.dtype for t in tensors))
     norms = torch._foreach_norm(tensors)
     try:
-        return torch.stack(norms).to(device=device, dtype=torch.float32)
+        return torch.stack(norms).to(device=device, dtype=dtype)
     except RuntimeError:  # parameters spread over several devices or dtypes
-        return torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+        return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
 
 
 class ParamNorms:
@@ -141,7 +144,7 @@ class ParamNorms:
     def on_grad_accumulated(self, index: int, param: torch.Tensor) -> None:
         """Manual-update loops (no optimizer): keep the gradient norm while it still exists."""
         if param.grad is not None:
-            self._manual[index] = param.grad.detach().norm().float().to(self.device)
+            self._manual[index] = as_stat(param.grad).norm().to(self.device)
 
     def _grad_norms(self) -> tuple[torch.Tensor, list[int]]:
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
@@ -156,7 +159,7 @@ class ParamNorms:
         none = [0 if i in have else 1 for i in range(len(self.params))]
         if len(present) == len(self.params):
             return norms, none
-        out = torch.full((len(self.params),), float("nan"), device=self.device)
+        out = torch.full((len(self.params),), float("nan"), device=self.device, dtype=norms.dtype)
         if present:
             out[torch.tensor(present, device=self.device)] = norms
         return out, none
@@ -234,7 +237,7 @@ class ParamNorms:
                     stacked = torch.stack(flat)
                 except RuntimeError:  # parameters spread over several devices
                     stacked = torch.stack([n.to(device) for n in flat])
-                per_step = stacked.to(torch.float32).view(len(entries), n_params)
+                per_step = stacked.to(wide(stacked.dtype)).view(len(entries), n_params)
                 global_norm = per_step.square().sum(1).sqrt()
             for i, e in enumerate(entries):
                 if e.intact():

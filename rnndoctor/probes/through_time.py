@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .precision import as_stat
+
 OnProfile = Callable[[torch.Tensor, "torch.Tensor | None"], None]
 
 
@@ -29,7 +31,7 @@ def _profile_padded(grad: torch.Tensor, x: torch.Tensor, batch_first: bool) -> t
     Padding = the all-zero steps after a sample's last non-zero step. A loss that reads the
     last *real* step (packing, gathering, masking) puts no gradient there; one that reads
     ``output[:, -1]`` of a post-padded batch does."""
-    norms = _batch_time(grad.detach().float(), batch_first).pow(2).sum(-1).sqrt()  # [B, T]
+    norms = _batch_time(as_stat(grad), batch_first).pow(2).sum(-1).sqrt()  # [B, T]
     seq = _batch_time(x, batch_first)
     b, t = norms.shape
     pos = torch.arange(1, t + 1, device=norms.device).expand(b, t)
@@ -42,9 +44,9 @@ def _profile_padded(grad: torch.Tensor, x: torch.Tensor, batch_first: bool) -> t
 def _profile_packed(grad: torch.Tensor, batch_sizes: torch.Tensor) -> torch.Tensor:
     t = batch_sizes.shape[0]
     index = torch.repeat_interleave(torch.arange(t), batch_sizes).to(grad.device)
-    norms = grad.detach().float().pow(2).sum(-1).sqrt()
-    total = torch.zeros(t, device=grad.device).index_add_(0, index, norms)
-    return total / batch_sizes.to(device=grad.device, dtype=torch.float32)
+    norms = as_stat(grad).pow(2).sum(-1).sqrt()
+    total = torch.zeros(t, device=grad.device, dtype=norms.dtype).index_add_(0, index, norms)
+    return total / batch_sizes.to(device=grad.device, dtype=norms.dtype)
 
 
 def attach(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], on_profile: OnProfile) -> tuple[tuple[Any, ...], dict[str, Any]] | None:

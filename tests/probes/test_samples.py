@@ -1,0 +1,126 @@
+"""Sample fingerprints however the data arrives: token ids before an embedding, a model
+called once per character with batch size 1, an LSTM and a head called as separate modules,
+float64 with values beyond float32's range. Each case is a short real training run; the
+duplicate and label-consistency rules must fire on the broken data and stay quiet on the
+healthy twin."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rnndoctor
+
+
+def ids(w) -> set[str]:
+    return {f.id for f in w.diagnosis.findings}
+
+
+def samples(out) -> list[dict]:
+    path = out / "signals" / "samples.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class TokenClassifier(nn.Module):
+    def __init__(self, vocab: int = 50) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.out = nn.Embedding(vocab, 16), nn.GRU(16, 16, batch_first=True), nn.Linear(16, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.rnn(self.emb(tokens))[1][-1])
+
+
+def _train_tokens(tmp_path, pool: torch.Tensor, labels_of, steps: int = 60) -> rnndoctor.Watch:
+    torch.manual_seed(0)
+    model = TokenClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with rnndoctor.watch(model, out=tmp_path, summary=False) as w:
+        for _ in range(steps):
+            batch = pool[torch.randint(len(pool), (32,))]
+            loss = F.cross_entropy(model(batch), labels_of(batch))
+            opt.zero_grad(); loss.backward(); opt.step()
+    return w
+
+
+def test_token_ids_are_fingerprinted_and_a_tiny_pool_of_sequences_is_found(tmp_path):
+    """30 distinct token sequences drawn 1920 times (the real-programs issue's case)."""
+    g = torch.Generator().manual_seed(1)
+    pool = torch.randint(50, (30, 12), generator=g)
+    w = _train_tokens(tmp_path / "few", pool, lambda b: (b[:, 0] % 2).long())
+    assert samples(tmp_path / "few"), "integer inputs got no fingerprint"
+    assert "duplicate-samples" in ids(w) and "inconsistent-labels" not in ids(w)
+    many = torch.randint(50, (100_000, 12), generator=g)
+    healthy = _train_tokens(tmp_path / "many", many, lambda b: (b[:, 0] % 2).long())
+    assert not {"duplicate-samples", "inconsistent-labels"} & ids(healthy)
+
+
+def test_token_ids_with_labels_drawn_at_random_are_inconsistent(tmp_path):
+    g = torch.Generator().manual_seed(2)
+    pool = torch.randint(50, (40, 12), generator=g)
+    w = _train_tokens(tmp_path, pool, lambda b: torch.randint(2, (len(b),)))
+    assert "inconsistent-labels" in ids(w)
+
+
+class CharRNN(nn.Module):
+    """spro/practical-pytorch's classifier: one call per character, batch size 1."""
+
+    def __init__(self, n_in: int, n_hidden: int, n_out: int) -> None:
+        super().__init__()
+        self.n_hidden = n_hidden
+        self.i2h = nn.Linear(n_in + n_hidden, n_hidden)
+        self.i2o = nn.Linear(n_in + n_hidden, n_out)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        both = torch.cat((x, h), 1)
+        return F.log_softmax(self.i2o(both), dim=1), torch.tanh(self.i2h(both))
+
+
+def _train_chars(tmp_path, label_of, steps: int = 400) -> rnndoctor.Watch:
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    letters = "abcdefgh"
+    names = ["".join(rng.choice(letters) for _ in range(rng.randint(3, 6))) for _ in range(40)]
+    model = CharRNN(len(letters), 16, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with rnndoctor.watch(model, out=tmp_path, summary=False) as w:
+        for _ in range(steps):
+            name = rng.choice(names)
+            x = torch.zeros(len(name), 1, len(letters))
+            for i, ch in enumerate(name):
+                x[i, 0, letters.index(ch)] = 1
+            h = torch.zeros(1, 16)
+            for i in range(len(name)):
+                out, h = model(x[i], h)
+            loss = F.nll_loss(out, torch.tensor([label_of(name, rng)]))
+            opt.zero_grad(); loss.backward(); opt.step()
+    return w
+
+
+def test_a_name_fed_one_character_per_call_is_one_sample(tmp_path):
+    """The label depends on the whole name; fingerprinting only the last character's call
+    (or the first) would see the same input with different labels."""
+    healthy = _train_chars(tmp_path / "ok", lambda name, rng: (name.count("a") + len(name)) % 3)
+    rows = samples(tmp_path / "ok")
+    assert rows and len(rows) == len({r["step"] for r in rows}), "one sample per step (batch 1)"
+    assert "inconsistent-labels" not in ids(healthy)
+    noisy = _train_chars(tmp_path / "noisy", lambda name, rng: rng.randrange(3))
+    assert "inconsistent-labels" in ids(noisy)
+
+
+def test_separate_modules_are_fingerprinted_by_the_data_not_the_activations(tmp_path):
+    """An LSTM and a head called one after the other (no container): the head's input is
+    the LSTM's saturated output, identical for every sample; the data is the LSTM's input."""
+    torch.manual_seed(0)
+    r, f = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 2)
+    opt = torch.optim.Adam([*r.parameters(), *f.parameters()])
+    with rnndoctor.watch(nn.ModuleList([r, f]), out=tmp_path, summary=False) as w:
+        for _ in range(40):
+            x = torch.randn(16, 5, 3) * 1e4  # saturates every gate: h is ±1 whatever the sample
+            loss = F.cross_entropy(f(r(x)[0][:, -1]), (x[:, 0, 0] > 0).long())
+            opt.zero_grad(); loss.backward(); opt.step()
+    assert samples(tmp_path)
+    assert "inconsistent-labels" not in ids(w)
