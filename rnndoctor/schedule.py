@@ -77,6 +77,10 @@ DEFAULT_TIME_GRAD = first_then_every(10, 100)
 #: and step plus its statistics cost ~2 steps of the seed-000 model
 DEFAULT_GATES = first_then_every(3, 500)
 
+#: carried state (is an earlier step's graph fed back in?): attribute reads per recurrent
+#: call; the bug, when present, is on every step, so the start of a run shows it
+DEFAULT_CARRIED = first_then_every(50, 100)
+
 #: every default schedule by the name a probe gives in ``Probe.schedule`` / ``ctx.due(name)``
 SCHEDULES: dict[str, Schedule] = {
     "stats": DEFAULT_STEP_STATS,
@@ -86,6 +90,7 @@ SCHEDULES: dict[str, Schedule] = {
     "data": DEFAULT_DATA,
     "time_grad": DEFAULT_TIME_GRAD,
     "gates": DEFAULT_GATES,
+    "carried": DEFAULT_CARRIED,
 }
 
 #: schedules that are due on every step once a non-finite loss or gradient was seen: the

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .schedule import (
+    DEFAULT_CARRIED,
     DEFAULT_DATA,
     DEFAULT_GATES,
     DEFAULT_LOCALIZE,
@@ -225,6 +226,13 @@ EVAL_PASSES = Signal(
     when="the first model call without grad in each step",
 )
 
+CARRIED_STATE = Signal(
+    "carried_state",
+    keys=("step", "module"),
+    values={"from_step": "the step whose call returned the state (with its graph) fed in at this step"},
+    when=f"a recurrent call whose initial state was returned with its graph by an earlier step, {DEFAULT_CARRIED}",
+)
+
 DATASETS = Signal(
     "datasets",
     keys=("dataset",),
@@ -232,7 +240,7 @@ DATASETS = Signal(
     when="once per DataLoader, at its first iteration",
 )
 
-CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, ACTIVATIONS, EVAL_PASSES)}
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, ACTIVATIONS, EVAL_PASSES, CARRIED_STATE)}
 
 
 # ---------------------------------------------------------------------------- the contract

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 from .activations import ActivationsProbe
+from .carried_state import CarriedStateProbe
 from .base import EVENTS, SCHEDULED_EVENTS, Clock, Context, Probe, implements
 from .eval_pass import EvalPassProbe
 from .gate_replay import GatesProbe
@@ -29,6 +30,7 @@ DEFAULT_PROBES: tuple[type[Probe], ...] = (
     TimeGradProbe,
     ActivationsProbe,
     EvalPassProbe,
+    CarriedStateProbe,
 )
 
 __all__ = ["DEFAULT_PROBES", "Context", "Probe", "ProbeSet", "probe_names", "select"]

@@ -121,16 +121,18 @@ def vanishing_gradient_through_time(
 @rule(
     "undetached-state",
     Severity.WARNING,
-    signals=("time_grad",),
+    signals=("steps",),
     fix="Detach the carried state each batch: h, c = h.detach(), c.detach(); then retain_graph=True is not needed.",
     plots=("time_grad",),
 )
 def undetached_state(run: Run) -> Iterator[Found]:
     """Hidden state is carried across batches without detach, so backprop reaches old batches.
 
-    What it detects: the backward pass of a later step produced gradient at the recurrent
-    input of an earlier step — only possible when the state handed from batch to batch
-    still carries its graph (measured by the gradient-through-time hook on sampled steps).
+    What it detects: a recurrent module was given, as its initial state, a tensor that an
+    earlier step's call returned and that still carries that step's graph (``carried_state``);
+    or the backward pass of a later step produced gradient at the recurrent input of an
+    earlier step (``time_grad``, on sampled steps). When the run crashed with torch's "Trying
+    to backward through the graph a second time", this is why.
 
     Why it matters: every step backpropagates through all earlier batches: step time and
     memory grow with training, and without ``retain_graph=True`` it fails with "Trying to
@@ -140,23 +142,50 @@ def undetached_state(run: Run) -> Iterator[Found]:
     (and ``c = c.detach()``) before feeding the state into the next batch; drop
     ``retain_graph=True``.
     """
+    crash = _backward_twice(run)
+    carried = run["carried_state"]
+    reported: set[str] = set()
+    for module, rows in (carried.groupby("module", sort=False) if not carried.empty else ()):
+        first = rows.sort_values("step").iloc[0]
+        reported.add(str(module))
+        yield Found(
+            title=f"'{module}' was given step {int(first['from_step'])}'s state with its graph at step {int(first['step'])}",
+            explanation=(
+                f"On {len(rows)} step(s) the initial state fed to '{module}' was the state an earlier step returned, "
+                "not detached: the backward pass runs into the previous batches' graph." + crash
+            ),
+            evidence={"steps": int(len(rows)), "first_step": int(first["step"]), "from_step": int(first["from_step"]),
+                      "crashed_backward_twice": bool(crash)},
+            where={"module": str(module), "step": int(first["step"])},
+            first_step=int(first["step"]),
+        )
     tg = run["time_grad"]
     if tg.empty or "backward_step" not in tg:
         return
     late = tg[tg["backward_step"] > tg["step"]]
     for module, rows in late.groupby("module", sort=False):
+        if str(module) in reported:
+            continue
         reach = int((rows["backward_step"] - rows["step"]).max())
         first = rows.sort_values("backward_step").iloc[0]
         yield Found(
             title=f"Backward at step {int(first['backward_step'])} reached the input of step {int(first['step'])} through '{module}'",
             explanation=(
                 f"Gradient flowed from later steps into earlier batches' inputs {len(rows)} times, up to {reach} steps back: "
-                "the recurrent state is carried from batch to batch with its graph."
+                "the recurrent state is carried from batch to batch with its graph." + crash
             ),
-            evidence={"reach_steps": reach, "occurrences": int(len(rows))},
+            evidence={"reach_steps": reach, "occurrences": int(len(rows)), "crashed_backward_twice": bool(crash)},
             where={"module": module, "step": int(first["backward_step"])},
             first_step=int(first["backward_step"]),
         )
+
+
+def _backward_twice(run: Run) -> str:
+    """A sentence tying the run's crash to the carried graph, when that is how it ended."""
+    exc = run.meta.get("exception") or {}
+    if "backward through the graph a second time" in str(exc.get("message", "")):
+        return " This is why the run crashed with \"Trying to backward through the graph a second time\"."
+    return ""
 
 
 @rule(
