@@ -87,16 +87,18 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
 @rule(
     "inconsistent-labels",
     Severity.ERROR,
-    signals=("samples",),
+    signals=("steps",),
     fix="Make the label a function of exactly what the model receives; check shuffling keeps inputs and labels aligned.",
     plots=("samples",),
 )
-def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 0.1) -> Iterator[Found]:
+def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 0.1, min_indices: int = 4) -> Iterator[Found]:
     """Identical inputs arrive with different labels.
 
     What it detects: among inputs seen more than once (by fingerprint, as they reach the
     model and the loss), at least 10 % come with more than one distinct target (needs at
-    least 20 repeated inputs).
+    least 20 repeated inputs); or a map-style dataset fetched twice at the same index
+    returned the same input with a different label for at least a quarter of the indices
+    (``__getitem__`` draws the label at random).
 
     Why it matters: no function of the input can fit contradicting labels; the best the model
     can do is the label frequency per input, so accuracy caps below 100 % and the loss stays
@@ -106,6 +108,10 @@ def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 
     How to fix: check the label is a function of exactly what the model receives (same
     slicing, same order after shuffling); feed the model the information the label depends on.
     """
+    redrawn = list(_labels_redrawn(run, min_indices))
+    if redrawn:  # the re-fetch is the direct evidence
+        yield from redrawn
+        return
     s = _fingerprints(run)
     if s.empty:
         return
@@ -129,6 +135,30 @@ def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 
         evidence={"repeated_inputs": int(len(repeated)), "inconsistent": int(len(bad)), "share": share},
         where={"data": "model input / loss target"},
         first_step=int(first),
+    )
+
+
+def _labels_redrawn(run: Run, min_indices: int, min_share: float = 0.25) -> Iterator[Found]:
+    """The re-fetch's evidence: the same index, the same input, another label."""
+    r = run["refetch"]
+    if r.empty or "same_label" not in r or "same_input" not in r:
+        return
+    r = r[r["same_label"].notna()]
+    redrawn = r[(r["same_input"] == 1) & (r["same_label"] == 0)]
+    if len(r) < min_indices or len(redrawn) / len(r) < min_share:
+        return
+    ex = redrawn.iloc[0]
+    yield Found(
+        title=f"Dataset index {int(ex['index'])} returned the same input with a different label on a second fetch",
+        explanation=(
+            f"Fetching {len(r)} indices of {ex.get('dataset', 'the dataset')} twice gave the same input with a different "
+            f"label for {len(redrawn)}: the label is drawn at random, not computed from the input."
+        ),
+        evidence={"indices_checked": int(len(r)), "same_input_other_label": int(len(redrawn)),
+                  "share": len(redrawn) / len(r), "example": {"index": int(ex["index"]), "label_first": ex.get("label1"),
+                                                              "label_second": ex.get("label2")}},
+        where={"dataset": str(ex.get("dataset", "")), "index": int(ex["index"])},
+        first_step=int(ex.get("step", 0)),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,3 +125,37 @@ def test_separate_modules_are_fingerprinted_by_the_data_not_the_activations(tmp_
             opt.zero_grad(); loss.backward(); opt.step()
     assert samples(tmp_path)
     assert "inconsistent-labels" not in ids(w)
+
+
+class Names(torch.utils.data.Dataset):
+    """Fixed inputs; the label is either computed from the input or drawn at every fetch."""
+
+    def __init__(self, random_label: bool) -> None:
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randn(500, 6, 4, generator=g)
+        self.random_label = random_label
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        x = self.x[i]
+        y = random.randrange(2) if self.random_label else int(x[0, 0] > 0)
+        return x, y
+
+
+@pytest.mark.parametrize("random_label", [True, False], ids=["label-drawn-per-fetch", "label-from-input"])
+def test_a_label_drawn_at_every_fetch_is_inconsistent(tmp_path, random_label):
+    torch.manual_seed(0)
+    random.seed(0)
+    rnn, head = nn.GRU(4, 16, batch_first=True), nn.Linear(16, 2)
+    model = nn.ModuleDict({"rnn": rnn, "head": head})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loader = torch.utils.data.DataLoader(Names(random_label), batch_size=32, shuffle=True)
+    with rnndoctor.watch(model, out=tmp_path, summary=False) as w:
+        for _ in range(2):
+            for x, y in loader:
+                loss = F.cross_entropy(head(rnn(x)[1][-1]), y)
+                opt.zero_grad(); loss.backward(); opt.step()
+    assert ("inconsistent-labels" in ids(w)) is random_label
+    assert "resampled-parameters" not in ids(w)

@@ -107,3 +107,18 @@ def test_no_recurrence():
     assert list(no_rec(make_run(rnn_inputs=carried))) == []
     sequences = [{"step": s, "module": "lstm", "seq_len": 20, "hx_given": 0} for s in range(10)]
     assert list(no_rec(make_run(rnn_inputs=sequences))) == []
+
+
+def test_inconsistent_labels_from_a_refetch_that_redraws_only_the_label():
+    """__getitem__ returns the same input with a label drawn at random (18 of 24 in the
+    real-programs issue): the same input, two labels. Not resampled-parameters: the input
+    did not change."""
+    rows = refetch_rows([1] * 8, [0, 0, 1, 0, 0, 1, 0, 0])
+    (f,) = inconsistent(make_run(refetch=rows))
+    assert f.evidence["same_input_other_label"] == 6 and f.where["dataset"] == "D"
+    assert list(resampled(make_run(refetch=rows))) == []
+
+
+def test_inconsistent_labels_quiet_when_a_refetch_gives_the_same_label():
+    assert list(inconsistent(make_run(refetch=refetch_rows([1] * 8, [1] * 8)))) == []
+    assert list(inconsistent(make_run(refetch=refetch_rows([1] * 8, [1, 1, 1, 1, 1, 1, 1, 0])))) == []
