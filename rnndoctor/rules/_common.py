@@ -36,6 +36,51 @@ class Window:
         return self.end - self.start + 1
 
 
+#: a loss "not falling" must be known to within this relative change (95 % interval):
+#: a noisy loss (batch size 1) needs more steps before a run can be called stuck
+STUCK_DECREASE_BOUND = 0.05
+
+
+@dataclass(frozen=True)
+class LossTrend:
+    """How the loss moved across a window: its two halves compared, with a 95 % bound."""
+
+    first: float  # mean loss of the window's first half
+    second: float  # ... of its second half
+    rel_decrease: float  # (first - second) / |first|
+    rel_decrease_upper: float  # the same, at the upper end of its 95 % confidence interval
+    rel_decrease_lower: float  # ... at the lower end
+
+    @property
+    def falling(self) -> bool:
+        """The loss fell, beyond noise."""
+        return self.rel_decrease_lower > 0
+
+    @property
+    def known_flat(self) -> bool:
+        """The loss is known to move by less than ``STUCK_DECREASE_BOUND`` either way (the whole
+        95 % interval inside it): a rise beyond it is not flat, an interval wider is noise."""
+        return -STUCK_DECREASE_BOUND < self.rel_decrease_lower and self.rel_decrease_upper < STUCK_DECREASE_BOUND
+
+
+def loss_trend(losses: pd.Series) -> LossTrend | None:
+    """Compare the two halves of ``losses`` (one value per step, in order); None when there
+    are fewer than 4 values. The bound is a normal interval of the difference of the halves'
+    means: per-step losses of a batch of one scatter far more than of a batch of 100, so the
+    same steps say less."""
+    values = pd.to_numeric(losses, errors="coerce").dropna().to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 4:
+        return None
+    half = len(values) // 2
+    a, b = values[:half], values[half:]
+    first, second = float(a.mean()), float(b.mean())
+    scale = abs(first) or 1.0
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    diff = first - second
+    return LossTrend(first, second, diff / scale, (diff + 1.96 * se) / scale, (diff - 1.96 * se) / scale)
+
+
 def judgement_window(n_steps: int, *, warmup_min: int = WARMUP_MIN_STEPS, window_min: int = WINDOW_MIN_STEPS) -> Window | None:
     """The last window of the run after warm-up, or None if the run is too short."""
     warmup = max(warmup_min, math.ceil(WARMUP_FRACTION * n_steps))

@@ -20,6 +20,7 @@ from ._common import (
     judgement_window,
     label_stats,
     loss_kind,
+    loss_trend,
     target_moments,
     targets_are_labels,
 )
@@ -33,13 +34,14 @@ def _stuck_in(run: Run, w: Window, *, acc_floor_tol: float, loss_fraction: float
     if len(losses) < max(10, w.steps // 2):
         return None
     mean_loss = float(losses.mean())
-    half = len(losses) // 2
-    first, second = float(losses.iloc[:half].mean()), float(losses.iloc[half:].mean())
-    rel_decrease = (first - second) / abs(first) if first else 0.0
-    if rel_decrease >= min_rel_decrease:
+    trend = loss_trend(losses)
+    # stuck needs evidence that the loss is flat, not only no evidence that it falls: a young
+    # or noisy run (batch size 1) is too early to tell
+    if trend is None or trend.rel_decrease >= min_rel_decrease or not trend.known_flat:
         return None
     kind = loss_kind(run)
-    ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": rel_decrease}
+    ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": trend.rel_decrease,
+                "loss_relative_decrease_upper": trend.rel_decrease_upper}
     if targets_are_labels(run):
         labels = label_stats(run, w)
         if labels is None or labels.total <= 0:
@@ -103,7 +105,9 @@ def stuck_at_chance(
     What it detects: over the last window after warm-up, accuracy is within noise of the
     best input-independent rate (1/K for balanced labels, the majority share otherwise),
     the loss is at least 0.9 x the label entropy (or the target variance for MSE), and the
-    loss is not falling. For regression: MSE at the variance of the targets.
+    loss is known to be flat: its two halves differ by less than 1 %, and the 95 % interval
+    of that difference lies within ±5 %. A noisy loss (batch size 1, a young run) is too
+    early to tell and is not called stuck. For regression: MSE at the variance of the targets.
 
     Why it matters: the network has learned nothing about its input; more epochs or a
     different learning rate rarely change that. Typical causes: a task whose gradient is
@@ -165,7 +169,9 @@ def prediction_collapse(
     """Nearly every prediction is the same class, though the labels are mixed.
 
     What it detects: over the last window, one class takes at least 95 % of the predictions
-    while it is at most 80 % of the labels.
+    while it is at most 80 % of the labels, and the loss is not falling beyond noise (a
+    young model that still learns its way out of predicting the majority class is not
+    collapsed).
 
     Why it matters: the model has fallen back on the majority (or an arbitrary) class; its
     accuracy equals that class's share and says nothing about what it learned.
@@ -181,6 +187,10 @@ def prediction_collapse(
         return
     labels = label_stats(run, w)
     if labels is None or labels.total <= 0:
+        return
+    train = w.select(run.train_steps())
+    trend = loss_trend(train["loss"]) if "loss" in train else None
+    if trend is not None and trend.falling:  # still learning its way out (a young run): not yet
         return
     cls = int(np.argmax(labels.pred_counts))
     pshare, lshare = float(labels.pred_shares[cls]), float(labels.shares[cls])

@@ -131,3 +131,22 @@ def test_divergence_on_huge_weights():
     run = with_signal(classification_run(10, loss=0.7), updates=update_rows(param_rows(10, weight_norm=w)))
     (f,) = divergence(run)
     assert f.where["param"] == "lstm.weight_hh_l0" and f.first_step == 5
+
+
+def test_stuck_at_chance_waits_for_evidence_when_the_loss_is_noisy():
+    """Batch size 1 (the real-programs issue's name classifier): per-step losses scatter by
+    ±0.6 around the entropy. Its halves cannot show the loss is flat: too early to tell."""
+    noisy = classification_run(300, acc=0.5, loss=math.log(2), batch=2, noise=0.6, seed=3)
+    assert list(stuck(noisy)) == []
+    calm = classification_run(300, acc=0.5, loss=math.log(2), batch=2, noise=0.01, seed=1)
+    assert [f.id for f in stuck(calm)] == ["stuck-at-chance"]
+
+
+def test_prediction_collapse_waits_while_the_loss_still_falls():
+    """A young model that predicts the majority class while its loss falls beyond noise is
+    learning its way out; the same shares with a flat loss are a collapse."""
+    shares = dict(label_shares=(0.25, 0.75), pred_shares=(0.02, 0.98))
+    falling = classification_run(300, acc=0.75, loss=np.linspace(0.9, 0.45, 300), noise=0.05, **shares)
+    assert list(collapse(falling)) == []
+    flat = classification_run(300, acc=0.75, loss=0.56, noise=0.05, **shares)
+    assert [f.id for f in collapse(flat)] == ["prediction-collapse"]
