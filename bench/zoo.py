@@ -113,7 +113,7 @@ def _patch(source: str, old: str, new: str, where: str) -> str:
     return "\n".join(lines)
 
 
-def run(v: Variant, workdir: Path, bare: bool, timeout: float) -> Outcome:
+def run(v: Variant, workdir: Path, bare: bool, timeout: float, threads: int = 1) -> Outcome:
     folder = workdir / f"{v.program}-{v.bug}"
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / f"{v.program}.py"
@@ -123,7 +123,7 @@ def run(v: Variant, workdir: Path, bare: bool, timeout: float) -> Outcome:
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "NO_COLOR": "1"})
+                              env={**os.environ, "NO_COLOR": "1", "OMP_NUM_THREADS": str(threads)})
     except subprocess.TimeoutExpired:
         return Outcome(v, time.perf_counter() - t0, -1, error=f"timed out after {timeout:g} s")
     seconds = time.perf_counter() - t0
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("programs", nargs="*", type=Path)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per variant (OMP_NUM_THREADS); 2 jobs x 1 thread fill 2 cores")
     ap.add_argument("--steps", type=int, help="override every program's Steps:")
     ap.add_argument("--healthy-only", action="store_true")
     ap.add_argument("--bugs-only", action="store_true")
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         workdir = args.keep or Path(tmp)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            outcomes = list(pool.map(lambda v: run(v, workdir, args.bare, args.timeout), todo))
+            outcomes = list(pool.map(lambda v: run(v, workdir, args.bare, args.timeout, args.threads), todo))
     return _print(outcomes, args.bare, args.json)
 
 

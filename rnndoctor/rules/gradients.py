@@ -168,12 +168,15 @@ def learning_rate_scale(
     too_small_log10: float = -5.0,  # research-notes §6: median log10(|dw|/|w|) < -5: nothing moves
     too_large_log10: float = -1.0,  # ... > -1: thrashing (CS231n target ~ -3; TDC band [-4, -1])
     warmup_steps: int = WARMUP_MIN_STEPS,
+    min_updates: int = 5,  # a run that crashed after its first update says nothing about the rate
 ) -> Iterator[Found]:
     """Updates move the weights far too little or far too much per step.
 
     What it detects: for weight matrices (2-D and up), the median over steps after warm-up
     of log10(||w_after - w_before|| / ||w_before||) below -5 (nothing moves) or above -1
     (each step rewrites a tenth of the weights or more). The healthy band is about -4 to -2.
+    A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
+    says nothing).
 
     Why it matters: too small and training looks stuck; too large and it thrashes or
     diverges. Works for adaptive optimizers too, because it measures the actual update.
@@ -186,7 +189,8 @@ def learning_rate_scale(
     p = params[(params["ndim"] >= 2) & (params["step"] >= min(warmup_steps, params["step"].max() // 2))]
     r = pd.to_numeric(p["update_ratio"], errors="coerce")
     p = p.assign(log_r=np.log10(r.where(r > 0)))
-    med = p.dropna(subset=["log_r"]).groupby("param")["log_r"].median()
+    by_param = p.dropna(subset=["log_r"]).groupby("param")["log_r"]
+    med = by_param.median()[by_param.count() >= min_updates]
     if med.empty:
         return
     low, high = med[med < too_small_log10], med[med > too_large_log10]

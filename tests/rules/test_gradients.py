@@ -79,3 +79,10 @@ def test_learning_rate_scale_bands():
 def test_dead_parameters_ignores_nan_gradients():
     grad = {"lstm.weight_hh_l0": float("nan"), "lstm.bias_hh_l0": 0.5, "out.weight": 1.0}
     assert list(dead(make_run(params=param_rows(20, grad=grad)))) == []
+
+
+def test_learning_rate_scale_withheld_on_a_single_update():
+    """A script that crashed at step 1 recorded one update: no "multiply the learning rate
+    by 0.0071" from it (real-programs issue); five updates are enough."""
+    assert list(lr_scale(make_run(updates=update_rows(param_rows(1, update_ratio=0.5))))) == []
+    assert [f.id for f in lr_scale(make_run(updates=update_rows(param_rows(5, update_ratio=0.5))))] == ["learning-rate-scale"]
