@@ -46,6 +46,10 @@ class StepClock(Clock):
         self.optimizer_seen = False
         #: the first watched optimizer of the step has been announced to the probes
         self.updating = False
+        #: an optimizer's step() is running (its closure's calls belong to the open step)
+        self.stepping = False
+        #: training losses recorded in the open step
+        self.step_losses = 0
         #: learning rate of the first watched optimizer's first param group, per step
         self.lr: "float | torch.Tensor" = float("nan")
         self._reschedule()
@@ -63,7 +67,7 @@ class StepClock(Clock):
 
     def ready(self) -> bool:
         """The open step has had its update: the next forward, loss or exit closes it."""
-        return self.opt_stepped or (self.grads_seen and not self.optimizer_seen)
+        return not self.stepping and (self.opt_stepped or (self.grads_seen and not self.optimizer_seen))
 
     def close(self) -> None:
         step = self.step
@@ -71,6 +75,7 @@ class StepClock(Clock):
         self.probes.call("end_step", step, row)
         self.recorder.add("steps", row, finalize=self._sentinel)
         self.opt_stepped = self.grads_seen = self.updating = False
+        self.step_losses = 0
         self.step += 1
         self._reschedule()
         if self._flush_pending:  # no loss was computed since the last one was due

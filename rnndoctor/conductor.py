@@ -226,8 +226,11 @@ class Conductor:
 
     def record_loss(self, call: LossCall, *, grad: bool) -> None:
         self.maybe_close_step()
+        if grad and self.clock.stepping and self.clock.step_losses:
+            return  # a line search's further evaluations (LBFGS): the step's loss is the first
         self.probes.call("loss", call, grad)
         if grad:
+            self.clock.step_losses += 1
             self.clock.training_loss()
 
     def maybe_close_step(self) -> None:

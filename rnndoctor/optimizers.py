@@ -72,6 +72,15 @@ class OptimizerWatch:
             self.conductor.internal_error("_on_grad", exc)
 
     def _pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        # inside step(): a closure's forward passes and losses (LBFGS evaluates it up to 20
+        # times) belong to this step, also before the model is adopted (its first step)
+        clock = self.conductor.clock
+        try:
+            if clock.opt_stepped and not clock.stepping:
+                clock.close()  # the last step(closure) ended it; no forward ran outside step()
+        except Exception as exc:
+            self.conductor.internal_error("_opt_pre", exc)
+        clock.stepping = True
         try:
             self._before_step(optimizer)
         except Exception as exc:
@@ -102,6 +111,7 @@ class OptimizerWatch:
             clock.lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else float(lr)
 
     def _post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.conductor.clock.stepping = False
         try:
             if not self._watches(optimizer):
                 return

@@ -108,6 +108,7 @@ class InputsProbe(Probe):
             else:
                 return None
             row["seq_len"] = t
+            row["features"] = int((x.data if isinstance(x, data_probe.PackedSequence) else x).shape[-1])
             if hist is not None:
                 row["length_hist"] = hist
             hx = args[1] if len(args) > 1 else (kwargs or {}).get("hx")

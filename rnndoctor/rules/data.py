@@ -165,7 +165,7 @@ def _labels_redrawn(run: Run, min_indices: int, min_share: float = 0.25) -> Iter
 @rule(
     "constant-input",
     Severity.ERROR,
-    signals=("rnn_inputs",),
+    signals=("steps",),
     fix="Pass the data as the RNN's sequence input (lstm(x)), not only through the initial state; check the tensor right before the call.",
     plots=("inputs",),
 )
@@ -173,7 +173,8 @@ def constant_input(run: Run) -> Iterator[Found]:
     """The recurrent layer's input never varies (all zeros, or one constant).
 
     What it detects: every sampled call of a recurrent module received a sequence input with
-    zero standard deviation over batch, time and features.
+    zero standard deviation over batch, time and features; for a model without an nn.RNN /
+    LSTM / GRU module (a hand-written cell), every sampled training call of the model itself.
 
     Why it matters: the RNN cannot see the data. Seed 001 feeds the LSTM a zero tensor and the
     bits only through the initial hidden state; the gate input weights then get no gradient
@@ -183,6 +184,9 @@ def constant_input(run: Run) -> Iterator[Found]:
     the tensor just before the RNN call (Karpathy: "visualise just before the net").
     """
     r = run["rnn_inputs"]
+    if r.empty:  # no recurrent module of torch's: the model's own input (a hand-written cell)
+        r = run["inputs"]
+        r = r[r["mode"] == "train"] if not r.empty and "mode" in r else r
     if r.empty or "std" not in r:
         return
     for module, rows in r.groupby("module", sort=False):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
@@ -230,8 +231,10 @@ def eval_in_train_mode(run: Run) -> Iterator[Found]:
     )
 
 
-#: a sequence counts as padded when it ends (last non-zero step) by T / 2: random bits end in
-#: T/2 zeros with P = 2^-(T/2) (9 % for T = 7), uniformly drawn lengths half of the time
+#: with one feature per step a zero step may be data (a 0 bit): such a sequence counts as
+#: padded only when it ends (last non-zero step) by T / 2 — random bits end in T/2 zeros with
+#: P = 2^-(T/2) (9 % for T = 7), uniformly drawn lengths half of the time. With several
+#: features an all-zero step is padding, and any sequence ending before T is padded.
 PADDED_BEFORE = 0.5
 
 
@@ -246,7 +249,8 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
     """Padded variable-length sequences are fed whole and the answer is read after the padding.
 
     What it detects: in a padded (not packed) recurrent input, at least 20 % of the
-    sequences end (last non-zero step) by half the padded length, and at least 5 % of
+    sequences end (last non-zero step) before the padded length (by half of it when a step
+    has one feature, whose zeros may be data), and at least 5 % of
     the input gradient lands on the trailing padding — the loss reads an output computed
     after the padding, typically ``output[:, -1]``.
 
@@ -270,7 +274,9 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
             continue
         hist = np.sum(hists, axis=0)
         total = hist.sum()
-        padded = hist[1 : int(PADDED_BEFORE * t) + 1].sum() / total if total else 0.0
+        one_feature = "features" not in rows or bool((pd.to_numeric(rows["features"], errors="coerce").fillna(1) <= 1).any())
+        end = int(PADDED_BEFORE * t) + 1 if one_feature else t
+        padded = hist[1:end].sum() / total if total else 0.0  # sequences with trailing padding
         grads = tg[(tg["module"] == module) & (tg["packed"] == 0)]["pad_grad_share"].dropna()
         if total < min_sequences or padded < min_padded_share or grads.empty:
             continue
@@ -280,7 +286,7 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
         yield Found(
             title=f"'{module}' is fed padded sequences unpacked, and {pad_grad:.0%} of its input gradient lands on padding",
             explanation=(
-                f"{padded:.0%} of the sequences end by step {int(PADDED_BEFORE * t)} of the padded length {t}, yet "
+                f"{padded:.0%} of the sequences end by step {end - 1} of the padded length {t}, yet "
                 f"{pad_grad:.0%} of ‖∂L/∂x‖ sits on their trailing padding: the answer is read after the padding "
                 "(e.g. output[:, -1]), so the network must carry it across the padded steps."
             ),

@@ -1,0 +1,60 @@
+"""Steps as the optimizer takes them: ``LBFGS.step(closure)`` evaluates its closure up to 20
+times in one step; every evaluation is part of that step, and the step's loss is the one
+``step()`` returns (the first evaluation), also when the model is found by discovery
+(``diagnose``), whose first step starts before the model was ever called."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import torch
+from torch import nn
+
+import rnndoctor
+
+LBFGS = """\
+import torch, torch.nn as nn
+torch.manual_seed(0)
+lstm = nn.LSTM(1, 16, batch_first=True); lin = nn.Linear(16, 1)
+opt = torch.optim.LBFGS([*lstm.parameters(), *lin.parameters()], lr=0.5)
+x = torch.sin(torch.linspace(0, 20, 400)).reshape(20, 20, 1)
+returned = []
+def train(n):
+    for i in range(n):
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(lin(lstm(x[:, :-1])[0]), x[:, 1:])
+            loss.backward()
+            return loss
+        returned.append(float(opt.step(closure).detach()))
+"""
+
+
+def _train_losses(run_dir) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "signals" / "steps.jsonl").read_text().splitlines()]
+    assert all(r["loss_calls"] == 1 for r in rows if r["mode"] == "train")
+    return [r["loss"] for r in rows if r["mode"] == "train"]
+
+
+def test_lbfgs_closure_calls_are_one_step_inside_watch(tmp_path):
+    scope: dict = {}
+    exec(LBFGS, scope)
+    model = nn.ModuleList([scope["lstm"], scope["lin"]])
+    with rnndoctor.watch(model, out=tmp_path / "run", summary=False) as w:
+        scope["train"](12)
+    assert w.steps == 12
+    assert torch.allclose(torch.tensor(_train_losses(tmp_path / "run")), torch.tensor(scope["returned"]), rtol=1e-5)
+    assert "divergence" not in {f.id for f in w.diagnosis.findings}
+
+
+def test_lbfgs_under_diagnose_counts_its_first_step_once(tmp_path):
+    (tmp_path / "t.py").write_text(LBFGS + "train(12)\nimport json; json.dump(returned, open('returned.json', 'w'))\n")
+    proc = subprocess.run([sys.executable, "-m", "rnndoctor", "diagnose", "t.py", "--out", "run", "--quiet"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    returned = json.loads((tmp_path / "returned.json").read_text())
+    losses = _train_losses(tmp_path / "run")
+    assert len(losses) == 12
+    assert torch.allclose(torch.tensor(losses), torch.tensor(returned), rtol=1e-5)
