@@ -50,6 +50,9 @@ class StepClock(Clock):
         self.stepping = False
         #: training losses recorded in the open step
         self.step_losses = 0
+        #: id() of the watched optimizers that stepped in the open step (an encoder's and a
+        #: decoder's optimizer step in one step; the same one stepping again starts the next)
+        self.stepped: set[int] = set()
         #: learning rate of the first watched optimizer's first param group, per step
         self.lr: "float | torch.Tensor" = float("nan")
         self._reschedule()
@@ -76,6 +79,7 @@ class StepClock(Clock):
         self.recorder.add("steps", row, finalize=self._sentinel)
         self.opt_stepped = self.grads_seen = self.updating = False
         self.step_losses = 0
+        self.stepped.clear()
         self.step += 1
         self._reschedule()
         if self._flush_pending:  # no loss was computed since the last one was due

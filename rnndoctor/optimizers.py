@@ -76,8 +76,8 @@ class OptimizerWatch:
         # times) belong to this step, also before the model is adopted (its first step)
         clock = self.conductor.clock
         try:
-            if clock.opt_stepped and not clock.stepping:
-                clock.close()  # the last step(closure) ended it; no forward ran outside step()
+            if id(optimizer) in clock.stepped and not clock.stepping:
+                clock.close()  # it steps again and no forward ran outside step(): step(closure)
         except Exception as exc:
             self.conductor.internal_error("_opt_pre", exc)
         clock.stepping = True
@@ -117,6 +117,7 @@ class OptimizerWatch:
                 return
             c = self.conductor
             c.clock.opt_stepped = True
+            c.clock.stepped.add(id(optimizer))
             if c.discovery.armed and all(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"]):
                 c.discovery.remove()
             if c.clock.last_step_reached():

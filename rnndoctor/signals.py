@@ -163,7 +163,8 @@ RNN_INPUTS = Signal(
 SAMPLES = Signal(
     "samples",
     keys=("step", "mode"),
-    values={"x1": "fingerprint of each input sample (projection 1)", "x2": "projection 2", "y": "fingerprint of its target"},
+    values={"x1": "fingerprint of each input sample (projection 1)", "x2": "projection 2", "y": "fingerprint of its target",
+            "label_size": "target elements per sample (1: one class or value; more: a target per time step)"},
     when="on the data schedule, when input and target batch sizes match",
     explode=("x1", "x2", "y"),
 )

@@ -58,3 +58,17 @@ def test_lbfgs_under_diagnose_counts_its_first_step_once(tmp_path):
     losses = _train_losses(tmp_path / "run")
     assert len(losses) == 12
     assert torch.allclose(torch.tensor(losses), torch.tensor(returned), rtol=1e-5)
+
+
+def test_two_optimizers_stepping_in_one_iteration_are_one_step(tmp_path):
+    """seq2seq style: an encoder's and a decoder's optimizer both step each iteration."""
+    torch.manual_seed(0)
+    enc, dec = nn.GRU(3, 8, batch_first=True), nn.Linear(8, 2)
+    o1, o2 = torch.optim.Adam(enc.parameters()), torch.optim.Adam(dec.parameters())
+    with rnndoctor.watch(nn.ModuleList([enc, dec]), out=tmp_path / "run", summary=False) as w:
+        for _ in range(10):
+            x = torch.randn(4, 5, 3)
+            loss = nn.functional.cross_entropy(dec(enc(x)[1][-1]), (x[:, 0, 0] > 0).long())
+            o1.zero_grad(); o2.zero_grad(); loss.backward(); o1.step(); o2.step()
+    assert w.steps == 10
+    assert len(_train_losses(tmp_path / "run")) == 10

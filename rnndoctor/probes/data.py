@@ -222,6 +222,8 @@ class StepSample:
         self.x: torch.Tensor | None = None
         self.y: torch.Tensor | None = None
         self.nx = self.ny = 0
+        #: label elements per sample over the group's targets (1: one class or value per sample)
+        self.label_size = 0
         self.mode: str | None = None
         self.broken = False
 
@@ -247,14 +249,16 @@ class StepSample:
         if self.mode is None:
             return
         flat = target.detach().reshape(target.shape[0] if target.dim() else 1, -1)
+        self.label_size += flat.shape[1]
         y = self._add(self.y, self.fingerprint(flat)[:, :1], self.ny)
         self.broken |= y is None and self.y is not None
         self.y, self.ny = y, self.ny + 1
 
-    def take(self) -> "tuple[str, torch.Tensor, torch.Tensor] | None":
-        """(mode, [B, 2] input fingerprints, [B] label fingerprints) of the group, then reset;
-        None when there is no aligned pair (rows of inputs and labels that do not match)."""
-        x, y, mode, broken = self.x, self.y, self.mode, self.broken
+    def take(self) -> "tuple[str, torch.Tensor, torch.Tensor, int] | None":
+        """(mode, [B, 2] input fingerprints, [B] label fingerprints, label elements per sample)
+        of the group, then reset; None when there is no aligned pair (rows of inputs and
+        labels that do not match)."""
+        x, y, mode, broken, label_size = self.x, self.y, self.mode, self.broken, self.label_size
         self.reset()
         if x is None or y is None or broken or mode is None:
             return None
@@ -265,4 +269,4 @@ class StepSample:
                 y = _collapse(y)  # one sequence (batch 1), a label per time step
             else:
                 return None
-        return mode, x, y[:, 0]
+        return mode, x, y[:, 0], label_size

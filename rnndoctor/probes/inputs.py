@@ -80,10 +80,11 @@ class InputsProbe(Probe):
         taken = self._sample.take()
         self._last_data = None
         if taken is not None:
-            mode, x, y = taken
+            mode, x, y, label_size = taken
             self._fingerprinted += x.shape[0]
             self.ctx.recorder.add("samples", {"step": self.ctx.step if step is None else step, "mode": mode,
-                                              "x1": x[:, 0], "x2": x[:, 1], "y": y})
+                                              "x1": x[:, 0], "x2": x[:, 1], "y": y,
+                                              "label_size": label_size})
 
     def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
         """Recurrent input as the RNN sees it: scale, constancy, lengths, initial state."""

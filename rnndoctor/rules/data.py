@@ -96,7 +96,8 @@ def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 
 
     What it detects: among inputs seen more than once (by fingerprint, as they reach the
     model and the loss), at least 10 % come with more than one distinct target (needs at
-    least 20 repeated inputs); or a map-style dataset fetched twice at the same index
+    least 20 repeated inputs; only samples with one target each: a target per time step, as
+    a language model's next tokens, may rightly differ after the same window); or a map-style dataset fetched twice at the same index
     returned the same input with a different label for at least a quarter of the indices
     (``__getitem__`` draws the label at random).
 
@@ -116,6 +117,8 @@ def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 
     if s.empty:
         return
     s = s[s["mode"] == "train"]
+    if "label_size" in s:  # a target per time step (a language model's next tokens) is a
+        s = s[s["label_size"].fillna(1) <= 1]  # distribution over continuations, not a label
     groups = s.groupby("x")["yk"].nunique()
     counts = s.groupby("x").size()
     repeated = groups[counts >= 2]

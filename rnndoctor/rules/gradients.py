@@ -175,9 +175,9 @@ def learning_rate_scale(
     What it detects: for weight matrices (2-D and up), the median over steps after warm-up
     of log10(||w_after - w_before|| / ||w_before||) below -5 (nothing moves) or above -1
     (each step rewrites a tenth of the weights or more). The healthy band is about -4 to -2.
-    The weights are judged by their bulk: the median ratio weighted by element count must be
-    outside the band (one small matrix, a CRF's transitions, that a rate right for the rest
-    barely moves is not a learning-rate problem). A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
+    Too large is judged per weight matrix; too small by the bulk of the weights: the median
+    ratio weighted by element count must be below the band (one small matrix, a CRF's
+    transitions, that a rate right for the rest barely moves is not a learning-rate problem). A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
     says nothing).
 
     Why it matters: too small and training looks stuck; too large and it thrashes or
@@ -195,15 +195,15 @@ def learning_rate_scale(
     med = by_param.median()[by_param.count() >= min_updates]
     if med.empty:
         return
-    # one learning rate moves every weight: judge the bulk of the weights (the median by
-    # element count), not one small matrix that a rate right for the rest barely moves
+    # too large on any weight thrashes it; too small is a learning-rate problem only when it
+    # holds the bulk of the weights (the median by element count), not one small matrix (a
+    # CRF's transitions) that a rate right for the rest barely moves
     numel = p.groupby("param")["numel"].max().reindex(med.index).fillna(1).to_numpy(float)
     order = np.argsort(med.to_numpy())
     cum = np.cumsum(numel[order]) / numel.sum()
-    typical = float(med.to_numpy()[order][np.searchsorted(cum, 0.5)])
-    if too_small_log10 <= typical <= too_large_log10:
-        return
-    low, high = med[med < too_small_log10], med[med > too_large_log10]
+    typical = float(med.to_numpy()[order][min(np.searchsorted(cum, 0.5), len(order) - 1)])
+    low = med[med < too_small_log10] if typical < too_small_log10 else med.iloc[:0]
+    high = med[med > too_large_log10]
     for side, sel in (("small", low), ("large", high)):
         if sel.empty:
             continue

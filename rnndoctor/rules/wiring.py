@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Iterator
+import math
 
 import numpy as np
 import pandas as pd
@@ -30,14 +31,15 @@ def poor_initial_loss(
     *,
     first_steps: int = 3,  # Karpathy's recipe: "verify loss @ init" on the first batches
     info_deviation: float = 0.5,  # research-notes §6: |L0 - L*| / L* > 0.5 -> info
-    warn_deviation: float = 1.0,  # > 1.0 (TDC dev_ratio) or L0 < 0.5 L* -> warning
+    warn_deviation: float = 1.0,  # L0 > (1 + 1.0) L* (TDC dev_ratio) -> warning
 ) -> Iterator[Found]:
     """The first loss is far from what an untrained model should give.
 
-    What it detects: the mean loss of the first 3 training steps L0 against the expected
-    L* = the label entropy (ln K for K balanced classes, ln 2 = 0.693 for binary) or, for
-    MSE, the mean square of the targets. Info beyond 50 % off, warning beyond 100 % or
-    below half.
+    What it detects: the loss of the first step L0 — taken before any update; the mean of the
+    first 3 steps when step 0 saw fewer than 16 targets — against the expected
+    L* = ln K for K output classes (a uniform guess; ln 2 = 0.693 for binary) or, for MSE,
+    the mean square of the targets (outputs near 0). Info beyond 50 % off; warning when L0
+    is more than twice L* (a badly scaled start); a lower L0 stays info.
 
     Why it matters: a badly scaled output layer or initialisation starts training far from
     a neutral guess and wastes the first phase undoing it (or hides a loss bug when L0 is
@@ -49,16 +51,20 @@ def poor_initial_loss(
     train = run.train_steps()
     if train.empty or "loss" not in train:
         return
-    head = pd.to_numeric(train["loss"].head(first_steps), errors="coerce")
+    losses = pd.to_numeric(train["loss"], errors="coerce")
+    first = train.iloc[0]
+    seen = pd.to_numeric(pd.Series([first.get("total"), first.get("tgt_n")]), errors="coerce").max()
+    head = losses.head(1) if seen >= 16 else losses.head(first_steps)
     if head.empty or not np.isfinite(head).all():
         return
     l0 = float(head.mean())
     kind = loss_kind(run)
     if kind in CLASS_LOSSES:
-        labels = label_stats(run)
-        if labels is None or labels.total <= 0:
+        k = pd.to_numeric(train.get("n_classes", pd.Series(dtype=float)), errors="coerce").dropna()
+        if k.empty or k.iloc[0] < 2:
             return
-        expected, basis = labels.entropy, f"label entropy ({labels.n_classes} classes)"
+        n = int(k.iloc[0])
+        expected, basis = math.log(n), f"ln K, a uniform guess over {n} classes"
     elif kind == "mse":
         m = target_moments(run)
         if m is None:
@@ -77,7 +83,7 @@ def poor_initial_loss(
         evidence={"initial_loss": l0, "expected": expected, "basis": basis, "relative_deviation": dev},
         where={"steps": f"0-{len(head) - 1}"},
         first_step=0,
-        severity=Severity.WARNING if dev > warn_deviation or l0 < 0.5 * expected else Severity.INFO,
+        severity=Severity.WARNING if l0 > (1 + warn_deviation) * expected else Severity.INFO,
     )
 
 

@@ -1,4 +1,5 @@
 """Wiring rules (initial loss, loss/output fit) on synthetic recordings."""
+import math
 
 from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
@@ -77,3 +78,24 @@ def test_softmax_op_before_cross_entropy():
     (f,) = mismatch(_with_op(classification_run(100), "SoftmaxBackward0"))
     assert "probabilities" in f.title
     assert list(mismatch(_with_op(classification_run(100), "AddmmBackward0"))) == []
+
+
+def test_poor_initial_loss_reference_is_ln_k_not_the_label_entropy():
+    """18 skewed classes (label entropy ~1.8): an untrained model's uniform guess scores
+    ln 18 = 2.89, which is right, not "59 % away from 1.79" (real-programs issue)."""
+    shares = [0.5] + [0.5 / 17] * 17
+    run = classification_run(100, loss=[math.log(18)] * 3 + [1.5] * 97, label_shares=shares)
+    assert list(initial(run)) == []
+
+
+def test_poor_initial_loss_reads_the_loss_before_any_update():
+    """Step 0's loss is the untrained one; steps 1-2 already carry big updates (LBFGS, a
+    rate that diverges): their losses say nothing about the initialisation."""
+    assert list(initial(classification_run(100, loss=[0.7, 40.0, 60.0] + [0.6] * 97))) == []
+    (f,) = initial(classification_run(100, loss=[5.0, 0.7, 0.7] + [0.6] * 97))
+    assert f.severity is Severity.WARNING
+
+
+def test_a_low_initial_loss_is_only_info():
+    (f,) = initial(classification_run(100, loss=[0.2] * 3 + [0.1] * 97))
+    assert f.severity is Severity.INFO
