@@ -82,6 +82,20 @@ def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tenso
     return t, hist
 
 
+def interior_zero_share(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """Share of all-zero steps *before* each sample's last non-zero step: ~0 when a zero step
+    is padding (embeddings, real-valued features), large when zero steps are data (bits)."""
+    seq = x.detach() if batch_first else x.detach().transpose(0, 1)
+    if seq.dim() == 2:
+        seq = seq.unsqueeze(-1)
+    t = seq.shape[1]
+    nonzero = (seq != 0).flatten(2).any(-1)  # [B, T]
+    pos = torch.arange(1, t + 1, device=seq.device)
+    lengths = (nonzero * pos).amax(1, keepdim=True)
+    inside = pos <= lengths
+    return ((~nonzero) & inside).sum().to(torch.float32) / inside.sum().clamp_min(1).to(torch.float32)
+
+
 def packed_lengths(p: PackedSequence) -> tuple[int, torch.Tensor]:
     """(max length, histogram) of a PackedSequence from its batch_sizes, which live on the
     CPU by contract (no device sync): sequences ending at step t = sizes[t-1] - sizes[t]."""

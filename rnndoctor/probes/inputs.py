@@ -109,7 +109,8 @@ class InputsProbe(Probe):
             else:
                 return None
             row["seq_len"] = t
-            row["features"] = int((x.data if isinstance(x, data_probe.PackedSequence) else x).shape[-1])
+            if hist is not None and not isinstance(x, data_probe.PackedSequence):
+                row["interior_zero"] = data_probe.interior_zero_share(x, batch_first)
             if hist is not None:
                 row["length_hist"] = hist
             hx = args[1] if len(args) > 1 else (kwargs or {}).get("hx")

@@ -231,11 +231,14 @@ def eval_in_train_mode(run: Run) -> Iterator[Found]:
     )
 
 
-#: with one feature per step a zero step may be data (a 0 bit): such a sequence counts as
-#: padded only when it ends (last non-zero step) by T / 2 — random bits end in T/2 zeros with
-#: P = 2^-(T/2) (9 % for T = 7), uniformly drawn lengths half of the time. With several
-#: features an all-zero step is padding, and any sequence ending before T is padded.
+#: where all-zero steps also occur inside sequences (bits: a zero step may be data), a
+#: sequence counts as padded only when it ends (last non-zero step) by T / 2 — random bits
+#: end in T/2 zeros with P = 2^-(T/2) (9 % for T = 7), uniformly drawn lengths half of the
+#: time. Where zero steps occur only at the end (embeddings, real values), they are padding
+#: and any sequence ending before T is padded.
 PADDED_BEFORE = 0.5
+#: the share of all-zero steps inside sequences above which a zero step may be data
+ZERO_STEPS_ARE_DATA = 0.01
 
 
 @rule(
@@ -249,8 +252,8 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
     """Padded variable-length sequences are fed whole and the answer is read after the padding.
 
     What it detects: in a padded (not packed) recurrent input, at least 20 % of the
-    sequences end (last non-zero step) before the padded length (by half of it when a step
-    has one feature, whose zeros may be data), and at least 5 % of
+    sequences end (last non-zero step) before the padded length (by half of it when
+    all-zero steps also occur inside sequences, so that a zero step may be data), and at least 5 % of
     the input gradient lands on the trailing padding — the loss reads an output computed
     after the padding, typically ``output[:, -1]``.
 
@@ -274,8 +277,9 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
             continue
         hist = np.sum(hists, axis=0)
         total = hist.sum()
-        one_feature = "features" not in rows or bool((pd.to_numeric(rows["features"], errors="coerce").fillna(1) <= 1).any())
-        end = int(PADDED_BEFORE * t) + 1 if one_feature else t
+        interior = pd.to_numeric(rows["interior_zero"], errors="coerce") if "interior_zero" in rows else pd.Series(dtype=float)
+        zeros_are_data = interior.empty or not (interior.dropna() <= ZERO_STEPS_ARE_DATA).all()
+        end = int(PADDED_BEFORE * t) + 1 if zeros_are_data else t
         padded = hist[1:end].sum() / total if total else 0.0  # sequences with trailing padding
         grads = tg[(tg["module"] == module) & (tg["packed"] == 0)]["pad_grad_share"].dropna()
         if total < min_sequences or padded < min_padded_share or grads.empty:

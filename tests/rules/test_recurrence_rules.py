@@ -68,3 +68,17 @@ def test_eval_in_train_mode():
     assert f.evidence["dropout_modules"] == ["drop"] and f.first_step == 50
     ok = [{"step": 50, "module": "M", "model_training": 0, "dropout_active": 0, "active_modules": []}]
     assert list(eval_mode(make_run(eval_passes=ok))) == []
+
+
+def test_padding_not_masked_counts_late_ending_sequences_when_zero_steps_are_padding():
+    """The real-programs issue's case (the seq2seq zoo encoder): every sequence ends at step
+    4-6 of a padding to 10, none by half of it, and a third of the gradient lands on the
+    padding. Embedded inputs have no all-zero step inside a sequence, so trailing zero
+    steps are padding."""
+    late = [0] * 4 + [15, 284, 1333] + [0] * 4
+    rows = [dict(r, interior_zero=0.0) for r in rnn_rows(late, t=10)]
+    (f,) = padding(make_run(rnn_inputs=rows, time_grad=tg_rows(FLAT[:10], pad=0.35)))
+    assert f.evidence["padded_share"] == 1.0
+    # where zero steps also occur inside sequences (bits), late ends may be data: not padding
+    bits = [dict(r, interior_zero=0.3) for r in rnn_rows(late, t=10)]
+    assert list(padding(make_run(rnn_inputs=bits, time_grad=tg_rows(FLAT[:10], pad=0.35)))) == []
