@@ -40,8 +40,8 @@ class StepClock(Clock):
         self._flush_due = flush_schedule(flush_every)
         self._flush_pending = False
         self._t0 = time.perf_counter()
-        #: a watched optimizer stepped / a gradient was accumulated since the step opened
-        self.opt_stepped = self.grads_seen = False
+        #: a gradient was accumulated since the step opened
+        self.grads_seen = False
         #: an optimizer step was ever seen (then gradients alone never end a step)
         self.optimizer_seen = False
         #: the first watched optimizer of the step has been announced to the probes
@@ -56,6 +56,11 @@ class StepClock(Clock):
         #: learning rate of the first watched optimizer's first param group, per step
         self.lr: "float | torch.Tensor" = float("nan")
         self._reschedule()
+
+    @property
+    def opt_stepped(self) -> bool:
+        """A watched optimizer stepped since the step opened."""
+        return bool(self.stepped)
 
     @property
     def nan_seen(self) -> bool:  # type: ignore[override]
@@ -77,7 +82,7 @@ class StepClock(Clock):
         row: dict[str, Any] = {"step": step, "mode": "train", "time": round(self.elapsed, 4), "lr": self.lr}
         self.probes.call("end_step", step, row)
         self.recorder.add("steps", row, finalize=self._sentinel)
-        self.opt_stepped = self.grads_seen = self.updating = False
+        self.grads_seen = self.updating = False
         self.step_losses = 0
         self.stepped.clear()
         self.step += 1

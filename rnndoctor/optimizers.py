@@ -116,7 +116,6 @@ class OptimizerWatch:
             if not self._watches(optimizer):
                 return
             c = self.conductor
-            c.clock.opt_stepped = True
             c.clock.stepped.add(id(optimizer))
             if c.discovery.armed and all(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"]):
                 c.discovery.remove()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .base import Context, Probe
+from .data import recurrent_state
 from .nonfinite import tensors_in
 
 #: states remembered per module call are kept for this many steps
@@ -30,12 +31,6 @@ def _state_of(module: nn.Module, output: Any) -> Any:
     if isinstance(module, nn.RNNBase) and isinstance(output, tuple) and len(output) == 2:
         return output[1]
     return output
-
-
-def _state_given(args: Any, kwargs: Any) -> Any:
-    if len(args) > 1:
-        return args[1]
-    return (kwargs or {}).get("hx")
 
 
 class CarriedStateProbe(Probe):
@@ -54,7 +49,7 @@ class CarriedStateProbe(Probe):
         return []
 
     def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
-        hx = _state_given(args, kwargs)
+        hx = recurrent_state(args, kwargs)
         if hx is None or not torch.is_grad_enabled():
             return None
         step = self.ctx.step

@@ -68,32 +68,24 @@ def with_all_zero(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tensor]:
-    """(T, histogram of lengths 0..T) where a sample's length is its last time step with a
-    non-zero feature: post-padding with zeros shows up as lengths below T."""
+def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(T, histogram of lengths 0..T, interior zero share) where a sample's length is its
+    last time step with a non-zero feature: post-padding with zeros shows up as lengths below
+    T. The interior zero share is that of all-zero steps *before* each sample's last non-zero
+    step: ~0 when a zero step is padding (embeddings, real values), large when zero steps are
+    data (bits)."""
     seq = x.detach() if batch_first else x.detach().transpose(0, 1)
     if seq.dim() == 2:
         seq = seq.unsqueeze(-1)
     b, t = seq.shape[0], seq.shape[1]
     nonzero = (seq != 0).flatten(2).any(-1)  # [B, T]
-    lengths = (nonzero * torch.arange(1, t + 1, device=seq.device)).amax(1)  # 0 for an all-zero sample
+    pos = torch.arange(1, t + 1, device=seq.device)
+    lengths = (nonzero * pos).amax(1)  # 0 for an all-zero sample
     hist = torch.zeros(t + 1, device=seq.device, dtype=torch.float32).index_add_(
         0, lengths, torch.ones((), device=seq.device, dtype=torch.float32).expand(b))
-    return t, hist
-
-
-def interior_zero_share(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
-    """Share of all-zero steps *before* each sample's last non-zero step: ~0 when a zero step
-    is padding (embeddings, real-valued features), large when zero steps are data (bits)."""
-    seq = x.detach() if batch_first else x.detach().transpose(0, 1)
-    if seq.dim() == 2:
-        seq = seq.unsqueeze(-1)
-    t = seq.shape[1]
-    nonzero = (seq != 0).flatten(2).any(-1)  # [B, T]
-    pos = torch.arange(1, t + 1, device=seq.device)
-    lengths = (nonzero * pos).amax(1, keepdim=True)
-    inside = pos <= lengths
-    return ((~nonzero) & inside).sum().to(torch.float32) / inside.sum().clamp_min(1).to(torch.float32)
+    inside = pos <= lengths.unsqueeze(1)
+    interior = ((~nonzero) & inside).sum().to(torch.float32) / inside.sum().clamp_min(1).to(torch.float32)
+    return t, hist, interior
 
 
 def packed_lengths(p: PackedSequence) -> tuple[int, torch.Tensor]:
@@ -204,6 +196,13 @@ def recurrent_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
     if args:
         return args[0]
     return (kwargs or {}).get("input")
+
+
+def recurrent_state(args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> Any:
+    """The initial state passed to a recurrent module call (positional or ``hx=``), or None."""
+    if len(args) > 1:
+        return args[1]
+    return (kwargs or {}).get("hx")
 
 
 #: per-call weights of a step's fingerprints (cycled): order matters, magnitudes stay bounded

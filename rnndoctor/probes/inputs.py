@@ -97,23 +97,24 @@ class InputsProbe(Probe):
             return None
         with torch.no_grad():
             row: dict[str, Any] = {"step": self.ctx.step, "module": name, "packed": int(isinstance(x, data_probe.PackedSequence))}
+            interior = None
             if isinstance(x, data_probe.PackedSequence):
                 t, hist = data_probe.packed_lengths(x)
                 row.update(data_probe.input_stats(x.data))
             elif isinstance(x, torch.Tensor) and x.is_floating_point():
                 batch_first = bool(getattr(module, "batch_first", True))
-                t, hist = data_probe.padded_lengths(x, batch_first) if x.dim() >= 2 and isinstance(module, nn.RNNBase) else (1, None)
+                t, hist, interior = data_probe.padded_lengths(x, batch_first) if x.dim() >= 2 and isinstance(module, nn.RNNBase) else (1, None, None)
                 seen = self._last_input_stats
                 # the model's input often is the RNN's: its statistics are already on the device
                 row.update(seen[1] if seen is not None and seen[0] is x else data_probe.input_stats(x))
             else:
                 return None
             row["seq_len"] = t
-            if hist is not None and not isinstance(x, data_probe.PackedSequence):
-                row["interior_zero"] = data_probe.interior_zero_share(x, batch_first)
             if hist is not None:
                 row["length_hist"] = hist
-            hx = args[1] if len(args) > 1 else (kwargs or {}).get("hx")
+            if interior is not None:
+                row["interior_zero"] = interior
+            hx = data_probe.recurrent_state(args, kwargs)
             states = list(data_probe.tensors_in(hx)) if hx is not None else []
             row["hx_given"] = int(bool(states))
             if states:

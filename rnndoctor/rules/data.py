@@ -53,11 +53,8 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
     sample from its index (``torch.Generator().manual_seed(base_seed + index)``), or build the
     whole dataset up front. Random augmentation that keeps the label is fine.
     """
-    r = run["refetch"]
-    if r.empty or "same_label" not in r:
-        return
-    r = r[r["same_label"].notna()]
-    if len(r) < min_indices:
+    r = _refetched(run, min_indices)
+    if r is None:
         return
     changed = r[(r["same_input"] == 0) & (r["same_label"] == 0)]
     share = len(changed) / len(r)
@@ -141,14 +138,22 @@ def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 
     )
 
 
-def _labels_redrawn(run: Run, min_indices: int, min_share: float = 0.25) -> Iterator[Found]:
-    """The re-fetch's evidence: the same index, the same input, another label."""
+def _refetched(run: Run, min_indices: int) -> pd.DataFrame | None:
+    """Indices fetched twice whose labels could be compared, when there are enough of them."""
     r = run["refetch"]
     if r.empty or "same_label" not in r or "same_input" not in r:
-        return
+        return None
     r = r[r["same_label"].notna()]
+    return r if len(r) >= min_indices else None
+
+
+def _labels_redrawn(run: Run, min_indices: int, min_share: float = 0.25) -> Iterator[Found]:
+    """The re-fetch's evidence: the same index, the same input, another label."""
+    r = _refetched(run, min_indices)
+    if r is None:
+        return
     redrawn = r[(r["same_input"] == 1) & (r["same_label"] == 0)]
-    if len(r) < min_indices or len(redrawn) / len(r) < min_share:
+    if len(redrawn) / len(r) < min_share:
         return
     ex = redrawn.iloc[0]
     yield Found(
