@@ -82,7 +82,10 @@ def variants(path: Path, steps: int | None = None) -> list[Variant]:
     n = steps or (int(m.group(1)) if m else 300)
     head, *bugs = re.split(r"^Bug:\s*", doc, flags=re.M)
     allow = re.search(r"^Allow:(.*)$", head, re.M)
-    out = [Variant(path.stem, "healthy", [], _ids(allow.group(1)) if allow else [], n, source)]
+    # what the healthy program is allowed (its data has duplicates, its labels are skewed)
+    # stays true of every variant: a one-line bug does not change the program's data
+    program_allows = _ids(allow.group(1)) if allow else []
+    out = [Variant(path.stem, "healthy", [], program_allows, n, source)]
     for block in bugs:
         name, _, body = block.partition("\n")
         fields = {k: v for k, v in re.findall(r"^(Expect|Allow|Why):(.*)$", body, re.M)}
@@ -92,7 +95,8 @@ def variants(path: Path, steps: int | None = None) -> list[Variant]:
             raise SystemExit(f"{path}: bug {name.strip()!r} has no '- old' / '+ new' patch")
         for old, new in pairs:
             patched = _patch(patched, old.strip(), new.strip(), f"{path}: bug {name.strip()!r}")
-        out.append(Variant(path.stem, name.strip(), _ids(fields.get("Expect", "")), _ids(fields.get("Allow", "")), n,
+        out.append(Variant(path.stem, name.strip(), _ids(fields.get("Expect", "")),
+                           program_allows + _ids(fields.get("Allow", "")), n,
                            patched, fields.get("Why", "").strip()))
     return out
 

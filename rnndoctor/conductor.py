@@ -51,6 +51,9 @@ class Conductor:
         self.explicit_model, self.recorder, self.probes, self.clock, self.ctx = model, recorder, probes, clock, ctx
         self.meta, self.strict, self._writer, self._on_model_change = meta, strict, writer, on_model_change
         self.roots: dict[str, nn.Module] = {}
+        #: a loss with grad was computed in train() mode: from then on, a loss with grad in
+        #: eval() mode is an evaluation (a loop that trains in eval() mode throughout stays training)
+        self.trained_in_train_mode = False
         self.view = ModelView()
         self._module_handles: list[RemovableHandle] = []
         self._pickling = False  # pickling.enter() is in force for this watch
@@ -225,6 +228,14 @@ class Conductor:
             self.record_loss(call, grad=call.loss.requires_grad)
 
     def record_loss(self, call: LossCall, *, grad: bool) -> None:
+        if grad and self.roots:
+            training = any(m.training for m in self.roots.values())
+            if training:
+                self.trained_in_train_mode = True
+            elif self.trained_in_train_mode:
+                # an evaluation pass without no_grad: the loop trains in train() mode and
+                # this loss comes after model.eval(); it is not the next step's loss
+                grad = False
         self.maybe_close_step()
         if grad and self.clock.stepping and self.clock.step_losses:
             return  # a line search's further evaluations (LBFGS): the step's loss is the first

@@ -103,6 +103,9 @@ class OptimizerWatch:
         if not clock.optimizer_seen:
             clock.optimizer_seen = True
             self.remove_grad_hooks()
+        names = c.meta.setdefault("optimizers", [])
+        if type(optimizer).__name__ not in names:  # the rules judge update sizes per kind (LBFGS)
+            names.append(type(optimizer).__name__)
         if not clock.updating:
             clock.updating = True
             c.probes.call("before_update", optimizer)

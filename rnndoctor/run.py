@@ -134,6 +134,7 @@ META_SCHEMA: dict[str, Any] = {
     "argv": list[str],
     "cwd": str,
     "internal_errors": list[str],
+    "optimizers": list[str],
     "exception": {"type": str, "message": str, "traceback": str},
     "model": {"roots": list[str], "modules": list[dict], "recurrent": list[dict], "params": list[dict], "device": str},
 }

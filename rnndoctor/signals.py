@@ -156,7 +156,8 @@ RNN_INPUTS = Signal(
     values={**_INPUT_STATS, "packed": "1 for a PackedSequence", "seq_len": "padded (or longest packed) length T",
             "length_hist": "how many sequences had each length 0..T (last non-zero step; exact when packed)",
             "interior_zero": "share of all-zero steps before each sequence's last non-zero step (padded inputs)",
-            "hx_given": "1 when an initial state was passed", "hx_zero": "1 when the passed state was all zeros"},
+            "hx_given": "1 when an initial state was passed", "hx_zero": "1 when the passed state was all zeros",
+            "backward": "1 when a gradient reached the call's output by the end of its step (it trained)"},
     when=f"every recurrent module call on the data schedule ({DEFAULT_DATA})",
 )
 

@@ -72,3 +72,39 @@ def test_two_optimizers_stepping_in_one_iteration_are_one_step(tmp_path):
             o1.zero_grad(); o2.zero_grad(); loss.backward(); o1.step(); o2.step()
     assert w.steps == 10
     assert len(_train_losses(tmp_path / "run")) == 10
+
+
+def _eval_without_no_grad(tmp_path, *, train_mode_for_training: bool):
+    torch.manual_seed(0)
+    lstm, lin = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 2)
+    model = nn.ModuleDict({"lstm": lstm, "lin": lin})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 5, 3), torch.randint(0, 2, (16,))
+    model.train(train_mode_for_training)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True):
+        for i in range(6):
+            loss = nn.functional.cross_entropy(lin(lstm(x)[0][:, -1]), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i % 2 == 1:  # validation without no_grad: three batches, losses with grad, no backward
+                model.eval()
+                for _ in range(3):
+                    nn.functional.cross_entropy(lin(lstm(x)[0][:, -1]), y)
+                model.train(train_mode_for_training)
+    return [json.loads(line) for line in (tmp_path / "r" / "signals" / "steps.jsonl").read_text().splitlines()]
+
+
+def test_an_eval_pass_without_no_grad_is_not_merged_into_the_next_step(tmp_path):
+    rows = _eval_without_no_grad(tmp_path, train_mode_for_training=True)
+    train = [r for r in rows if r["mode"] == "train"]
+    assert len(train) == 6 and all(r["loss_calls"] == 1 for r in train)
+    assert [r["loss_calls"] for r in rows if r["mode"] == "eval"] == [3, 3, 3]
+
+
+def test_a_loop_that_trains_in_eval_mode_still_trains(tmp_path):
+    rows = _eval_without_no_grad(tmp_path, train_mode_for_training=False)
+    train = [r for r in rows if r["mode"] == "train"]
+    # nothing tells these passes apart from training: they count with the next step, as before
+    assert len(train) == 6 and [r["loss_calls"] for r in train] == [1, 1, 4, 1, 4, 1]
+    assert not [r for r in rows if r["mode"] == "eval"]

@@ -68,9 +68,29 @@ def with_all_zero(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def data_steps(seq: torch.Tensor) -> torch.Tensor:
+    """[B, T] True where a step of ``seq`` [B, T, F...] carries data, False on padding.
+
+    Padding is an all-zero step, or — several features, a batch — a step equal to the pad
+    vector: the last-step vector most sequences of the batch share. An embedding without
+    ``padding_idx`` turns pad id 0 into a non-zero vector, the same one everywhere. A vector
+    that ends only one sequence is not padding. All on the device, no sync."""
+    flat = seq.flatten(2)
+    nonzero = (flat != 0).any(-1)
+    if flat.shape[0] < 2 or flat.shape[-1] < 2 or not flat.is_floating_point():
+        return nonzero
+    last = flat[:, -1]
+    weights = torch.linspace(1.0, 2.0, last.shape[-1], device=last.device, dtype=last.dtype)
+    key = (last * weights).sum(-1)  # the same vector gives the same key
+    value, index = torch.mode(key)
+    shared = (key == value).sum() >= 2
+    is_pad = (flat == last[index]).all(-1) & shared
+    return nonzero & ~is_pad
+
+
 def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(T, histogram of lengths 0..T, interior zero share) where a sample's length is its
-    last time step with a non-zero feature: post-padding with zeros shows up as lengths below
+    last time step that carries data (``data_steps``): post-padding shows up as lengths below
     T. The interior zero share is that of all-zero steps *before* each sample's last non-zero
     step: ~0 when a zero step is padding (embeddings, real values), large when zero steps are
     data (bits)."""
@@ -78,7 +98,7 @@ def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tenso
     if seq.dim() == 2:
         seq = seq.unsqueeze(-1)
     b, t = seq.shape[0], seq.shape[1]
-    nonzero = (seq != 0).flatten(2).any(-1)  # [B, T]
+    nonzero = data_steps(seq)  # [B, T]
     pos = torch.arange(1, t + 1, device=seq.device)
     lengths = (nonzero * pos).amax(1)  # 0 for an all-zero sample
     hist = torch.zeros(t + 1, device=seq.device, dtype=torch.float32).index_add_(

@@ -4,6 +4,7 @@ sample's fingerprint next to its target's (``samples``), and every recurrent mod
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from torch import nn
 
 from . import data as data_probe
 from .base import Context, Probe
+from .nonfinite import tensors_in
 from .outputs import LossCall
 
 
@@ -36,6 +38,11 @@ class InputsProbe(Probe):
         self._last_data: torch.Tensor | None = None
         #: the last model input and its statistics (an RNN often gets the same tensor)
         self._last_input_stats: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        #: the ``rnn_inputs`` row of the recurrent call under way, until its output is seen
+        self._open_row: dict[str, Any] | None = None
+        #: this step's ``rnn_inputs`` rows, recorded when the step ends: a flush may come
+        #: before the backward pass that sets their ``backward`` flag
+        self._step_rows: list[dict[str, Any]] = []
         return []
 
     def model_call(self, module: nn.Module, args: Any) -> None:
@@ -71,9 +78,16 @@ class InputsProbe(Probe):
 
     def end_step(self, step: int, row: Any) -> None:
         self._emit(step)
+        self._record_rnn_rows()
 
     def stop(self) -> None:
         self._emit()
+        self._record_rnn_rows()
+
+    def _record_rnn_rows(self) -> None:
+        for row in self._step_rows:
+            self.ctx.recorder.add("rnn_inputs", row, finalize=data_probe.with_all_zero)
+        self._step_rows, self._open_row = [], None
 
     def _emit(self, step: int | None = None) -> None:
         """Record the group held as ``samples`` rows (one per sample of the batch)."""
@@ -119,5 +133,24 @@ class InputsProbe(Probe):
             row["hx_given"] = int(bool(states))
             if states:
                 row["hx_zero"] = torch.stack([(h == 0).all() for h in states]).all()
-            self.ctx.recorder.add("rnn_inputs", row, finalize=data_probe.with_all_zero)
+            self._step_rows.append(row)
+            self._open_row = row
         return None
+
+    def rnn_output(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
+        """Mark whether the call took part in training: ``backward`` is set (on the device, in
+        the backward pass, no sync) when a gradient reaches any of its outputs. A sampling
+        loop run with grad enabled (``generate()`` between steps) carries its state but never
+        trains; the rules must not take its calls for the training loop's."""
+        row, self._open_row = self._open_row, None
+        if row is None or row.get("module") != name:
+            return
+        outs = [t for t in tensors_in(output) if t.requires_grad]
+        flag = torch.zeros((), dtype=torch.uint8, device=outs[0].device if outs else "cpu")
+        row["backward"] = flag
+        for t in outs:
+            t.register_hook(functools.partial(_mark_backward, flag))
+
+
+def _mark_backward(flag: torch.Tensor, grad: torch.Tensor) -> None:
+    flag.fill_(1)

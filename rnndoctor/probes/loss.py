@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..recorder import Part
+from ..run import PACK_MIN, pack, unpack
 from .base import Context, Probe, Row
 from .outputs import (
     LossCall,
@@ -69,8 +71,25 @@ class LossProbe(Probe):
         if not acc.n_classes:
             return None
         row = {"step": step, "mode": mode, "cls": list(range(acc.n_classes))}
-        self.ctx.recorder.add("predictions", row)
+        self.ctx.recorder.add("predictions", row, finalize=classes_seen)
         return row
+
+
+def classes_seen(row: Row) -> Row:
+    """Keep only the classes predicted or labelled in the step (on the writer thread, host
+    values): a language model's 18k-token vocabulary would otherwise write two 18k-long
+    lists per step; a batch sees a few hundred."""
+    pred, label = row.get("n_pred"), row.get("n_label")
+    if pred is None or label is None:
+        return row
+    p, q = (np.asarray(unpack(v) if isinstance(v, dict) else v, dtype=float) for v in (pred, label))
+    if p.shape != q.shape or p.shape != (len(row["cls"]),):
+        return row
+    keep = np.flatnonzero((p != 0) | (q != 0))
+    if len(keep) < len(p):
+        row["cls"] = np.asarray(row["cls"])[keep].tolist()
+        row["n_pred"], row["n_label"] = (v if len(v) < PACK_MIN else pack(v) for v in (p[keep].tolist(), q[keep].tolist()))
+    return row
 
 
 class StepLosses:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .data import data_steps
 from .precision import as_stat
 
 OnProfile = Callable[[torch.Tensor, "torch.Tensor | None"], None]
@@ -28,14 +29,15 @@ def _batch_time(t: torch.Tensor, batch_first: bool) -> torch.Tensor:
 def _profile_padded(grad: torch.Tensor, x: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """([T] mean per-sample ‖∂L/∂x_t‖, share of the gradient that lands on trailing padding).
 
-    Padding = the all-zero steps after a sample's last non-zero step. A loss that reads the
+    Padding = the steps after a sample's last data step (``data.data_steps``: all-zero, or
+    the batch's shared pad vector). A loss that reads the
     last *real* step (packing, gathering, masking) puts no gradient there; one that reads
     ``output[:, -1]`` of a post-padded batch does."""
     norms = _batch_time(as_stat(grad), batch_first).pow(2).sum(-1).sqrt()  # [B, T]
     seq = _batch_time(x, batch_first)
     b, t = norms.shape
     pos = torch.arange(1, t + 1, device=norms.device).expand(b, t)
-    length = (pos * (seq != 0).flatten(2).any(-1)).max(1).values  # [B]
+    length = (pos * data_steps(seq)).max(1).values  # [B]
     on_pad = (pos > length.unsqueeze(1)) & (length.unsqueeze(1) > 0)
     pad_share = (norms * on_pad).sum() / norms.sum().clamp_min(1e-30)
     return norms.mean(0), pad_share

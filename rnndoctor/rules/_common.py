@@ -122,6 +122,12 @@ def targets_are_labels(run: Run) -> bool:
 class LabelStats:
     counts: np.ndarray  # label count per class
     pred_counts: np.ndarray
+    #: the class id of each position (rows keep only the classes a step saw: a position is
+    #: not a class id once a class was never seen)
+    classes: np.ndarray | None = None
+
+    def class_at(self, i: int) -> int:
+        return int(self.classes[i]) if self.classes is not None else int(i)
 
     @property
     def total(self) -> float:
@@ -142,8 +148,9 @@ class LabelStats:
 
     @property
     def majority(self) -> tuple[int, float]:
+        """(class id, its share of the labels)."""
         i = int(np.argmax(self.counts))
-        return i, float(self.shares[i])
+        return self.class_at(i), float(self.shares[i])
 
     @property
     def entropy(self) -> float:
@@ -162,7 +169,8 @@ def label_stats(run: Run, window: Window | None = None, mode: str = "train") -> 
     if pred.empty:
         return None
     by_cls = pred.groupby("cls")[["n_label", "n_pred"]].sum().sort_index()
-    return LabelStats(counts=by_cls["n_label"].to_numpy(float), pred_counts=by_cls["n_pred"].to_numpy(float))
+    return LabelStats(counts=by_cls["n_label"].to_numpy(float), pred_counts=by_cls["n_pred"].to_numpy(float),
+                      classes=by_cls.index.to_numpy())
 
 
 def target_moments(run: Run) -> tuple[float, float] | None:
@@ -189,6 +197,38 @@ def fmt(x: float, digits: int = 3) -> str:
     if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
         return f"{x:.2e}"
     return f"{x:.{digits}g}"
+
+
+#: a training loss this many times its running minimum (and its start) has blown up
+BLOW_UP_FACTOR = 1e3
+
+
+def blow_up_step(run: Run, factor: float = BLOW_UP_FACTOR) -> int | None:
+    """The first training step whose loss is not finite, or ``factor`` times both its running
+    minimum and its starting value; None when the loss never blew up.
+
+    Statistics taken from then on describe the blow-up (gradients of saturated units are
+    exactly zero, fed-back outputs are huge), not the model or the data: rules that judge
+    such statistics read only the steps before it."""
+    train = run.train_steps()
+    if train.empty or "loss" not in train:
+        return None
+    loss = pd.to_numeric(train["loss"], errors="coerce").to_numpy(dtype=float)
+    steps = train["step"].to_numpy()
+    finite_seen = np.isfinite(loss)
+    if not finite_seen.any():
+        return int(steps[0]) if len(steps) else None
+    start = abs(float(loss[finite_seen][0])) or 1e-12
+    run_min = np.fmin.accumulate(np.where(finite_seen, loss, np.nan))
+    bad = ~finite_seen | ((loss > factor * np.maximum(np.abs(run_min), 1e-12)) & (loss > factor * start))
+    hits = np.nonzero(bad)[0]
+    return int(steps[hits[0]]) if len(hits) else None
+
+
+def before_blow_up(run: Run, df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``df`` (with a ``step`` column) taken before the loss blew up."""
+    step = blow_up_step(run)
+    return df if step is None or df.empty else df[df["step"] < step]
 
 
 def first_half(df: pd.DataFrame) -> pd.DataFrame:
@@ -220,3 +260,60 @@ def horizon(profile: list[float] | np.ndarray, eps: float) -> int:
         return 0
     above = np.nonzero(g >= eps * np.nanmax(g))[0]
     return int(g.size - above[0])
+
+
+def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fraction: float = 0.9,
+                   min_rel_decrease: float = 0.01) -> dict | None:
+    """Evidence that window ``w`` sits at the input-independent baseline, or None (the
+    reading of ``stuck-at-chance``, which other rules use as evidence that nothing is learned)."""
+    train = w.select(run.train_steps())
+    losses = finite(train["loss"]) if "loss" in train else pd.Series(dtype=float)
+    if len(losses) < max(10, w.steps // 2):
+        return None
+    mean_loss = float(losses.mean())
+    trend = loss_trend(losses)
+    # stuck needs evidence that the loss is flat, not only no evidence that it falls: a young
+    # or noisy run (batch size 1) is too early to tell
+    if trend is None or trend.rel_decrease >= min_rel_decrease or not trend.known_flat:
+        return None
+    kind = loss_kind(run)
+    ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": trend.rel_decrease,
+                "loss_relative_decrease_upper": trend.rel_decrease_upper}
+    if targets_are_labels(run):
+        labels = label_stats(run, w)
+        if labels is None or labels.total <= 0:
+            return None
+        correct, total = train["correct"].sum(), train["total"].sum()
+        acc = float(correct / total) if total else float("nan")
+        k = labels.n_classes
+        _, baseline = labels.majority
+        balanced = abs(baseline - 1.0 / k) < 0.02
+        tol = max(acc_floor_tol, 3 * math.sqrt(baseline * (1 - baseline) / max(total, 1.0)))
+        if not (abs(acc - baseline) <= tol):
+            return None
+        if kind in CLASS_LOSSES:
+            ref_loss, ref_name = labels.entropy, "label entropy"
+        elif kind == "mse":
+            moments = target_moments(run)
+            ref_loss, ref_name = (moments[1], "target variance") if moments else (float("nan"), "")
+        else:
+            ref_loss, ref_name = float("nan"), ""
+        if math.isfinite(ref_loss) and mean_loss < loss_fraction * ref_loss:
+            return None
+        ev.update(
+            accuracy=acc,
+            baseline=baseline,
+            baseline_kind="chance 1/K" if balanced else "majority-class share",
+            classes=k,
+            tolerance=tol,
+            reference_loss=ref_loss,
+            reference_loss_kind=ref_name,
+        )
+        return ev
+    moments = target_moments(run)
+    if kind != "mse" or moments is None or moments[1] <= 0:
+        return None
+    if mean_loss < loss_fraction * moments[1]:
+        return None
+    ev.update(reference_loss=moments[1], reference_loss_kind="target variance (mean predictor)", baseline=None)
+    return ev

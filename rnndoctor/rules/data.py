@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import fmt
+from ._common import before_blow_up, fmt, judgement_window, stuck_evidence
 from .registry import Found, rule
 
 #: fingerprints are float64 projections; round before comparing so identical samples that
@@ -37,13 +37,18 @@ def _fingerprints(run: Run) -> pd.DataFrame:
     ),
     plots=("samples",),
 )
-def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indices: int = 4) -> Iterator[Found]:
+def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indices: int = 4,
+                         min_new_inputs: float = 0.75) -> Iterator[Found]:
     """The same dataset index returns a different sample — and a different label.
 
     What it detects: rnndoctor fetches a few indices of each map-style Dataset twice (RNG
     state saved and restored). When at least a quarter of them come back with a different
     label, ``__getitem__`` ignores its index and redraws the sample — and the parameters that
-    decide its label — on every call.
+    decide its label — on every call. When the label stays with its index but at least
+    three quarters come back as a new input *and* the run is stuck at the input-independent
+    baseline (``stuck-at-chance``'s reading), what makes a class (its templates, its
+    slope) is redrawn per call: a label-preserving augmentation or a generator that draws
+    inputs per class also returns new inputs, but the model then learns from them.
 
     Why it matters: the input->label mapping then changes faster than it can be learned (seed
     004 redraws the slope and offset of every curve), and nothing is ever seen twice, so
@@ -59,6 +64,7 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
     changed = r[(r["same_input"] == 0) & (r["same_label"] == 0)]
     share = len(changed) / len(r)
     if share < min_changed_labels:
+        yield from _redrawn_with_label_kept(run, r, min_new_inputs)
         return
     ex = changed.iloc[0]
     differs = r[r["same_input"] == 0]
@@ -76,6 +82,32 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
             "example": {"index": int(ex["index"]), "first": ex["draw1"], "second": ex["draw2"],
                         "label_first": ex.get("label1"), "label_second": ex.get("label2")},
         },
+        where={"dataset": str(ex.get("dataset", "")), "index": int(ex["index"])},
+        first_step=int(ex.get("step", 0)),
+    )
+
+
+def _redrawn_with_label_kept(run: Run, r: pd.DataFrame, min_new_inputs: float) -> Iterator[Found]:
+    """Every fetch a new input, the label kept, and nothing learned from them."""
+    kept = r[(r["same_input"] == 0) & (r["same_label"] == 1)]
+    if len(kept) / len(r) < min_new_inputs:
+        return
+    w = judgement_window(len(run.train_steps()))
+    stuck = stuck_evidence(run, w) if w is not None else None
+    if stuck is None:
+        return
+    ex = kept.iloc[0]
+    yield Found(
+        title=f"Dataset index {int(ex['index'])} returned a new input for the same label on a second fetch, and the model learns nothing",
+        explanation=(
+            f"Fetching {len(r)} indices of {ex.get('dataset', 'the dataset')} twice gave a different input with the same "
+            f"label for {len(kept)}, and over steps {w.start}-{w.end} the model stayed at the input-independent baseline "
+            f"(loss {fmt(stuck['loss'])}). If __getitem__ redraws what defines a class (templates, curve parameters) on "
+            "every call, the inputs of a label share nothing to learn."
+        ),
+        evidence={"indices_checked": int(len(r)), "different_input_same_label": int(len(kept)),
+                  "example": {"index": int(ex["index"]), "first": ex["draw1"], "second": ex["draw2"]},
+                  "stuck_window": [w.start, w.end], "loss": stuck["loss"]},
         where={"dataset": str(ex.get("dataset", "")), "index": int(ex["index"])},
         first_step=int(ex.get("step", 0)),
     )
@@ -284,7 +316,10 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
     """Sequence lengths never reach the padded maximum.
 
     What it detects: in padded (not packed) recurrent inputs where at least 20 % of sequences
-    end before the padded length T (trailing zeros), no sequence among at least 200 reached T.
+    end before the padded length T (trailing zeros), no sequence among at least 200 reached T
+    and the longest reached T - 1: the range stops exactly one short, the mark of an
+    exclusive upper bound. Sequences that all stop well short of T are padded to a fixed
+    width (a tutorial's MAX_LENGTH), a choice rather than a range bug.
 
     Why it matters: the intended range is not what is generated — seed 001 draws lengths
     with ``randint(1, bits)``, whose upper bound is exclusive, so a string of ``bits`` bits
@@ -308,8 +343,8 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
             padded_share = hist[:t].sum() / total
             nonzero = np.nonzero(hist)[0]
             longest = int(nonzero.max()) if len(nonzero) else 0
-            if padded_share < min_padded_share or longest >= t or longest == 0:
-                continue  # (all-zero input is constant-input's finding)
+            if padded_share < min_padded_share or longest != t - 1 or longest == 0:
+                continue  # (all-zero input is constant-input's finding; a wider gap is a fixed pad width)
             shortest = int(nonzero.min())
             yield Found(
                 title=f"Sequences fed to '{module}' are padded to {t} but never longer than {longest}",
@@ -333,11 +368,15 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
     fix="Standardise each input feature with training-set mean and std (or scale to [-1, 1]).",
     plots=("inputs",),
 )
-def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limit: float = 10.0) -> Iterator[Found]:
+def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limit: float = 10.0,
+                        first_steps: int = 5) -> Iterator[Found]:
     """Input features far from unit scale.
 
-    What it detects: in the input of a recurrent module, more than 1 % of values have |x| > 10
-    (the 99th percentile of |x| is above 10) or a feature's standard deviation exceeds 10.
+    What it detects: in the input of a recurrent module over its first 5 recorded steps, more
+    than 1 % of values have |x| > 10 (the 99th percentile of |x| is above 10) or a feature's
+    standard deviation exceeds 10. The scale of the data is what it is from the first batch;
+    an input that grows only later is made by training (an embedding a too-large rate
+    inflates, predictions fed back in a diverging run), and its cause is elsewhere.
 
     Why it matters: gate pre-activations W x + b then land deep in the flat ends of sigmoid
     and tanh from the first step, where gradients vanish (seed 004 feeds points whose y
@@ -346,10 +385,11 @@ def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limi
     How to fix: standardise each feature (subtract the training mean, divide by the std),
     or scale to [-1, 1]; keep the statistics from the training set for evaluation.
     """
-    r = run["rnn_inputs"]
+    r = before_blow_up(run, run["rnn_inputs"])
     if r.empty or "frac_large" not in r:
         return
     for module, rows in r.groupby("module", sort=False):
+        rows = rows[rows["step"].isin(sorted(rows["step"].unique())[:first_steps])]
         frac = float(pd.to_numeric(rows["frac_large"], errors="coerce").mean())
         fstd = float(pd.to_numeric(rows["feature_std_max"], errors="coerce").max())
         if frac <= large_share and fstd <= feature_std_limit:

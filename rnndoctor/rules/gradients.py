@@ -9,8 +9,11 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import WARMUP_MIN_STEPS, fmt
+from ._common import WARMUP_MIN_STEPS, before_blow_up, fmt, loss_trend
 from .registry import Found, rule
+
+#: optimizers whose step is sized by a line search and curvature, not by lr x gradient
+QUASI_NEWTON = frozenset({"LBFGS"})
 
 
 @rule(
@@ -27,18 +30,21 @@ def exploding_gradients(
     huge_spike_factor: float = 100.0,  # research-notes §6: any single spike >= 100x
     min_spikes: int = 3,  # ... or at least 3 spikes > 10x
     median_window: int = 100,  # running median over the last 100 steps
-    min_history: int = 10,
+    min_history: int = 5,
     growth_factor: float = 2.0,  # TDC: median grows >= 2x at each of 5 consecutive windows
     growth_windows: int = 5,
     harm_window: int = 10,  # a spike counts when the mean loss of the 10 steps from it ...
     harm_rise: float = 0.1,  # ... is > 10 % above the mean of the 10 steps before it
+    severe_rise: float = 0.5,  # one spike that sets the loss back by half again is enough
 ) -> Iterator[Found]:
     """Gradient norm spikes far above its running median, or grows steadily.
 
     What it detects: the global gradient norm (before any clipping done by the optimizer)
-    exceeds 10 x its running median at least 3 times with the loss set back after each
-    (mean loss over the next 10 steps > 10 % above the previous 10), or 100 x once; or its
-    median doubles in each of 5 consecutive windows.
+    exceeds 10 x its running median (from 5 steps of history) at least 3 times with the
+    loss set back after each (mean loss over the next 10 steps > 10 % above the previous
+    10), or once with the loss set back by half again (> 50 %: the spike threw the weights
+    out, as an unclipped word-language model at lr 20 does in its first steps), or 100 x
+    once; or its median doubles in each of 5 consecutive windows.
 
     Why it matters: recurrent weight matrices with spectral radius above 1 amplify
     gradients exponentially in sequence length; one huge step can throw the weights into a
@@ -59,12 +65,14 @@ def exploding_gradients(
     ratio = g / median
     loss = pd.to_numeric(steps["loss"], errors="coerce")[ok].reset_index(drop=True) if "loss" in steps else None
     spikes = ratio[ratio > spike_factor]
+    severe = spikes.iloc[:0]
     if loss is not None and len(spikes):
         # A spike the run shrugs off (the loss keeps falling) is the normal texture of LSTM
         # training; count spikes that set the loss back, and every spike >= 100x.
         before = loss.rolling(harm_window, min_periods=1).mean().shift(1)
         after = loss[::-1].rolling(harm_window, min_periods=1).mean()[::-1]
         harmful = (after > before * (1 + harm_rise)) | ~np.isfinite(after)
+        severe = spikes[((after > before * (1 + severe_rise)) | ~np.isfinite(after))[spikes.index]]
         spikes = spikes[harmful[spikes.index] | (spikes >= huge_spike_factor)]
     growth = None
     win = max(10, len(g) // (growth_windows + 1))
@@ -74,7 +82,7 @@ def exploding_gradients(
         if all(b >= growth_factor * a for a, b in zip(chunk, chunk[1:])):
             growth = (i * win, chunk)
             break
-    if len(spikes) < min_spikes and not (len(spikes) and spikes.max() >= huge_spike_factor) and growth is None:
+    if len(spikes) < min_spikes and not (len(spikes) and spikes.max() >= huge_spike_factor) and severe.empty and growth is None:
         return
     if len(spikes):
         worst = int(spikes.idxmax())
@@ -121,7 +129,8 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Found]:
     """Trainable parameters that never receive a gradient.
 
     What it detects: parameters with requires_grad=True whose gradient was None or exactly
-    zero at every recorded optimizer step (at least 5 steps).
+    zero at every recorded optimizer step (at least 5 steps) before the loss blew up (if it
+    did: the gradients of saturated units are then exactly zero, connected or not).
 
     Why it matters: they are not connected to the loss — a layer built but never used, an
     output taken from the wrong tensor, a detach() in the wrong place — so they never learn.
@@ -130,7 +139,7 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Found]:
     requires_grad=False if it is intentionally frozen; look for .detach() / .data / numpy
     round-trips between it and the loss.
     """
-    params = run["params"]
+    params = before_blow_up(run, run["params"])  # a blown-up run's saturated units get exact zeros
     if params.empty:
         return
     n_steps = params["step"].nunique()
@@ -158,7 +167,7 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Found]:
 @rule(
     "learning-rate-scale",
     Severity.WARNING,
-    signals=("updates",),
+    signals=("updates", "steps"),
     fix="Scale the learning rate so that |Δw|/|w| ≈ 1e-3 per step.",  # each finding names the factor
     plots=("update_ratio",),
 )
@@ -167,6 +176,7 @@ def learning_rate_scale(
     *,
     too_small_log10: float = -5.0,  # research-notes §6: median log10(|dw|/|w|) < -5: nothing moves
     too_large_log10: float = -1.0,  # ... > -1: thrashing (CS231n target ~ -3; TDC band [-4, -1])
+    slow_log10: float = -4.5,  # below TDC's -4 edge, with a known-flat loss: too slow to learn
     warmup_steps: int = WARMUP_MIN_STEPS,
     min_updates: int = 5,  # a run that crashed after its first update says nothing about the rate
 ) -> Iterator[Found]:
@@ -177,8 +187,12 @@ def learning_rate_scale(
     (each step rewrites a tenth of the weights or more). The healthy band is about -4 to -2.
     Too large is judged per weight matrix; too small by the bulk of the weights: the median
     ratio weighted by element count must be below the band (one small matrix, a CRF's
-    transitions, that a rate right for the rest barely moves is not a learning-rate problem). A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
-    says nothing).
+    transitions, that a rate right for the rest barely moves is not a learning-rate problem);
+    a bulk below -4.5 is too small too when the training loss is known flat (its 95 %
+    interval within ±5 %: Adam at 1e-6 moves weights by ~1e-5 of their size and the loss
+    does not move). A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
+    says nothing). "Too large" is not judged for LBFGS, whose steps are sized by its line
+    search and curvature estimate.
 
     Why it matters: too small and training looks stuck; too large and it thrashes or
     diverges. Works for adaptive optimizers too, because it measures the actual update.
@@ -188,6 +202,10 @@ def learning_rate_scale(
     params = run["updates"]
     if params.empty or "update_ratio" not in params:
         return
+    # a quasi-Newton step (LBFGS: up to max_iter line-searched iterations per step) is sized by
+    # the curvature, not by lr x gradient: its ratio says nothing about the rate; a rate too
+    # large for it shows as divergence
+    judge_large = not (set(run.meta.get("optimizers") or ()) & QUASI_NEWTON)
     p = params[(params["ndim"] >= 2) & (params["step"] >= min(warmup_steps, params["step"].max() // 2))]
     r = pd.to_numeric(p["update_ratio"], errors="coerce")
     p = p.assign(log_r=np.log10(r.where(r > 0)))
@@ -202,8 +220,14 @@ def learning_rate_scale(
     order = np.argsort(med.to_numpy())
     cum = np.cumsum(numel[order]) / numel.sum()
     typical = float(med.to_numpy()[order][min(np.searchsorted(cum, 0.5), len(order) - 1)])
-    low = med[med < too_small_log10] if typical < too_small_log10 else med.iloc[:0]
-    high = med[med > too_large_log10]
+    # between the two published lower edges (TDC -4, ours -5) the loss decides: a bulk that
+    # moves 10^-4.5 per step while the loss is known flat is a rate too small to learn
+    small_edge = too_small_log10
+    if typical < slow_log10 and (trend := loss_trend(run.train_steps().get("loss", pd.Series(dtype=float)))) is not None \
+            and trend.known_flat:
+        small_edge = slow_log10
+    low = med[med < small_edge] if typical < small_edge else med.iloc[:0]
+    high = med[med > too_large_log10] if judge_large else med.iloc[:0]
     for side, sel in (("small", low), ("large", high)):
         if sel.empty:
             continue

@@ -13,73 +13,16 @@ from ..run import Run
 from ..schedule import DEFAULT_LOCALIZE
 from ..signals import LARGE_PREACTIVATION
 from ._common import (
-    CLASS_LOSSES,
     Window,
     finite,
     fmt,
     judgement_window,
     label_stats,
-    loss_kind,
     loss_trend,
-    target_moments,
+    stuck_evidence,
     targets_are_labels,
 )
 from .registry import Found, rule
-
-
-def _stuck_in(run: Run, w: Window, *, acc_floor_tol: float, loss_fraction: float, min_rel_decrease: float) -> dict | None:
-    """Evidence that window ``w`` sits at the input-independent baseline, or None."""
-    train = w.select(run.train_steps())
-    losses = finite(train["loss"]) if "loss" in train else pd.Series(dtype=float)
-    if len(losses) < max(10, w.steps // 2):
-        return None
-    mean_loss = float(losses.mean())
-    trend = loss_trend(losses)
-    # stuck needs evidence that the loss is flat, not only no evidence that it falls: a young
-    # or noisy run (batch size 1) is too early to tell
-    if trend is None or trend.rel_decrease >= min_rel_decrease or not trend.known_flat:
-        return None
-    kind = loss_kind(run)
-    ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": trend.rel_decrease,
-                "loss_relative_decrease_upper": trend.rel_decrease_upper}
-    if targets_are_labels(run):
-        labels = label_stats(run, w)
-        if labels is None or labels.total <= 0:
-            return None
-        correct, total = train["correct"].sum(), train["total"].sum()
-        acc = float(correct / total) if total else float("nan")
-        k = labels.n_classes
-        _, baseline = labels.majority
-        balanced = abs(baseline - 1.0 / k) < 0.02
-        tol = max(acc_floor_tol, 3 * math.sqrt(baseline * (1 - baseline) / max(total, 1.0)))
-        if not (abs(acc - baseline) <= tol):
-            return None
-        if kind in CLASS_LOSSES:
-            ref_loss, ref_name = labels.entropy, "label entropy"
-        elif kind == "mse":
-            moments = target_moments(run)
-            ref_loss, ref_name = (moments[1], "target variance") if moments else (float("nan"), "")
-        else:
-            ref_loss, ref_name = float("nan"), ""
-        if math.isfinite(ref_loss) and mean_loss < loss_fraction * ref_loss:
-            return None
-        ev.update(
-            accuracy=acc,
-            baseline=baseline,
-            baseline_kind="chance 1/K" if balanced else "majority-class share",
-            classes=k,
-            tolerance=tol,
-            reference_loss=ref_loss,
-            reference_loss_kind=ref_name,
-        )
-        return ev
-    moments = target_moments(run)
-    if kind != "mse" or moments is None or moments[1] <= 0:
-        return None
-    if mean_loss < loss_fraction * moments[1]:
-        return None
-    ev.update(reference_loss=moments[1], reference_loss_kind="target variance (mean predictor)", baseline=None)
-    return ev
 
 
 @rule(
@@ -123,12 +66,12 @@ def stuck_at_chance(
     w = judgement_window(len(train))
     if w is None:
         return
-    ev = _stuck_in(run, w, acc_floor_tol=acc_floor_tol, loss_fraction=loss_fraction, min_rel_decrease=min_rel_decrease)
+    ev = stuck_evidence(run, w, acc_floor_tol=acc_floor_tol, loss_fraction=loss_fraction, min_rel_decrease=min_rel_decrease)
     if ev is None:
         return
     first = w.start
     for start in range(w.start - w.steps // 2, -1, -max(1, w.steps // 2)):  # earliest window that also held
-        if start < 0 or _stuck_in(
+        if start < 0 or stuck_evidence(
             run, Window(start, start + w.steps - 1), acc_floor_tol=acc_floor_tol, loss_fraction=loss_fraction, min_rel_decrease=min_rel_decrease
         ) is None:
             break
@@ -192,8 +135,9 @@ def prediction_collapse(
     trend = loss_trend(train["loss"]) if "loss" in train else None
     if trend is not None and trend.falling:  # still learning its way out (a young run): not yet
         return
-    cls = int(np.argmax(labels.pred_counts))
-    pshare, lshare = float(labels.pred_shares[cls]), float(labels.shares[cls])
+    top = int(np.argmax(labels.pred_counts))
+    cls = labels.class_at(top)
+    pshare, lshare = float(labels.pred_shares[top]), float(labels.shares[top])
     if pshare < top_share or lshare > max_label_share:
         return
     yield Found(

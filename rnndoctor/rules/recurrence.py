@@ -24,8 +24,10 @@ from .registry import Found, rule
 def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
     """The recurrent module never carries anything from one element to the next.
 
-    What it detects: every sampled call of a recurrent module (at least 5) was a sequence of
-    length 1 with no initial state or an all-zero one.
+    What it detects: every sampled training call of a recurrent module (at least 5) was a
+    sequence of length 1 with no initial state or an all-zero one. A training call is one
+    whose output a gradient reached: a ``generate()`` loop run between steps with grad
+    enabled carries its state, but it is inference, not what the model learns from.
 
     Why it matters: an RNN called one element at a time with a fresh zero state is a
     feed-forward layer: its recurrent weights get no gradient and nothing is remembered
@@ -39,6 +41,9 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
     if r.empty or "hx_given" not in r:
         return
     for module, rows in r.groupby("module", sort=False):
+        if "backward" in rows:  # the training calls: a sampling loop with grad on carries its
+            trained = rows[rows["backward"].fillna(1) != 0]  # state but never trains
+            rows = trained if not trained.empty else rows
         if len(rows) < min_calls or not (rows["seq_len"] == 1).all():
             continue
         fresh = (rows["hx_given"] == 0) | (rows.get("hx_zero", 0) == 1)

@@ -159,3 +159,53 @@ def test_a_label_drawn_at_every_fetch_is_inconsistent(tmp_path, random_label):
                 opt.zero_grad(); loss.backward(); opt.step()
     assert ("inconsistent-labels" in ids(w)) is random_label
     assert "resampled-parameters" not in ids(w)
+
+
+class _Strokes(torch.utils.data.Dataset):
+    """8x8 "digits": a fixed template per class, shifted and noised per index (seeded from
+    it). ``redraw`` draws the templates anew on every call from the global RNG, as a
+    generator that forgets its task's parameters (seed 004); ``augment`` adds fresh noise
+    per call instead, which keeps what makes the class."""
+
+    def __init__(self, *, redraw=False, augment=False):
+        self.redraw, self.augment = redraw, augment
+        self.templates = (torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(7)) > 0.6).float()
+        self.labels = torch.randint(0, 4, (512,), generator=torch.Generator().manual_seed(3))
+
+    def __len__(self):
+        return 512
+
+    def __getitem__(self, i):
+        label = int(self.labels[i])
+        g = torch.Generator().manual_seed(i)
+        template = (torch.rand(4, 8, 8) > 0.6).float()[label] if self.redraw else self.templates[label]
+        x = torch.roll(template, int(torch.randint(-1, 2, (1,), generator=g)), dims=1) + 0.1 * torch.randn(8, 8, generator=g)
+        if self.augment:
+            x = x + 0.1 * torch.randn(8, 8)
+        return x, label
+
+
+def _strokes_ids(tmp_path, **kw):
+    torch.manual_seed(0)
+    lstm, fc = nn.LSTM(8, 16, batch_first=True), nn.Linear(16, 4)
+    model = nn.ModuleDict({"lstm": lstm, "fc": fc})
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loader = torch.utils.data.DataLoader(_Strokes(**kw), batch_size=8, shuffle=True)
+    with rnndoctor.watch(model, out=tmp_path / "-".join(sorted(kw)) or "plain", summary=False, strict=True) as run:
+        for _ in range(2):
+            for x, y in loader:
+                out, _ = lstm(x)
+                loss = F.cross_entropy(fc(out[:, -1]), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    return run.diagnosis.ids()
+
+
+def test_templates_redrawn_per_fetch_are_resampled_parameters(tmp_path):
+    """The label stays with its index, but the class's template is drawn anew on every call
+    (zoo lstm_sequential_digits): new inputs every fetch, and nothing learned from them."""
+    ids = _strokes_ids(tmp_path, redraw=True)
+    assert "resampled-parameters" in ids and "stuck-at-chance" in ids
+    assert not {"resampled-parameters", "stuck-at-chance"} & set(_strokes_ids(tmp_path, augment=True))
+    assert not {"resampled-parameters", "stuck-at-chance"} & set(_strokes_ids(tmp_path))

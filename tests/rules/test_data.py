@@ -86,12 +86,26 @@ def test_length_range_bug_exclusive_upper_bound():
     assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=hist, packed=1)))) == []
     fixed = [0, 0, 0, 0, 0, 40]
     assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=fixed)))) == []
+    # padded to a fixed width (MAX_LENGTH 10) well beyond every sequence: not a range bug
+    wide = [0, 0, 0, 0, 15, 284, 1333, 0, 0, 0, 0]
+    assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=wide, t=10)))) == []
 
 
 def test_unnormalized_inputs():
     (f,) = unnormalized(make_run(rnn_inputs=rnn_rows(50.0, frac_large=0.4, fstd=60.0)))
     assert f.evidence["share_above_10"] == 0.4
     assert list(unnormalized(make_run(rnn_inputs=rnn_rows(1.0, frac_large=0.001, fstd=1.2)))) == []
+    # unit scale at the start, grown later by training (an embedding a large rate inflates)
+    grown = rnn_rows(1.0, fstd=1.2, n=5) + [dict(r, step=r["step"] + 5) for r in rnn_rows(50.0, frac_large=0.4, fstd=60.0, n=20)]
+    assert list(unnormalized(make_run(rnn_inputs=grown))) == []
+
+
+def test_unnormalized_inputs_before_the_loss_blew_up():
+    """A diverging run that feeds its predictions back: inputs after the blow-up say nothing."""
+    steps = [{"step": s, "mode": "train", "loss": 0.5 if s < 2 else 10.0 ** (10 * s)} for s in range(10)]
+    rows = rnn_rows(1.0, fstd=1.2, n=2) + [dict(r, step=r["step"] + 2) for r in rnn_rows(1e30, frac_large=0.5, fstd=1e30, n=8)]
+    # the first 5 steps include 3 after the blow-up: only steps 0 and 1 are judged
+    assert list(unnormalized(make_run(steps=steps, rnn_inputs=rows))) == []
 
 
 def test_no_recurrence():

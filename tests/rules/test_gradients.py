@@ -33,6 +33,20 @@ def test_exploding_gradients_quiet_on_spikes_the_run_shrugs_off():
     assert list(exploding(_with_grad_norms(g, np.linspace(0.7, 0.1, 200)))) == []
 
 
+def test_exploding_gradients_an_early_spike_that_throws_the_loss_back():
+    """pytorch/examples word_language_model without clipping at lr 20: at step 5 the norm
+    jumps ~40x the median of the first steps and the loss goes from 7.5 to 11-25."""
+    g = np.full(200, 0.2)
+    g[5] = 8.0
+    loss = np.full(200, 7.5)
+    loss[5:15] = 12.0
+    (f,) = exploding(_with_grad_norms(g, loss))
+    assert f.evidence["worst_step"] == 5
+    mild = np.full(200, 7.5)
+    mild[5:15] = 8.5  # set back by 13 %: one such spike is the texture of training
+    assert list(exploding(_with_grad_norms(g, mild))) == []
+
+
 def test_exploding_gradients_one_huge_spike():
     g = np.ones(200)
     g[150] = 500.0
@@ -86,3 +100,42 @@ def test_learning_rate_scale_withheld_on_a_single_update():
     by 0.0071" from it (real-programs issue); a few more are enough."""
     assert list(lr_scale(make_run(updates=update_rows(param_rows(1, update_ratio=0.5))))) == []
     assert [f.id for f in lr_scale(make_run(updates=update_rows(param_rows(12, update_ratio=0.5))))] == ["learning-rate-scale"]
+
+
+def test_dead_parameters_judged_before_the_loss_blew_up():
+    """LBFGS at a rate of 5 blows the loss up within its first step: the LSTM's units saturate
+    and their gradients are exactly zero from then on. That is the blow-up, not wiring."""
+    grad = {"lstm.weight_hh_l0": 0.0, "lstm.bias_hh_l0": 0.5, "out.weight": 1.0}
+    blown = [{"step": s, "mode": "train", "loss": 0.5 if s == 0 else 10.0 ** (3 + 10 * min(s, 25))} for s in range(20)]
+    assert list(dead(make_run(steps=blown, params=param_rows(20, grad=grad)))) == []
+    calm = [{"step": s, "mode": "train", "loss": 0.5 - 0.01 * s} for s in range(20)]
+    (f,) = dead(make_run(steps=calm, params=param_rows(20, grad=grad)))
+    assert f.evidence["params"] == ["lstm.weight_hh_l0"]
+
+
+def test_learning_rate_scale_does_not_call_an_lbfgs_step_too_large():
+    """One LBFGS step is up to max_iter line-searched iterations: a healthy one moves the
+    weights by a tenth (pytorch/examples time_sequence_prediction). Too small still counts."""
+    from rnndoctor.run import Run
+
+    def with_opt(run, name):
+        return Run(meta={**run.meta, "optimizers": [name]}, signals=run.signals)
+
+    large = make_run(updates=update_rows(param_rows(100, update_ratio=0.15)))
+    assert list(lr_scale(with_opt(large, "LBFGS"))) == []
+    assert [f.id for f in lr_scale(with_opt(large, "Adam"))] == ["learning-rate-scale"]
+    small = make_run(updates=update_rows(param_rows(100, update_ratio=1e-7)))
+    assert [f.id for f in lr_scale(with_opt(small, "LBFGS"))] == ["learning-rate-scale"]
+
+
+def test_learning_rate_scale_a_slow_bulk_with_a_flat_loss_is_too_small():
+    """Adam at 1e-6 (spro/char-rnn at lr 1e-6): weights move ~1e-4.8 per step and the loss
+    stays at ln K. The same ratio while the loss falls is a slow, working rate."""
+    ups = update_rows(param_rows(100, update_ratio=10 ** -4.8))
+    flat = [{"step": s, "mode": "train", "loss": 4.6 + 0.01 * np.sin(s)} for s in range(100)]
+    falling = [{"step": s, "mode": "train", "loss": 4.6 * np.exp(-s / 50)} for s in range(100)]
+    (f,) = lr_scale(make_run(updates=ups, steps=flat))
+    assert "barely" in f.title
+    assert list(lr_scale(make_run(updates=ups, steps=falling))) == []
+    healthy = update_rows(param_rows(100, update_ratio=10 ** -3.3))
+    assert list(lr_scale(make_run(updates=healthy, steps=flat))) == []
