@@ -5,6 +5,7 @@
     python bench/zoo.py --steps 1000 --healthy-only
     python bench/zoo.py --bare zoo/x.py     # the variants under plain python (no rnndoctor)
     python bench/zoo.py --list
+    python bench/zoo.py --keep runs/ ...; python bench/zoo.py --rescore runs/   # rules changed only
 
 Each variant (the healthy file, and each ``Bug:`` of its docstring applied as a patch) runs
 through ``python -m rnndoctor diagnose`` in its own folder; findings.json is compared with
@@ -145,6 +146,20 @@ def run(v: Variant, workdir: Path, bare: bool, timeout: float, threads: int = 1)
     return outcome
 
 
+def rescore(v: Variant, workdir: Path) -> Outcome:
+    """The variant's kept record diagnosed by the rules as they are now (no run)."""
+    from rnndoctor.diagnose import diagnose
+    from rnndoctor.run import load_run
+
+    outcome = Outcome(v, 0.0, 0)
+    try:
+        for f in diagnose(load_run(workdir / f"{v.program}-{v.bug}" / "run")).findings:
+            outcome.reported[f.id] = f.severity.value
+    except Exception as exc:  # a missing or unreadable record
+        outcome.error = f"{type(exc).__name__}: {exc}"
+    return outcome
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("programs", nargs="*", type=Path)
@@ -158,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--keep", type=Path, help="folder for the runs (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="write the outcomes here")
+    ap.add_argument("--rescore", type=Path, metavar="DIR",
+                    help="no runs: diagnose again the records an earlier --keep DIR left (after a change to the rules only)")
     args = ap.parse_args(argv)
     paths = args.programs or sorted(p for p in ZOO.glob("*.py") if not p.name.startswith("_"))
     todo = [v for p in paths for v in variants(p, args.steps)]
@@ -169,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         for v in todo:
             print(f"{v.program:24} {v.bug:24} expect={','.join(v.expect) or '-'} allow={','.join(v.allow) or '-'} steps={v.steps}")
         return 0
+    if args.rescore:
+        return _print([rescore(v, args.rescore) for v in todo], False, args.json)
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         workdir = args.keep or Path(tmp)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+import numpy as np
 import torch
 
 from .run import PACK_MIN, pack
@@ -232,7 +233,7 @@ class Recorder:
         for p in batch.pending:
             row = p.finalize(p.row) if p.finalize is not None else p.row
             if row is not None and self._declared(p.signal, row):
-                rows.append((p.signal, row))
+                rows.append((p.signal, _as_json(row)))
         encode = self._encoder.encode
         self._check_directory()
         for i, (signal, row) in enumerate(rows):
@@ -398,13 +399,17 @@ def _materialize(rows: list[Row]) -> None:
 
 
 def _put(row: Row, key: str, values: Any) -> None:
-    """A host value into its row: a number, a short list, or a packed array (run.PACK_MIN)."""
-    if values.ndim == 0:
-        row[key] = _py(values)
-    elif values.size >= PACK_MIN:
-        row[key] = pack(values)
-    else:
-        row[key] = values.tolist()
+    """A host value into its row: a number, or a numpy array (finalizers may cut it;
+    ``_as_json`` writes it)."""
+    row[key] = _py(values) if values.ndim == 0 else values
+
+
+def _as_json(row: Row) -> Row:
+    """Arrays left in a finalized row: a short list, or a packed array (run.PACK_MIN)."""
+    for key, value in row.items():
+        if isinstance(value, np.ndarray):
+            row[key] = pack(value) if value.size >= PACK_MIN else value.tolist()
+    return row
 
 
 def _py(v: float) -> float | int:

@@ -32,6 +32,12 @@ class _ModuleSums:
     abs_max: torch.Tensor
 
 
+#: moments of an output larger than this are taken over an evenly strided sample of about
+#: this many elements (a language model's decoder output is tens of MB per call; its share of
+#: large or zero values is a statistic a quarter-million elements estimate)
+SAMPLE_MAX_NUMEL = 1 << 18
+
+
 class ActivationSums:
     """Sums, per module, the output moments of its calls while ``active``."""
 
@@ -55,6 +61,8 @@ class ActivationSums:
 
     def _add(self, name: str, t: torch.Tensor) -> None:
         with torch.no_grad():
+            if t.numel() > SAMPLE_MAX_NUMEL:  # a decoder's [T, B, vocab] logits: an even sample
+                t = t.reshape(-1)[:: -(-t.numel() // SAMPLE_MAX_NUMEL)]
             x = as_stat(t)
             finite = torch.isfinite(x)
             x = torch.where(finite, x, torch.zeros((), device=x.device, dtype=x.dtype))  # moments of the finite part

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..recorder import Part
-from ..run import PACK_MIN, pack, unpack
 from .base import Context, Probe, Row
 from .outputs import (
     LossCall,
@@ -82,13 +81,13 @@ def classes_seen(row: Row) -> Row:
     pred, label = row.get("n_pred"), row.get("n_label")
     if pred is None or label is None:
         return row
-    p, q = (np.asarray(unpack(v) if isinstance(v, dict) else v, dtype=float) for v in (pred, label))
+    p, q = np.asarray(pred), np.asarray(label)
     if p.shape != q.shape or p.shape != (len(row["cls"]),):
         return row
     keep = np.flatnonzero((p != 0) | (q != 0))
     if len(keep) < len(p):
         row["cls"] = np.asarray(row["cls"])[keep].tolist()
-        row["n_pred"], row["n_label"] = (v if len(v) < PACK_MIN else pack(v) for v in (p[keep].tolist(), q[keep].tolist()))
+        row["n_pred"], row["n_label"] = p[keep], q[keep]
     return row
 
 

@@ -128,6 +128,24 @@ def class_count(kind: str, x: torch.Tensor, y: torch.Tensor) -> int:
     return 0
 
 
+#: a loss call whose output has more elements than this (a language model's [tokens, vocab]
+#: logits) is read on its leading samples only, as many as fit: class counts, accuracy and
+#: output ranges are statistics, and a sample of a few hundred targets per step (tens of
+#: thousands per judgement window) estimates them; reading every logit costs a full pass
+#: (argmax, min/max, logsumexp) over tens of MB per step
+STATS_MAX_NUMEL = 1 << 20
+
+
+def sampled(call: LossCall) -> LossCall:
+    """``call`` itself, or its leading samples (dim 0) when its output is larger than
+    ``STATS_MAX_NUMEL``."""
+    x, y = call.input, call.target
+    if x.numel() <= STATS_MAX_NUMEL or x.dim() < 2 or y.dim() < 1 or y.shape[0] != x.shape[0]:
+        return call
+    rows = max(1, STATS_MAX_NUMEL * x.shape[0] // x.numel())
+    return LossCall(call.kind, x[:rows], y[:rows], call.loss, call.kwargs)
+
+
 def deferrable(call: LossCall) -> bool:
     return call.input.numel() <= DEFER_MAX_NUMEL and call.target.numel() <= DEFER_MAX_NUMEL
 
@@ -161,8 +179,9 @@ def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
 
 def loss_detail(call: LossCall) -> dict[str, "torch.Tensor | int | str"]:
     """Output and target ranges and the op that made the output (sampled steps only)."""
+    part = sampled(call)
     with torch.no_grad():
-        d: dict[str, "torch.Tensor | int | str"] = _detail(call.kind, call.input.detach(), call.target.detach())  # type: ignore[assignment]
+        d: dict[str, "torch.Tensor | int | str"] = _detail(part.kind, part.input.detach(), part.target.detach())  # type: ignore[assignment]
     d["out_op"] = output_op(call.input)
     return d
 
@@ -171,6 +190,7 @@ def batched_stats(calls: list[LossCall]) -> list[LossStats]:
     """``LossStats`` for each call; calls of the same kind, shapes and device are reduced
     together in one pass over their stacked outputs and targets."""
     groups: dict[tuple[Any, ...], list[int]] = {}
+    calls = [sampled(c) for c in calls]
     for i, c in enumerate(calls):
         key = (c.kind, tuple(c.input.shape), tuple(c.target.shape), c.input.dtype, c.target.dtype,
                c.input.device, c.kwargs.get("ignore_index", -100))

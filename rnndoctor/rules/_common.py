@@ -265,7 +265,17 @@ def horizon(profile: list[float] | np.ndarray, eps: float) -> int:
 def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fraction: float = 0.9,
                    min_rel_decrease: float = 0.01) -> dict | None:
     """Evidence that window ``w`` sits at the input-independent baseline, or None (the
-    reading of ``stuck-at-chance``, which other rules use as evidence that nothing is learned)."""
+    reading of ``stuck-at-chance``, which other rules use as evidence that nothing is learned).
+
+    Class labels: the window is widened back (never into the warm-up) until it counts at
+    least ``MIN_JUDGED_TARGETS`` targets; a run that has not seen that many since its
+    warm-up is too young to call stuck. A batch of one, counted every 4th step, puts 25
+    targets in a 100-step window, where accuracy 0.4 against a baseline of 0.2 is noise."""
+    if targets_are_labels(run):
+        widened = _window_with_targets(run, w)
+        if widened is None:
+            return None
+        w = widened
     train = w.select(run.train_steps())
     losses = finite(train["loss"]) if "loss" in train else pd.Series(dtype=float)
     if len(losses) < max(10, w.steps // 2):
@@ -317,3 +327,23 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
         return None
     ev.update(reference_loss=moments[1], reference_loss_kind="target variance (mean predictor)", baseline=None)
     return ev
+
+
+#: accuracy is judged against its baseline over at least this many counted targets
+MIN_JUDGED_TARGETS = 200
+
+
+def _window_with_targets(run: Run, w: Window) -> Window | None:
+    """``w``, or ``w`` started earlier (not before the warm-up) so that it counts at least
+    ``MIN_JUDGED_TARGETS`` targets; None when even that is not enough."""
+    train = run.train_steps()
+    if "total" not in train:
+        return w
+    totals = pd.to_numeric(train["total"], errors="coerce").fillna(0)
+    if float(totals[(train["step"] >= w.start) & (train["step"] <= w.end)].sum()) >= MIN_JUDGED_TARGETS:
+        return w
+    warmup = max(WARMUP_MIN_STEPS, math.ceil(WARMUP_FRACTION * len(train)))
+    eligible = (train["step"] >= warmup) & (train["step"] <= w.end)
+    steps, counted = train["step"][eligible].to_numpy()[::-1], totals[eligible].to_numpy()[::-1].cumsum()
+    enough = np.nonzero(counted >= MIN_JUDGED_TARGETS)[0]
+    return Window(int(steps[enough[0]]), w.end) if len(enough) else None

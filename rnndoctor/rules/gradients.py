@@ -164,10 +164,25 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Found]:
     )
 
 
+def _gradient_vanished(run: Run, warmup_steps: int, factor: float = 1e-3) -> list[str]:
+    """Parameters whose median gradient norm after warm-up is below ``factor`` times the
+    median of their first 10 recorded steps."""
+    g = run["params"]
+    if g.empty or "grad_norm" not in g:
+        return []
+    g = g.assign(norm=pd.to_numeric(g["grad_norm"], errors="coerce"))
+    cut = min(warmup_steps, int(g["step"].max()) // 2)
+    first = sorted(g["step"].unique())[:10]
+    early = g[g["step"].isin(first)].groupby("param")["norm"].median()
+    late = g[g["step"] >= cut].groupby("param")["norm"].median()
+    both = pd.concat([early, late], axis=1, keys=["early", "late"]).dropna()
+    return sorted(both.index[both["late"] < factor * both["early"]])
+
+
 @rule(
     "learning-rate-scale",
     Severity.WARNING,
-    signals=("updates", "steps"),
+    signals=("updates", "steps", "params"),
     fix="Scale the learning rate so that |Δw|/|w| ≈ 1e-3 per step.",  # each finding names the factor
     plots=("update_ratio",),
 )
@@ -190,7 +205,9 @@ def learning_rate_scale(
     transitions, that a rate right for the rest barely moves is not a learning-rate problem);
     a bulk below -4.5 is too small too when the training loss is known flat (its 95 %
     interval within ±5 %: Adam at 1e-6 moves weights by ~1e-5 of their size and the loss
-    does not move). A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
+    does not move). A weight whose gradient fell a thousandfold after warm-up (saturated
+    units: Adam's update then shrinks with it) is not judged too slow: its rate is not what
+    stopped it. A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
     says nothing). "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
 
@@ -227,6 +244,7 @@ def learning_rate_scale(
             and trend.known_flat:
         small_edge = slow_log10
     low = med[med < small_edge] if typical < small_edge else med.iloc[:0]
+    low = low.drop(_gradient_vanished(run, warmup_steps), errors="ignore")
     high = med[med > too_large_log10] if judge_large else med.iloc[:0]
     for side, sel in (("small", low), ("large", high)):
         if sel.empty:

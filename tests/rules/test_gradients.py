@@ -139,3 +139,16 @@ def test_learning_rate_scale_a_slow_bulk_with_a_flat_loss_is_too_small():
     assert list(lr_scale(make_run(updates=ups, steps=falling))) == []
     healthy = update_rows(param_rows(100, update_ratio=10 ** -3.3))
     assert list(lr_scale(make_run(updates=healthy, steps=flat))) == []
+
+
+def test_learning_rate_scale_a_vanished_gradient_is_not_a_slow_rate():
+    """Adam on inputs in the hundreds (zoo airline_lstm_forecast without scaling): the gates
+    saturate, the gradient falls from ~1 to ~1e-8 and the updates with it, to 1e-8 of the
+    weights. Raising the rate would not help; the same updates with a steady gradient are slow."""
+    n = 100
+    ups = update_rows(param_rows(n, update_ratio=1e-8))
+    vanished = make_run(updates=ups, params=param_rows(n, grad={k: [1.0] * 20 + [1e-8] * 80 for k in
+                                                                 ("lstm.weight_hh_l0", "lstm.bias_hh_l0", "out.weight")}))
+    assert list(lr_scale(vanished)) == []
+    steady = make_run(updates=ups, params=param_rows(n))
+    assert [f.id for f in lr_scale(steady)] == ["learning-rate-scale"]
