@@ -101,7 +101,12 @@ def diagnose(
         if outcome.status == "crashed" and not outcome.watch.steps:
             _finish(EXIT_NOT_RUNNABLE, outcome.died_of)
     elif not (record.meta.get("model") or {}).get("recurrent"):
-        click.echo("rnndoctor: note: no nn.RNN/LSTM/GRU or *Cell module found; only generic checks applied.", err=True)
+        cells = sorted(set(record["gates"]["module"])) if record.has("gates") else []
+        if cells:
+            click.echo(f"rnndoctor: note: hand-written cell(s) read by dataflow: {', '.join(cells)}.", err=True)
+        else:
+            click.echo("rnndoctor: note: no nn.RNN/LSTM/GRU or *Cell module or gated hand-written cell found; "
+                       "only generic checks applied.", err=True)
     if json_file is not None:
         try:
             json_file.parent.mkdir(parents=True, exist_ok=True)

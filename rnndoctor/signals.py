@@ -198,8 +198,11 @@ GATES = Signal(
             "activation": "sigmoid | tanh | relu: the gate's nonlinearity",
             "mean": "mean activation", "p10": "10th percentile", "p50": "median", "p90": "90th percentile",
             "unit_mean": "mean activation of each unit (list over the hidden units)",
-            "replay_err": "max |h_n(replay) - h_n(module)|: the replay checks itself", "exact": "0 when dropout makes replay inexact"},
-    when=f"gate replay of fused RNNs (first call of the step) and of *Cell modules (every call of the step), {DEFAULT_GATES} (training passes, padding excluded)",
+            "replay_err": "max |h_n(replay) - h_n(module)|: the replay checks itself (NaN: a hand-written cell, read, not replayed)",
+            "exact": "0 when dropout makes replay inexact"},
+    when=(f"gate replay of fused RNNs (first call of the step) and of *Cell modules (every call of the step), and the "
+          f"gates of hand-written cells read by dataflow (models without a torch recurrent module), {DEFAULT_GATES} "
+          "(training passes, padding excluded)"),
 )
 
 CELL = Signal(

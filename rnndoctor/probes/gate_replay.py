@@ -2,7 +2,10 @@
 module's own weights and the call's input (``gates``, ``cell``), before the optimizer moves
 the weights. A fused RNN's first training call of the step is replayed whole; an
 ``nn.*Cell`` called once per time step has every call of the step replayed (one time step
-each) and reduced when the step ends, as one sequence of that many steps."""
+each) and reduced when the step ends, as one sequence of that many steps. A model without
+a torch recurrent module has its gates step's training pass observed for hand-written cells
+(``hand_cells``): a module fed back its own output, whose sigmoids multiply the state it
+carries, is read as gates and recorded the same way."""
 
 from __future__ import annotations
 
@@ -12,12 +15,13 @@ import torch
 from torch import nn
 
 from . import data as data_probe
-from . import gates
+from . import gates, hand_cells
 from .base import Context, Probe
 
 
 class GatesProbe(Probe):
-    """Gate saturation and cell-state growth of every recurrent module, by replay."""
+    """Gate saturation and cell-state growth of every recurrent module, by replay (torch's
+    modules) or by reading the ops of a hand-written cell."""
 
     name = "gates"
     schedule = "gates"
@@ -28,7 +32,47 @@ class GatesProbe(Probe):
         self._step = -1
         #: replays of cell calls on the current gates step, per cell module
         self._cell_calls: dict[str, list[tuple[gates.Replay, torch.Tensor]]] = {}
+        #: the op log of a gates step's training pass, read for hand-written cells at its end
+        self._observer: hand_cells.CellObserver | None = None
+        self._observer_hooks: list[Any] = []
+        self._observed_step = -1
+        self._last_observed: hand_cells.CellObserver | None = None
+        #: modules that fed their state back but could not be read as gates (said once each)
+        self.unrecognised: set[str] = set()
         return []
+
+    def model_call(self, module: nn.Module, args: Any) -> None:
+        """A training pass on a gates step: observe it for hand-written cells (once per step)."""
+        if self._observer is not None or self._observed_step == self.ctx.step or not torch.is_grad_enabled():
+            return
+        if self.ctx.model.inside:  # compiled modules: a TorchFunctionMode would change their graphs
+            return
+        if self.ctx.model.recurrent:  # torch's recurrent modules are replayed; a model with
+            return  # one is not read for hand-written cells (no mode in its forward at all)
+        self._observed_step = self.ctx.step
+        obs = hand_cells.CellObserver()
+        handles = []
+        for root in self.ctx.model.roots.values():
+            for m in root.modules():
+                name = self.ctx.model.names.get(id(m), "model")
+                handles.append(m.register_forward_pre_hook(_enter_hook(obs, name)))
+                handles.append(m.register_forward_hook(_leave_hook(obs, name)))
+        self._observer_hooks = handles
+        obs.__enter__()
+        self._observer = obs
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._observer is not None:  # the step's forward passes are over: read at its end
+            self._last_observed = self._stop_observing()
+
+    def _stop_observing(self) -> hand_cells.CellObserver | None:
+        obs, self._observer = self._observer, None
+        for h in self._observer_hooks:
+            h.remove()
+        self._observer_hooks = []
+        if obs is not None:
+            obs.__exit__(None, None, None)
+        return obs
 
     def rnn_output(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
@@ -67,12 +111,31 @@ class GatesProbe(Probe):
         calls.append((rep, err))
 
     def end_step(self, step: int, row: dict[str, Any]) -> None:
+        obs = self._stop_observing() if self._observer is not None else self._last_observed
+        self._last_observed = None
+        if obs is not None:
+            self._read_hand_cells(step, obs)
         cell_calls, self._cell_calls = self._cell_calls, {}
         for name, calls in cell_calls.items():
             with torch.no_grad():
                 rep = gates.join_cell_calls([r for r, _ in calls])
                 err = torch.stack([e for _, e in calls]).max()
             self._record(name, step, rep, err)
+
+    def stop(self) -> None:
+        self._stop_observing()
+
+    def _read_hand_cells(self, step: int, obs: hand_cells.CellObserver) -> None:
+        excluded = {name for name, _ in self.ctx.model.recurrent}
+        for name, _ in self.ctx.model.recurrent:  # their containers: the replay covers them
+            parts = name.split(".")
+            excluded.update(".".join(parts[:i]) for i in range(1, len(parts)))
+            excluded.add("model")
+        found, unrecognised = hand_cells.recognise(obs, excluded)
+        with torch.no_grad():
+            for cell in found:
+                self._record(cell.module, step, cell.replay, torch.full((), float("nan")))
+        self.unrecognised.update(unrecognised)
 
     def _record(self, name: str, step: int, rep: gates.Replay, err: torch.Tensor) -> None:
         for row in gates.gate_stats(rep):
@@ -81,3 +144,15 @@ class GatesProbe(Probe):
                 self.ctx.recorder.add("cell", {**base, **{k: v for k, v in row.items() if k != "gate"}})
             else:
                 self.ctx.recorder.add("gates", {**base, **row, "replay_err": err, "exact": int(rep.exact)})
+
+
+def _enter_hook(obs: hand_cells.CellObserver, name: str):  # noqa: ANN202 - a forward pre-hook
+    def hook(module: nn.Module, args: Any) -> None:
+        obs.enter(name, args)
+    return hook
+
+
+def _leave_hook(obs: hand_cells.CellObserver, name: str):  # noqa: ANN202 - a forward hook
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        obs.leave(name, module, output)
+    return hook

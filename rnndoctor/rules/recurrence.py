@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import horizon, mean_profile, second_half
+from ._common import blow_up_step, horizon, mean_profile, second_half
 from .outcome import not_learning
 from .registry import Found, rule
 
@@ -63,6 +63,15 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
         )
 
 
+def _constant_input_modules(run: Run) -> set[str]:
+    """Recurrent modules whose every recorded input had zero spread (constant-input's reading)."""
+    r = run["rnn_inputs"]
+    if r.empty or "std" not in r:
+        return set()
+    std = pd.to_numeric(r["std"], errors="coerce")
+    return {str(m) for m, s in std.groupby(r["module"]) if (s.fillna(0) == 0).all()}
+
+
 @rule(
     "vanishing-gradient-through-time",
     Severity.WARNING,
@@ -85,7 +94,9 @@ def vanishing_gradient_through_time(
     What it detects: from ‖∂L/∂x_t‖ measured at every time step of a (padded, not packed)
     recurrent input, the gradient horizon — how many steps back from the last one the
     gradient stays at least 1 % of its peak — is under half the sequence length, and the run
-    is not learning (stuck at the baseline, or loss down less than 10 %).
+    is not learning (stuck at the baseline, or loss down less than 10 %). Not judged where
+    the profile cannot mean anything: an input that never varies (there is nothing to
+    assign credit to; constant-input) or a run whose loss blew up (divergence, non-finite).
 
     Why it matters: the loss cannot assign credit to inputs beyond the horizon, so a target
     that depends on them (parity of 50 bits) never gets a usable gradient: the loss surface
@@ -98,8 +109,13 @@ def vanishing_gradient_through_time(
     tg = run["time_grad"]
     if tg.empty or not not_learning(run):
         return
+    if blow_up_step(run) is not None:
+        return  # a run that blew up has no meaningful profile: divergence/non-finite say it
     own = tg[(tg["backward_step"] == tg["step"]) & (tg.get("packed", 0) == 0)]
+    constant = _constant_input_modules(run)
     for module, rows in own.groupby("module", sort=False):
+        if module in constant:
+            continue  # no input to assign credit to: constant-input says it
         rows = second_half(rows)  # the trained half
         profile = mean_profile(rows["grad_norm"])
         t = len(profile) if profile is not None else 0

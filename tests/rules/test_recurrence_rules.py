@@ -32,6 +32,18 @@ def test_vanishing_gradient_through_time_fires_on_short_horizon_when_stuck():
     assert f.evidence["horizon"] == 3 and f.evidence["sequence_length"] == 50  # t = 47, 48, 49 within 1 %
 
 
+def test_vanishing_quiet_on_a_constant_input_or_a_blown_up_run():
+    """Seed 001's zero input: the profile of a gradient on an input that carries nothing
+    says nothing; a run whose loss blew up has its own findings."""
+    constant = [{"step": s, "module": "lstm", "std": 0.0} for s in range(0, 300, 10)]
+    varying = [{"step": s, "module": "lstm", "std": 0.5} for s in range(0, 300, 10)]
+    assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(DECAYING), rnn_inputs=constant))) == []
+    assert len(list(vanishing(with_signal(STUCK, time_grad=tg_rows(DECAYING), rnn_inputs=varying)))) == 1
+    steps = STUCK["steps"].copy()
+    steps.loc[steps["step"] >= 150, "loss"] = float("nan")
+    assert list(vanishing(with_signal(STUCK, steps=steps.to_dict("records"), time_grad=tg_rows(DECAYING)))) == []
+
+
 def test_vanishing_quiet_when_learning_or_gradient_reaches_back_or_packed():
     assert list(vanishing(with_signal(LEARNING, time_grad=tg_rows(DECAYING)))) == []
     assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(FLAT)))) == []

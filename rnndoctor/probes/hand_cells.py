@@ -1,0 +1,264 @@
+"""Hand-written recurrent cells, found by dataflow and read as gates.
+
+A cell written from ``nn.Linear`` and ``torch.sigmoid``/``tanh`` (seed 003; Lasagne-style one
+Linear per gate; one Linear producing 4H chunks; raw parameters with ``@``) shows PyTorch no
+gate at all. On a gates step of a training pass :class:`CellObserver` logs, under a
+``TorchFunctionMode``, every sigmoid, tanh, product and ``1 - x``, and every submodule call
+with its input and output tensors. :func:`recognise` then reads the log:
+
+- a module called more than once in the step, whose next call receives a tensor its last
+  call returned, is a cell; the tensors fed back are its state (h, and c when there are two);
+- a sigmoid output multiplied with a state it received is its forget gate (LSTM-style: that
+  state is c); with one state, the gate interpolating it (``z * h`` or ``(1 - z) * h``) is a
+  GRU-style update gate z;
+- the other sigmoids, in the order the cell computes them, are the input and output gates
+  (LSTM) or the reset gate (GRU); the tanh output multiplied with the input gate is the
+  candidate g (for a GRU the first tanh output is n).
+
+The gates of the step's calls are stacked over t and returned as a :class:`gates.Replay`, so
+``gate_stats`` and the rules judge them exactly as a fused module's. A module that feeds its
+state back but does not fit the pattern is named in ``unrecognised`` (the run's notes), never
+guessed. Only sampled steps pay: the mode and the hooks exist only while a step is observed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from . import gates as gates_mod
+from .nonfinite import tensors_in
+
+_SIGMOID = {torch.sigmoid, torch.Tensor.sigmoid, torch.special.expit, nn.functional.sigmoid}
+_TANH = {torch.tanh, torch.Tensor.tanh, nn.functional.tanh}
+_MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
+_RSUB = {torch.rsub, torch.Tensor.__rsub__}
+_SUB = {torch.sub, torch.Tensor.sub, torch.Tensor.__sub__}
+_SPLIT = {torch.chunk, torch.Tensor.chunk, torch.split, torch.Tensor.split, torch.unbind, torch.Tensor.unbind,
+          torch.tensor_split, torch.Tensor.tensor_split}
+
+#: calls of one cell kept per step (a loop longer than this is read at its first steps)
+MAX_CALLS = gates_mod.MAX_CELL_CALLS
+
+
+@dataclass
+class _Call:
+    module: str
+    inputs: list[Tensor]
+    outputs: list[Tensor] = field(default_factory=list)
+    start: int = 0  # index of the first op logged inside the call
+    end: int = 0  # one past the last
+
+
+class CellObserver(TorchFunctionMode):
+    """The op log of one observed forward pass (a training step's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: (kind, output, inputs): kind in sigmoid | tanh | mul | one_minus
+        self.ops: list[tuple[str, Tensor, tuple[Any, ...]]] = []
+        self.calls: list[_Call] = []
+        self._open: list[_Call] = []
+        self.linear_out: dict[int, nn.Module] = {}  # id(output) -> the nn.Linear that made it
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        try:
+            if isinstance(out, Tensor):
+                if func in _SIGMOID:
+                    self.ops.append(("sigmoid", out, tuple(args[:1])))
+                elif func in _TANH:
+                    self.ops.append(("tanh", out, tuple(args[:1])))
+                elif func in _MUL and len(args) >= 2:
+                    self.ops.append(("mul", out, (args[0], args[1])))
+                elif func in _RSUB and len(args) >= 2 and _is_one(args[1]):
+                    self.ops.append(("one_minus", out, (args[0],)))
+                elif func in _SUB and len(args) >= 2 and _is_one(args[0]):
+                    self.ops.append(("one_minus", out, (args[1],)))
+            elif func in _SPLIT and isinstance(out, (tuple, list)) and args and isinstance(args[0], Tensor):
+                self.ops.append(("split", args[0], tuple(out)))  # a GRU's z, r = sigmoid(...).chunk(2)
+        except Exception:  # the log is best effort; the user's op result is returned as is
+            pass
+        return out
+
+    # module boundaries (forward pre-hook / forward hook of every submodule)
+    def enter(self, name: str, args: Any) -> None:
+        call = _Call(name, list(tensors_in(args)), start=len(self.ops))
+        self._open.append(call)
+
+    def leave(self, name: str, module: nn.Module, output: Any) -> None:
+        if not self._open or self._open[-1].module != name:
+            return
+        call = self._open.pop()
+        call.outputs = list(tensors_in(output))
+        call.end = len(self.ops)
+        self.calls.append(call)
+        if isinstance(module, nn.Linear) and isinstance(output, Tensor):
+            self.linear_out[id(output)] = module
+
+
+def _is_one(v: Any) -> bool:
+    return isinstance(v, (int, float)) and v == 1
+
+
+@dataclass
+class Recognised:
+    module: str
+    replay: gates_mod.Replay
+
+
+def recognise(obs: CellObserver, excluded: set[str]) -> tuple[list[Recognised], list[str]]:
+    """The cells in the log, read as gates; and the modules that feed their state back but
+    could not be read (``excluded``: modules with a torch recurrent module inside, which
+    the replay covers)."""
+    by_module: dict[str, list[_Call]] = {}
+    for call in obs.calls:
+        if call.module not in excluded:
+            by_module.setdefault(call.module, []).append(call)
+    found, unrecognised = [], []
+    for name, calls in by_module.items():
+        calls = sorted(calls, key=lambda c: c.start)[:MAX_CALLS]
+        if len(calls) < 2 or not _feeds_back(calls):
+            continue
+        rep = _read_cell(obs, calls)
+        if rep is None:
+            unrecognised.append(name)
+        else:
+            found.append(Recognised(name, rep))
+    # an outer module that only loops over a recognised cell is not a cell of its own
+    return found, [u for u in unrecognised if not any(f.module.startswith(u + ".") or u == "model" for f in found)]
+
+
+def _feeds_back(calls: list[_Call]) -> bool:
+    return any(any(x is y for x in nxt.inputs for y in prev.outputs) for prev, nxt in zip(calls, calls[1:]))
+
+
+def _state_positions(calls: list[_Call]) -> list[int]:
+    """Input positions that receive the previous call's outputs (from the second call on)."""
+    prev, nxt = calls[0], calls[1]
+    return [i for i, x in enumerate(nxt.inputs) if any(x is y for y in prev.outputs)]
+
+
+def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | None:
+    positions = _state_positions(calls)
+    if not positions:
+        return None
+    per_call: list[dict[str, Tensor]] = []
+    mode = None
+    c_seq: list[Tensor] = []
+    h_seq: list[Tensor] = []
+    forget_bias: Tensor | None = None
+    for k, call in enumerate(calls):
+        if max(positions) >= len(call.inputs):
+            return None
+        states = [call.inputs[i] for i in positions]
+        read = _read_call(obs, call, states)
+        if read is None:
+            return None
+        call_mode, gates, c_in, fb = read
+        if mode is None:
+            mode, forget_bias = call_mode, fb
+        elif call_mode != mode or set(gates) != set(per_call[0]):
+            return None
+        per_call.append(gates)
+        h_out = next((t for t in call.outputs if t.shape == gates[next(iter(gates))].shape), None)
+        if h_out is None:
+            return None
+        h_seq.append(h_out)
+        if c_in is not None:
+            c_seq.append(c_in)
+    shapes = {g.shape for gates in per_call for g in gates.values()} | {h.shape for h in h_seq}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        return None  # one [B, H] shape throughout, or not read
+    with torch.no_grad():
+        stacked = {g: torch.stack([gates[g].detach() for gates in per_call], 1) for g in per_call[0]}
+        h = torch.stack([t.detach() for t in h_seq], 1)
+        c = None
+        if mode == "LSTM" and len(c_seq) == len(calls):
+            # c_{t-1} of calls 2..T are c_1..c_{T-1}; the last call's new c is among its outputs
+            last = next((t for t in calls[-1].outputs if t is not h_seq[-1] and t.shape == h_seq[-1].shape), None)
+            seq = c_seq[1:] + ([last] if last is not None else [])
+            c = torch.stack([t.detach() for t in seq], 1) if seq else None
+    hidden = h.shape[-1]
+    b_ih = None
+    if forget_bias is not None and mode == "LSTM":  # gate_stats reads the f slice [H:2H] of b_ih + b_hh
+        b_ih = torch.full((4 * hidden,), float("nan"), dtype=h.dtype, device=h.device)
+        b_ih[hidden:2 * hidden] = forget_bias.detach().to(h.dtype)
+    elif mode == "LSTM":
+        b_ih = torch.full((4 * hidden,), float("nan"), dtype=h.dtype, device=h.device)
+    b_hh = torch.zeros_like(b_ih) if b_ih is not None else None
+    layer = gates_mod.LayerReplay(0, 0, stacked, h, c, b_ih, b_hh)
+    return gates_mod.Replay(mode or "LSTM", [layer], h, h[:, -1], c[:, -1] if c is not None else None,
+                            batch_first=True, hidden_size=hidden)
+
+
+def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
+               ) -> tuple[str, dict[str, Tensor], Tensor | None, Tensor | None] | None:
+    """(mode, {gate: [B, H]}, the c it received, the forget gate's bias) of one call."""
+    ops = obs.ops[call.start:call.end]
+    parts = {id(whole): list(pieces) for kind, whole, pieces in ops if kind == "split"}
+    # a sigmoid output split into pieces is that many gates, in order
+    sigmoids = [p for kind, out, _ in ops if kind == "sigmoid" for p in parts.get(id(out), [out])]
+    tanhs = [out for kind, out, _ in ops if kind == "tanh"]
+    if not sigmoids:
+        return None
+    origin = {id(out): src[0] for kind, out, src in ops if kind == "one_minus"}  # 1 - s -> s
+
+    def gate_of(t: Any) -> Tensor | None:
+        t = origin.get(id(t), t)
+        return next((s for s in sigmoids if s is t), None)
+
+    muls = [(a, b) for kind, _, (a, b) in ((k, o, s) for k, o, s in ops if k == "mul")]
+    state_gates: list[tuple[Tensor, Tensor]] = []  # (gate, state it multiplies)
+    for a, b in muls:
+        for g, s in ((a, b), (b, a)):
+            gate = gate_of(g)
+            if gate is not None and any(s is st for st in states):
+                state_gates.append((gate, s))
+    if len(states) == 1 and len(state_gates) > 1:
+        # GRU-style with r * h: the update gate is the one that also appears as 1 - z
+        complemented = [g for g, _ in state_gates if any(src is g for src in origin.values())]
+        state_gates = [(g, st) for g, st in state_gates if any(g is c for c in complemented)]
+    if len(state_gates) != 1:
+        return None
+    keeper, state = state_gates[0]
+    others = [s for s in sigmoids if s is not keeper]
+    if len(states) >= 2:  # LSTM-style: the state the forget gate keeps is c
+        if len(others) != 2:
+            return None
+        i_gate, o_gate = others
+        g = next((b if a is i_gate else a for a, b in muls if (a is i_gate) ^ (b is i_gate)), None)
+        found = {"i": i_gate, "f": keeper, "o": o_gate}
+        if g is not None and any(g is t for t in tanhs):
+            found["g"] = g
+        return "LSTM", found, state, _bias_of(obs, ops, keeper)
+    if len(others) != 1 or not tanhs:
+        return None
+    return "GRU", {"r": others[0], "z": keeper, "n": tanhs[0]}, None, None
+
+
+def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gate: Tensor) -> Tensor | None:
+    """The bias of the nn.Linear whose output the sigmoid read (one Linear per gate)."""
+    src = next((s[0] for kind, out, s in ops if kind == "sigmoid" and out is gate), None)
+    if not isinstance(src, Tensor):
+        return None
+    module = obs.linear_out.get(id(src))
+    if module is not None:
+        return module.bias
+    # ... or a slice of it: i, f, g, o = linear(xh).chunk(4, -1)
+    for kind, whole, pieces in obs.ops:
+        if kind != "split" or not any(p is src for p in pieces):
+            continue
+        module = obs.linear_out.get(id(whole))
+        if module is None or module.bias is None or any(p.shape[:-1] != whole.shape[:-1] for p in pieces):
+            return None
+        offset = 0
+        for p in pieces:
+            if p is src:
+                return module.bias[offset:offset + p.shape[-1]]
+            offset += p.shape[-1]
+    return None

@@ -1,0 +1,211 @@
+"""Hand-written cells get the gate diagnosis: the cell and its gates are found by dataflow
+(a module fed back its own output; a sigmoid multiplied with the carried state), whatever the
+cell's style. Each style is trained with seed 003's saturated gate biases and as a healthy
+twin (PyTorch's default init)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rnndoctor
+from rnndoctor.watch import Watch
+
+T, B, F_IN, H = 60, 8, 3, 16
+GATE_RULES = ("forget-gate-saturation", "gate-saturation", "cell-state-growth")
+
+
+class PerGateLinear(nn.Module):
+    """Lasagne style (seed 003): one nn.Linear per gate on [x, h]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ingate, self.forgetgate, self.cellgate, self.outgate = (nn.Linear(F_IN + H, H) for _ in range(4))
+
+    def forward(self, x, state):
+        h, c = state
+        z = torch.cat([x, h], 1)
+        i, f = torch.sigmoid(self.ingate(z)), torch.sigmoid(self.forgetgate(z))
+        g, o = torch.tanh(self.cellgate(z)), torch.sigmoid(self.outgate(z))
+        c = f * c + i * g
+        return o * torch.tanh(c), c
+
+    def saturate(self) -> None:
+        for lin in (self.ingate, self.forgetgate, self.outgate):
+            nn.init.constant_(lin.bias, 10.0)
+
+
+class ChunkedLinear(nn.Module):
+    """One nn.Linear producing 4H, chunked; sigmoid as a method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(F_IN + H, 4 * H)
+
+    def forward(self, x, state):
+        h, c = state
+        i, f, g, o = self.lin(torch.cat([x, h], 1)).chunk(4, 1)
+        c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+        return o.sigmoid() * c.tanh(), c
+
+    def saturate(self) -> None:
+        with torch.no_grad():
+            self.lin.bias.fill_(10.0)
+            self.lin.bias[2 * H:3 * H] = 0.0
+
+
+class RawParameters(nn.Module):
+    """Raw nn.Parameter matrices with @, gates in the order f, i, o."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(F_IN, 4 * H) * 0.3)
+        self.U = nn.Parameter(torch.randn(H, 4 * H) * 0.3)
+        self.b = nn.Parameter(torch.zeros(4 * H))
+
+    def forward(self, x, state):
+        h, c = state
+        pre = x @ self.W + h @ self.U + self.b
+        f, i, o = torch.sigmoid(pre[:, :H]), torch.sigmoid(pre[:, H:2 * H]), torch.sigmoid(pre[:, 2 * H:3 * H])
+        g = torch.tanh(pre[:, 3 * H:])
+        c = f * c + i * g
+        return o * torch.tanh(c), c
+
+    def saturate(self) -> None:
+        with torch.no_grad():
+            self.b[:3 * H] = 10.0
+
+
+class Peephole(nn.Module):
+    """A peephole LSTM: the gates also read c (element-wise weights)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(F_IN + H, 4 * H)
+        self.p_i, self.p_f, self.p_o = (nn.Parameter(torch.zeros(H)) for _ in range(3))
+
+    def forward(self, x, state):
+        h, c = state
+        a_i, a_f, a_g, a_o = self.lin(torch.cat([x, h], 1)).chunk(4, 1)
+        i = torch.sigmoid(a_i + self.p_i * c)
+        f = torch.sigmoid(a_f + self.p_f * c)
+        c = f * c + i * torch.tanh(a_g)
+        o = torch.sigmoid(a_o + self.p_o * c)
+        return o * torch.tanh(c), c
+
+    def saturate(self) -> None:
+        with torch.no_grad():
+            self.lin.bias.fill_(10.0)
+            self.lin.bias[2 * H:3 * H] = 0.0
+
+
+class GRUStyle(nn.Module):
+    """A GRU by hand: z, r = sigmoid(...).chunk(2); h = (1 - z) * h + z * n."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.zr = nn.Linear(F_IN + H, 2 * H)
+        self.n = nn.Linear(F_IN + H, H)
+
+    def forward(self, x, h):
+        z, r = torch.sigmoid(self.zr(torch.cat([x, h], 1))).chunk(2, 1)
+        n = torch.tanh(self.n(torch.cat([x, r * h], 1)))
+        return (1 - z) * h + z * n
+
+    def saturate(self) -> None:
+        nn.init.constant_(self.zr.bias, 10.0)
+
+
+class Loop(nn.Module):
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell, self.out = cell, nn.Linear(H, 1)
+
+    def forward(self, x):
+        h = c = x.new_zeros(x.shape[0], H)
+        for t in range(x.shape[1]):
+            if isinstance(self.cell, GRUStyle):
+                h = self.cell(x[:, t], h)
+            else:
+                h, c = self.cell(x[:, t], (h, c))
+        return self.out(h).squeeze(-1)
+
+
+def train(model: nn.Module, out, steps: int = 8) -> Watch:
+    torch.manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Watch(model, out=out, summary=False, strict=True) as w:
+        for _ in range(steps):
+            x = torch.rand(B, T, F_IN)  # positive inputs: a pinned-open cell accumulates them
+            loss = F.mse_loss(model(x), x[:, :, 0].mean(1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w
+
+
+LSTM_STYLES = [PerGateLinear, ChunkedLinear, RawParameters, Peephole]
+
+
+@pytest.mark.parametrize("style", LSTM_STYLES, ids=lambda c: c.__name__)
+def test_a_saturated_hand_written_lstm_is_diagnosed(tmp_path, style):
+    torch.manual_seed(0)
+    model = Loop(style())
+    model.cell.saturate()
+    w = train(model, tmp_path / "r")
+    ids = w.diagnosis.ids()
+    assert "forget-gate-saturation" in ids or "gate-saturation" in ids, ids
+    assert "cell-state-growth" in ids, ids
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert set(rec["gates"]["gate"]) == {"i", "f", "g", "o"}
+    f = rec["gates"][rec["gates"]["gate"] == "f"]
+    assert (f["module"] == "cell").all() and f["frac_high"].min() > 0.99
+    assert len(rec["cell"].iloc[0]["c_norm"]) == T  # one ||c_t|| per call of the loop
+
+
+@pytest.mark.parametrize("style", LSTM_STYLES + [GRUStyle], ids=lambda c: c.__name__)
+def test_a_healthy_hand_written_cell_is_quiet(tmp_path, style):
+    torch.manual_seed(0)
+    w = train(Loop(style()), tmp_path / "r")
+    for rule in GATE_RULES:
+        w.assert_not_found(rule)
+    assert len(rnndoctor.load_run(tmp_path / "r")["gates"])  # read, and judged fine
+
+
+def test_the_forget_bias_is_read_from_the_linear_that_feeds_the_gate(tmp_path):
+    torch.manual_seed(0)
+    model = Loop(PerGateLinear())
+    model.cell.saturate()
+    w = train(model, tmp_path / "r", steps=3)
+    w.assert_found("forget-gate-saturation")  # |bias| 10 is extreme: judged without waiting
+    bias = rnndoctor.load_run(tmp_path / "r")["cell"].iloc[0]["forget_bias"]
+    assert min(bias) > 9.9
+
+
+def test_a_saturated_hand_written_gru_is_diagnosed(tmp_path):
+    torch.manual_seed(0)
+    model = Loop(GRUStyle())
+    model.cell.saturate()
+    w = train(model, tmp_path / "r")
+    w.assert_found("gate-saturation")
+    gates = rnndoctor.load_run(tmp_path / "r")["gates"]
+    assert set(gates["gate"]) == {"r", "z", "n"}
+    assert gates[gates["gate"] == "z"]["frac_high"].min() > 0.99
+
+
+def test_a_feedback_module_without_gates_is_not_guessed(tmp_path):
+    """An Elman cell (tanh only) feeds its state back but has no gate to read."""
+
+    class Elman(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(F_IN + H, H)
+
+        def forward(self, x, state):
+            h = torch.tanh(self.lin(torch.cat([x, state[0]], 1)))
+            return h, state[1]
+
+    train(Loop(Elman()), tmp_path / "r", steps=3)
+    assert rnndoctor.load_run(tmp_path / "r")["gates"].empty
