@@ -37,8 +37,6 @@ class GatesProbe(Probe):
         self._observer_hooks: list[Any] = []
         self._observed_step = -1
         self._last_observed: hand_cells.CellObserver | None = None
-        #: modules that fed their state back but could not be read as gates (said once each)
-        self.unrecognised: set[str] = set()
         return []
 
     def model_call(self, module: nn.Module, args: Any) -> None:
@@ -131,11 +129,10 @@ class GatesProbe(Probe):
             parts = name.split(".")
             excluded.update(".".join(parts[:i]) for i in range(1, len(parts)))
             excluded.add("model")
-        found, unrecognised = hand_cells.recognise(obs, excluded)
+        found, _ = hand_cells.recognise(obs, excluded)  # (the unrecognised ones: not yet in the record)
         with torch.no_grad():
             for cell in found:
                 self._record(cell.module, step, cell.replay, torch.full((), float("nan")))
-        self.unrecognised.update(unrecognised)
 
     def _record(self, name: str, step: int, rep: gates.Replay, err: torch.Tensor) -> None:
         for row in gates.gate_stats(rep):
