@@ -209,3 +209,48 @@ def test_a_feedback_module_without_gates_is_not_guessed(tmp_path):
 
     train(Loop(Elman()), tmp_path / "r", steps=3)
     assert rnndoctor.load_run(tmp_path / "r")["gates"].empty
+
+
+def _mode_active() -> bool:
+    return torch._C._len_torch_function_stack() > 0
+
+
+def test_a_model_without_recurrence_never_runs_under_our_mode(tmp_path):
+    """The op log is for cells: a feed-forward model is only looked at with hooks (which
+    module is fed back its own output?), never through a TorchFunctionMode."""
+    seen = []
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(F_IN, H), nn.Linear(H, 1)
+
+        def forward(self, x):
+            seen.append(_mode_active())
+            return self.b(torch.tanh(self.a(x))).squeeze(-1)
+
+    model = MLP()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Watch(model, out=tmp_path / "r", summary=False, strict=True):
+        for _ in range(5):
+            x = torch.rand(B, F_IN)
+            loss = F.mse_loss(model(x), x[:, 0])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert len(seen) == 5 and not any(seen)
+
+
+def test_a_cell_runs_under_the_mode_only_on_observed_steps(tmp_path):
+    seen = []
+    cell = PerGateLinear()
+    forward = cell.forward
+
+    def spy(x, state):
+        seen.append(_mode_active())
+        return forward(x, state)
+
+    cell.forward = spy
+    train(Loop(cell), tmp_path / "r", steps=6)
+    per_step = [any(seen[i * T:(i + 1) * T]) for i in range(6)]
+    assert per_step == [False, True, True, False, False, False]  # found on step 0, read on 1 and 2

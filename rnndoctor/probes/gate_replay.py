@@ -33,10 +33,12 @@ class GatesProbe(Probe):
         #: replays of cell calls on the current gates step, per cell module
         self._cell_calls: dict[str, list[tuple[gates.Replay, torch.Tensor]]] = {}
         #: the op log of a gates step's training pass, read for hand-written cells at its end
-        self._observer: hand_cells.CellObserver | None = None
+        self._observer: hand_cells.CellObserver | hand_cells.FeedbackDetector | None = None
         self._observer_hooks: list[Any] = []
         self._observed_step = -1
         self._last_observed: hand_cells.CellObserver | None = None
+        #: modules seen fed back their own output (the only ones observed)
+        self._feedback: set[str] = set()
         return []
 
     def model_call(self, module: nn.Module, args: Any) -> None:
@@ -48,16 +50,21 @@ class GatesProbe(Probe):
         if self.ctx.model.recurrent:  # torch's recurrent modules are replayed; a model with
             return  # one is not read for hand-written cells (no mode in its forward at all)
         self._observed_step = self.ctx.step
-        obs = hand_cells.CellObserver()
+        # first look for a module fed back its own output (hooks, weak references); observe
+        # the ops of such modules (and what they call) on the gates steps after that
+        watcher: Any = hand_cells.CellObserver() if self._feedback else hand_cells.FeedbackDetector()
         handles = []
         for root in self.ctx.model.roots.values():
-            for m in root.modules():
+            for qual, m in root.named_modules():
                 name = self.ctx.model.names.get(id(m), "model")
-                handles.append(m.register_forward_pre_hook(_enter_hook(obs, name)))
-                handles.append(m.register_forward_hook(_leave_hook(obs, name)))
+                if self._feedback and not any(name == f or name.startswith(f + ".") or f == "model" for f in self._feedback):
+                    continue
+                handles.append(m.register_forward_pre_hook(_enter_hook(watcher, name)))
+                handles.append(m.register_forward_hook(_leave_hook(watcher, name)))
         self._observer_hooks = handles
-        obs.__enter__()
-        self._observer = obs
+        if isinstance(watcher, hand_cells.CellObserver):
+            watcher.__enter__()
+        self._observer = watcher
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
         if self._observer is not None:  # the step's forward passes are over: read at its end
@@ -68,6 +75,9 @@ class GatesProbe(Probe):
         for h in self._observer_hooks:
             h.remove()
         self._observer_hooks = []
+        if isinstance(obs, hand_cells.FeedbackDetector):
+            self._feedback = obs.found
+            return None
         if obs is not None:
             obs.__exit__(None, None, None)
         return obs

@@ -18,11 +18,15 @@ with its input and output tensors. :func:`recognise` then reads the log:
 The gates of the step's calls are stacked over t and returned as a :class:`gates.Replay`, so
 ``gate_stats`` and the rules judge them exactly as a fused module's. A module that feeds its
 state back but does not fit the pattern is named in ``unrecognised`` (the run's notes), never
-guessed. Only sampled steps pay: the mode and the hooks exist only while a step is observed.
+guessed. Only sampled steps pay: on the first, :class:`FeedbackDetector` looks for a module
+fed back its own output with hooks and weak references alone; only when there is one are later
+gates steps observed, with the mode logging only inside those modules' calls (a model with no
+recurrence never has a mode in its forward, nor any tensor of it kept).
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +71,8 @@ class CellObserver(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        if not self._open:  # outside the cells' calls: nothing to keep
+            return out
         try:
             if isinstance(out, Tensor):
                 if func in _SIGMOID:
@@ -99,6 +105,24 @@ class CellObserver(TorchFunctionMode):
         self.calls.append(call)
         if isinstance(module, nn.Linear) and isinstance(output, Tensor):
             self.linear_out[id(output)] = module
+
+
+class FeedbackDetector:
+    """Which modules are fed back their own output, from module hooks alone (weak references,
+    no mode): run first, so that only a model with such a module is ever observed, and only
+    those modules are."""
+
+    def __init__(self) -> None:
+        self.found: set[str] = set()
+        self._last: dict[str, list[weakref.ref[Tensor]]] = {}
+
+    def enter(self, name: str, args: Any) -> None:
+        last = self._last.get(name)
+        if last and any(r() is x for x in tensors_in(args) for r in last):
+            self.found.add(name)
+
+    def leave(self, name: str, module: nn.Module, output: Any) -> None:
+        self._last[name] = [weakref.ref(t) for t in tensors_in(output)]
 
 
 def _is_one(v: Any) -> bool:
