@@ -102,7 +102,32 @@ def test_model_without_recurrent_module_says_so(tmp_path):
     """))
     p = rnndoctor("diagnose", path, "--out", tmp_path / "run", cwd=tmp_path)
     assert p.returncode == 0
-    assert "no nn.RNN/LSTM/GRU or *Cell module found" in p.stderr
+    assert "no nn.RNN/LSTM/GRU or *Cell module or gated hand-written cell found" in p.stderr
+
+
+def test_a_hand_written_cell_is_named_as_read(tmp_path):
+    path = tmp_path / "cell.py"
+    path.write_text(textwrap.dedent("""
+        import torch, torch.nn as nn, torch.nn.functional as F
+        class Cell(nn.Module):
+            def __init__(self):
+                super().__init__(); self.lin = nn.Linear(3 + 8, 32)
+            def forward(self, x, h, c):
+                i, f, g, o = self.lin(torch.cat([x, h], 1)).chunk(4, 1)
+                c = f.sigmoid() * c + i.sigmoid() * g.tanh()
+                return o.sigmoid() * c.tanh(), c
+        cell, out = Cell(), nn.Linear(8, 2)
+        opt = torch.optim.SGD([*cell.parameters(), *out.parameters()], lr=0.1)
+        for _ in range(4):
+            x = torch.randn(4, 10, 3); h = c = torch.zeros(4, 8)
+            for t in range(10):
+                h, c = cell(x[:, t], h, c)
+            loss = F.cross_entropy(out(h), torch.randint(0, 2, (4,)))
+            opt.zero_grad(); loss.backward(); opt.step()
+    """))
+    p = rnndoctor("diagnose", path, "--out", tmp_path / "run", cwd=tmp_path)
+    assert p.returncode == 0
+    assert "hand-written cell(s) read by dataflow: Cell" in p.stderr, p.stderr  # the discovered root
 
 
 def test_missing_script_is_exit_3_with_one_line(tmp_path):
