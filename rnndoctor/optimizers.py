@@ -60,6 +60,9 @@ class OptimizerWatch:
         known = self._optimizers.get(optimizer)
         if known is None:
             known = self._optimizers[optimizer] = any(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"])
+            names = self.conductor.meta.setdefault("optimizers", [])
+            if known and type(optimizer).__name__ not in names:  # the rules judge update sizes per kind (LBFGS)
+                names.append(type(optimizer).__name__)
         return known
 
     def _on_grad(self, index: int, param: torch.Tensor) -> None:
@@ -103,9 +106,6 @@ class OptimizerWatch:
         if not clock.optimizer_seen:
             clock.optimizer_seen = True
             self.remove_grad_hooks()
-        names = c.meta.setdefault("optimizers", [])
-        if type(optimizer).__name__ not in names:  # the rules judge update sizes per kind (LBFGS)
-            names.append(type(optimizer).__name__)
         if not clock.updating:
             clock.updating = True
             c.probes.call("before_update", optimizer)

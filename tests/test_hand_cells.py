@@ -12,8 +12,9 @@ from torch import nn
 
 import rnndoctor
 from rnndoctor.watch import Watch
+from test_cells import B, F_IN, H, T
+from test_cells import run as train  # positive inputs: a pinned-open cell accumulates them
 
-T, B, F_IN, H = 60, 8, 3, 16
 GATE_RULES = ("forget-gate-saturation", "gate-saturation", "cell-state-growth")
 
 
@@ -78,12 +79,11 @@ class RawParameters(nn.Module):
             self.b[:3 * H] = 10.0
 
 
-class Peephole(nn.Module):
+class Peephole(ChunkedLinear):
     """A peephole LSTM: the gates also read c (element-wise weights)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.lin = nn.Linear(F_IN + H, 4 * H)
         self.p_i, self.p_f, self.p_o = (nn.Parameter(torch.zeros(H)) for _ in range(3))
 
     def forward(self, x, state):
@@ -94,11 +94,6 @@ class Peephole(nn.Module):
         c = f * c + i * torch.tanh(a_g)
         o = torch.sigmoid(a_o + self.p_o * c)
         return o * torch.tanh(c), c
-
-    def saturate(self) -> None:
-        with torch.no_grad():
-            self.lin.bias.fill_(10.0)
-            self.lin.bias[2 * H:3 * H] = 0.0
 
 
 class GRUStyle(nn.Module):
@@ -131,19 +126,6 @@ class Loop(nn.Module):
             else:
                 h, c = self.cell(x[:, t], (h, c))
         return self.out(h).squeeze(-1)
-
-
-def train(model: nn.Module, out, steps: int = 8) -> Watch:
-    torch.manual_seed(1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    with Watch(model, out=out, summary=False, strict=True) as w:
-        for _ in range(steps):
-            x = torch.rand(B, T, F_IN)  # positive inputs: a pinned-open cell accumulates them
-            loss = F.mse_loss(model(x), x[:, :, 0].mean(1))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return w
 
 
 LSTM_STYLES = [PerGateLinear, ChunkedLinear, RawParameters, Peephole]

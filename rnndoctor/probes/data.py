@@ -91,9 +91,9 @@ def data_steps(seq: torch.Tensor) -> torch.Tensor:
 def padded_lengths(x: torch.Tensor, batch_first: bool) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(T, histogram of lengths 0..T, interior zero share) where a sample's length is its
     last time step that carries data (``data_steps``): post-padding shows up as lengths below
-    T. The interior zero share is that of all-zero steps *before* each sample's last non-zero
-    step: ~0 when a zero step is padding (embeddings, real values), large when zero steps are
-    data (bits)."""
+    T. The interior zero share is that of steps that look like padding *before* each sample's
+    last data step: ~0 when such a step is padding (embeddings, real values), large when zero
+    steps are data (bits)."""
     seq = x.detach() if batch_first else x.detach().transpose(0, 1)
     if seq.dim() == 2:
         seq = seq.unsqueeze(-1)

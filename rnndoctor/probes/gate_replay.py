@@ -9,7 +9,7 @@ carries, is read as gates and recorded the same way."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -17,6 +17,9 @@ from torch import nn
 from . import data as data_probe
 from . import gates, hand_cells
 from .base import Context, Probe
+
+#: what watches a gates step's forward for hand-written cells: first the detector, then the observer
+Watcher = Union[hand_cells.FeedbackDetector, hand_cells.CellObserver]
 
 
 class GatesProbe(Probe):
@@ -33,7 +36,7 @@ class GatesProbe(Probe):
         #: replays of cell calls on the current gates step, per cell module
         self._cell_calls: dict[str, list[tuple[gates.Replay, torch.Tensor]]] = {}
         #: the op log of a gates step's training pass, read for hand-written cells at its end
-        self._observer: hand_cells.CellObserver | hand_cells.FeedbackDetector | None = None
+        self._observer: Watcher | None = None
         self._observer_hooks: list[Any] = []
         self._observed_step = -1
         self._last_observed: hand_cells.CellObserver | None = None
@@ -52,10 +55,10 @@ class GatesProbe(Probe):
         self._observed_step = self.ctx.step
         # first look for a module fed back its own output (hooks, weak references); observe
         # the ops of such modules (and what they call) on the gates steps after that
-        watcher: Any = hand_cells.CellObserver() if self._feedback else hand_cells.FeedbackDetector()
+        watcher: Watcher = hand_cells.CellObserver() if self._feedback else hand_cells.FeedbackDetector()
         handles = []
         for root in self.ctx.model.roots.values():
-            for qual, m in root.named_modules():
+            for m in root.modules():
                 name = self.ctx.model.names.get(id(m), "model")
                 if self._feedback and not any(name == f or name.startswith(f + ".") or f == "model" for f in self._feedback):
                     continue
@@ -134,14 +137,8 @@ class GatesProbe(Probe):
         self._stop_observing()
 
     def _read_hand_cells(self, step: int, obs: hand_cells.CellObserver) -> None:
-        excluded = {name for name, _ in self.ctx.model.recurrent}
-        for name, _ in self.ctx.model.recurrent:  # their containers: the replay covers them
-            parts = name.split(".")
-            excluded.update(".".join(parts[:i]) for i in range(1, len(parts)))
-            excluded.add("model")
-        found, _ = hand_cells.recognise(obs, excluded)  # (the unrecognised ones: not yet in the record)
         with torch.no_grad():
-            for cell in found:
+            for cell in hand_cells.recognise(obs):
                 self._record(cell.module, step, cell.replay, torch.full((), float("nan")))
 
     def _record(self, name: str, step: int, rep: gates.Replay, err: torch.Tensor) -> None:
@@ -153,13 +150,13 @@ class GatesProbe(Probe):
                 self.ctx.recorder.add("gates", {**base, **row, "replay_err": err, "exact": int(rep.exact)})
 
 
-def _enter_hook(obs: hand_cells.CellObserver, name: str):  # noqa: ANN202 - a forward pre-hook
+def _enter_hook(obs: Watcher, name: str):  # noqa: ANN202 - a forward pre-hook
     def hook(module: nn.Module, args: Any) -> None:
         obs.enter(name, args)
     return hook
 
 
-def _leave_hook(obs: hand_cells.CellObserver, name: str):  # noqa: ANN202 - a forward hook
+def _leave_hook(obs: Watcher, name: str):  # noqa: ANN202 - a forward hook
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         obs.leave(name, module, output)
     return hook

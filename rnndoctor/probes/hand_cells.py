@@ -17,8 +17,7 @@ with its input and output tensors. :func:`recognise` then reads the log:
 
 The gates of the step's calls are stacked over t and returned as a :class:`gates.Replay`, so
 ``gate_stats`` and the rules judge them exactly as a fused module's. A module that feeds its
-state back but does not fit the pattern is named in ``unrecognised`` (the run's notes), never
-guessed. Only sampled steps pay: on the first, :class:`FeedbackDetector` looks for a module
+state back but does not fit the pattern is not read, never guessed. Only sampled steps pay: on the first, :class:`FeedbackDetector` looks for a module
 fed back its own output with hooks and weak references alone; only when there is one are later
 gates steps observed, with the mode logging only inside those modules' calls (a model with no
 recurrence never has a mode in its forward, nor any tensor of it kept).
@@ -135,26 +134,20 @@ class Recognised:
     replay: gates_mod.Replay
 
 
-def recognise(obs: CellObserver, excluded: set[str]) -> tuple[list[Recognised], list[str]]:
-    """The cells in the log, read as gates; and the modules that feed their state back but
-    could not be read (``excluded``: modules with a torch recurrent module inside, which
-    the replay covers)."""
+def recognise(obs: CellObserver) -> list[Recognised]:
+    """The cells in the log that read as gates."""
     by_module: dict[str, list[_Call]] = {}
     for call in obs.calls:
-        if call.module not in excluded:
-            by_module.setdefault(call.module, []).append(call)
-    found, unrecognised = [], []
+        by_module.setdefault(call.module, []).append(call)
+    found = []
     for name, calls in by_module.items():
         calls = sorted(calls, key=lambda c: c.start)[:MAX_CALLS]
         if len(calls) < 2 or not _feeds_back(calls):
             continue
         rep = _read_cell(obs, calls)
-        if rep is None:
-            unrecognised.append(name)
-        else:
+        if rep is not None:
             found.append(Recognised(name, rep))
-    # an outer module that only loops over a recognised cell is not a cell of its own
-    return found, [u for u in unrecognised if not any(f.module.startswith(u + ".") or u == "model" for f in found)]
+    return found
 
 
 def _feeds_back(calls: list[_Call]) -> bool:
@@ -176,7 +169,7 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | None
     c_seq: list[Tensor] = []
     h_seq: list[Tensor] = []
     forget_bias: Tensor | None = None
-    for k, call in enumerate(calls):
+    for call in calls:
         if max(positions) >= len(call.inputs):
             return None
         states = [call.inputs[i] for i in positions]
@@ -209,11 +202,10 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | None
             c = torch.stack([t.detach() for t in seq], 1) if seq else None
     hidden = h.shape[-1]
     b_ih = None
-    if forget_bias is not None and mode == "LSTM":  # gate_stats reads the f slice [H:2H] of b_ih + b_hh
+    if mode == "LSTM":  # gate_stats reads the f slice [H:2H] of b_ih + b_hh (NaN: not known)
         b_ih = torch.full((4 * hidden,), float("nan"), dtype=h.dtype, device=h.device)
-        b_ih[hidden:2 * hidden] = forget_bias.detach().to(h.dtype)
-    elif mode == "LSTM":
-        b_ih = torch.full((4 * hidden,), float("nan"), dtype=h.dtype, device=h.device)
+        if forget_bias is not None:
+            b_ih[hidden:2 * hidden] = forget_bias.detach().to(h.dtype)
     b_hh = torch.zeros_like(b_ih) if b_ih is not None else None
     layer = gates_mod.LayerReplay(0, 0, stacked, h, c, b_ih, b_hh)
     return gates_mod.Replay(mode or "LSTM", [layer], h, h[:, -1], c[:, -1] if c is not None else None,
@@ -236,7 +228,7 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
         t = origin.get(id(t), t)
         return next((s for s in sigmoids if s is t), None)
 
-    muls = [(a, b) for kind, _, (a, b) in ((k, o, s) for k, o, s in ops if k == "mul")]
+    muls = [src for kind, _, src in ops if kind == "mul"]
     state_gates: list[tuple[Tensor, Tensor]] = []  # (gate, state it multiplies)
     for a, b in muls:
         for g, s in ((a, b), (b, a)):
@@ -266,7 +258,8 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
 
 
 def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gate: Tensor) -> Tensor | None:
-    """The bias of the nn.Linear whose output the sigmoid read (one Linear per gate)."""
+    """The bias of the nn.Linear whose output the sigmoid read (one Linear per gate), or of
+    the slice of it the gate's chunk is; ``ops``: the call's own."""
     src = next((s[0] for kind, out, s in ops if kind == "sigmoid" and out is gate), None)
     if not isinstance(src, Tensor):
         return None
@@ -274,7 +267,7 @@ def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], 
     if module is not None:
         return module.bias
     # ... or a slice of it: i, f, g, o = linear(xh).chunk(4, -1)
-    for kind, whole, pieces in obs.ops:
+    for kind, whole, pieces in ops:
         if kind != "split" or not any(p is src for p in pieces):
             continue
         module = obs.linear_out.get(id(whole))

@@ -12,7 +12,6 @@ from torch import nn
 
 from . import data as data_probe
 from .base import Context, Probe
-from .nonfinite import tensors_in
 from .outputs import LossCall
 
 
@@ -145,7 +144,7 @@ class InputsProbe(Probe):
         row, self._open_row = self._open_row, None
         if row is None or row.get("module") != name:
             return
-        outs = [t for t in tensors_in(output) if t.requires_grad]
+        outs = [t for t in data_probe.tensors_in(output) if t.requires_grad]
         flag = torch.zeros((), dtype=torch.uint8, device=outs[0].device if outs else "cpu")
         row["backward"] = flag
         for t in outs:

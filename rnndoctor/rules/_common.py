@@ -81,9 +81,14 @@ def loss_trend(losses: pd.Series) -> LossTrend | None:
     return LossTrend(first, second, diff / scale, (diff + 1.96 * se) / scale, (diff - 1.96 * se) / scale)
 
 
+def warmup_steps(n_steps: int, warmup_min: int = WARMUP_MIN_STEPS) -> int:
+    """Steps at the start of a run of ``n_steps`` that outcome rules do not judge."""
+    return max(warmup_min, math.ceil(WARMUP_FRACTION * n_steps))
+
+
 def judgement_window(n_steps: int, *, warmup_min: int = WARMUP_MIN_STEPS, window_min: int = WINDOW_MIN_STEPS) -> Window | None:
     """The last window of the run after warm-up, or None if the run is too short."""
-    warmup = max(warmup_min, math.ceil(WARMUP_FRACTION * n_steps))
+    warmup = warmup_steps(n_steps, warmup_min)
     size = min(max(window_min, math.ceil(WINDOW_FRACTION * n_steps)), n_steps - warmup)
     if size < WINDOW_FLOOR_STEPS:
         return None
@@ -185,6 +190,20 @@ def target_moments(run: Run) -> tuple[float, float] | None:
     return float(mean), float(max(ss / n - mean * mean, 0.0))
 
 
+def constant_inputs(run: Run, min_calls: int = 3) -> dict[str, pd.DataFrame]:
+    """Module -> its input rows, for every module whose input had standard deviation 0 in
+    each of at least ``min_calls`` sampled calls: recurrent modules' inputs, or the model's
+    own training input when there is no torch recurrent module (a hand-written cell)."""
+    r = run["rnn_inputs"]
+    if r.empty:
+        r = run["inputs"]
+        r = r[r["mode"] == "train"] if not r.empty and "mode" in r else r
+    if r.empty or "std" not in r:
+        return {}
+    return {str(module): rows for module, rows in r.groupby("module", sort=False)
+            if len(rows) >= min_calls and (pd.to_numeric(rows["std"], errors="coerce") == 0).all()}
+
+
 def finite(series: pd.Series) -> pd.Series:
     values = pd.to_numeric(series, errors="coerce")
     return values[np.isfinite(values)]
@@ -271,7 +290,8 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
     least ``MIN_JUDGED_TARGETS`` targets; a run that has not seen that many since its
     warm-up is too young to call stuck. A batch of one, counted every 4th step, puts 25
     targets in a 100-step window, where accuracy 0.4 against a baseline of 0.2 is noise."""
-    if targets_are_labels(run):
+    labelled = targets_are_labels(run)
+    if labelled:
         widened = _window_with_targets(run, w)
         if widened is None:
             return None
@@ -289,7 +309,7 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
     kind = loss_kind(run)
     ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": trend.rel_decrease,
                 "loss_relative_decrease_upper": trend.rel_decrease_upper}
-    if targets_are_labels(run):
+    if labelled:
         labels = label_stats(run, w)
         if labels is None or labels.total <= 0:
             return None
@@ -342,8 +362,7 @@ def _window_with_targets(run: Run, w: Window) -> Window | None:
     totals = pd.to_numeric(train["total"], errors="coerce").fillna(0)
     if float(totals[(train["step"] >= w.start) & (train["step"] <= w.end)].sum()) >= MIN_JUDGED_TARGETS:
         return w
-    warmup = max(WARMUP_MIN_STEPS, math.ceil(WARMUP_FRACTION * len(train)))
-    eligible = (train["step"] >= warmup) & (train["step"] <= w.end)
+    eligible = (train["step"] >= warmup_steps(len(train))) & (train["step"] <= w.end)
     steps, counted = train["step"][eligible].to_numpy()[::-1], totals[eligible].to_numpy()[::-1].cumsum()
     enough = np.nonzero(counted >= MIN_JUDGED_TARGETS)[0]
     return Window(int(steps[enough[0]]), w.end) if len(enough) else None

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import before_blow_up, fmt, judgement_window, stuck_evidence
+from ._common import before_blow_up, constant_inputs, fmt, judgement_window, stuck_evidence
 from .registry import Found, rule
 
 #: fingerprints are float64 projections; round before comparing so identical samples that
@@ -223,16 +223,7 @@ def constant_input(run: Run) -> Iterator[Found]:
     How to fix: feed the data as the sequence input (``lstm(x)``), not through ``h0``; check
     the tensor just before the RNN call (Karpathy: "visualise just before the net").
     """
-    r = run["rnn_inputs"]
-    if r.empty:  # no recurrent module of torch's: the model's own input (a hand-written cell)
-        r = run["inputs"]
-        r = r[r["mode"] == "train"] if not r.empty and "mode" in r else r
-    if r.empty or "std" not in r:
-        return
-    for module, rows in r.groupby("module", sort=False):
-        std = pd.to_numeric(rows["std"], errors="coerce")
-        if len(rows) < 3 or not (std == 0).all():
-            continue
+    for module, rows in constant_inputs(run).items():
         zero = bool((rows["all_zero"] == 1).all())
         value = "all zeros" if zero else f"constant {fmt(float(rows['abs_mean'].iloc[0]))}"
         yield Found(

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import blow_up_step, horizon, mean_profile, second_half
+from ._common import blow_up_step, constant_inputs, horizon, mean_profile, second_half
 from .outcome import not_learning
 from .registry import Found, rule
 
@@ -63,15 +63,6 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
         )
 
 
-def _constant_input_modules(run: Run) -> set[str]:
-    """Recurrent modules whose every recorded input had zero spread (constant-input's reading)."""
-    r = run["rnn_inputs"]
-    if r.empty or "std" not in r:
-        return set()
-    std = pd.to_numeric(r["std"], errors="coerce")
-    return {str(m) for m, s in std.groupby(r["module"]) if (s.fillna(0) == 0).all()}
-
-
 @rule(
     "vanishing-gradient-through-time",
     Severity.WARNING,
@@ -112,7 +103,7 @@ def vanishing_gradient_through_time(
     if blow_up_step(run) is not None:
         return  # a run that blew up has no meaningful profile: divergence/non-finite say it
     own = tg[(tg["backward_step"] == tg["step"]) & (tg.get("packed", 0) == 0)]
-    constant = _constant_input_modules(run)
+    constant = constant_inputs(run)
     for module, rows in own.groupby("module", sort=False):
         if module in constant:
             continue  # no input to assign credit to: constant-input says it
