@@ -148,8 +148,13 @@ def _script(value: Any, path: Path) -> Path:
     script = Path(_no_nul(value, "script"))
     if script.is_absolute():
         return script
-    beside_checks = path.parent.parent / script
-    return beside_checks if beside_checks.exists() else path.parent / script
+    # relative to the directory that holds the checks directory (``checks/x.toml`` names
+    # ``fixtures/x.py``), or to any directory above it for checks kept in subdirectories
+    # (``checks/cells/x.toml`` names ``fixtures/cells/x.py``); else beside the file
+    for base in path.resolve().parents[1:]:
+        if (base / script).exists():
+            return base / script
+    return path.parent / script
 
 
 def _args(value: Any) -> tuple[str, ...]:

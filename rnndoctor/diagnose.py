@@ -57,6 +57,7 @@ def _notes(run: Run, skipped: list[Skipped]) -> tuple[list[str], list[str]]:
             f"no loss was captured, so whether the run learns was not judged"
             f"{' (' + ', '.join(blind) + ' could not judge)' if blind else ''}. {LOG_HINT}"
         )
+    notes.extend(_unread_cells(run))
     errors = run.meta.get("internal_errors")
     if isinstance(errors, list) and errors:
         notes.append(f"rnndoctor itself failed {len(errors)}× while recording (first: {errors[0]}); the record may be partial")
@@ -65,6 +66,19 @@ def _notes(run: Run, skipped: list[Skipped]) -> tuple[list[str], list[str]]:
         unjudged.append(f"{len(crashed)} rule{'s' if len(crashed) > 1 else ''} crashed")
         notes.extend(f"rule {s.rule_id} could not judge this run ({s.reason}); this is a bug in rnndoctor" for s in crashed)
     return notes, unjudged
+
+
+def _unread_cells(run: Run) -> list[str]:
+    """Modules that carry their own output from call to call but do not read as LSTM or GRU
+    gates: said, so a reader knows their gates were not judged (never guessed)."""
+    if not run.has("hand_cells"):
+        return []
+    cells = run["hand_cells"]
+    if "read" not in cells:
+        return []
+    unread = cells[pd.to_numeric(cells["read"], errors="coerce") == 0].drop_duplicates("module")
+    return [f"hand-written recurrent module '{m}' was not recognised as an LSTM or GRU cell ({r}); "
+            "its gates were not judged" for m, r in zip(unread["module"], unread.get("reason", pd.Series([""] * len(unread))))]
 
 
 def _loss_captured(train: "pd.DataFrame") -> bool:

@@ -212,6 +212,14 @@ CELL = Signal(
     when="with the gate replay (LSTM)",
 )
 
+HAND_CELLS = Signal(
+    "hand_cells",
+    keys=("step", "module"),
+    values={"read": "1 when its calls read as LSTM- or GRU-style gates (then judged as gates/cell rows)",
+            "reason": "why not, when not read (the gate rules do not judge it)"},
+    when="the first gates step on which a module fed back its own output is observed (once per module)",
+)
+
 ACTIVATIONS = Signal(
     "activations",
     keys=("step", "module"),
@@ -246,7 +254,7 @@ DATASETS = Signal(
     when="once per DataLoader, at its first iteration",
 )
 
-CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, ACTIVATIONS, EVAL_PASSES, CARRIED_STATE)}
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, HAND_CELLS, ACTIVATIONS, EVAL_PASSES, CARRIED_STATE)}
 
 
 # ---------------------------------------------------------------------------- the contract

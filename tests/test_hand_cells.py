@@ -153,7 +153,10 @@ def test_a_healthy_hand_written_cell_is_quiet(tmp_path, style):
     w = train(Loop(style()), tmp_path / "r")
     for rule in GATE_RULES:
         w.assert_not_found(rule)
-    assert len(rnndoctor.load_run(tmp_path / "r")["gates"])  # read, and judged fine
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert len(rec["gates"])  # read, and judged fine
+    assert rec["hand_cells"][["module", "read"]].to_dict("records") == [{"module": "cell", "read": 1}]
+    assert not [n for n in w.diagnosis.notes if "not recognised" in n]
 
 
 def test_the_forget_bias_is_read_from_the_linear_that_feeds_the_gate(tmp_path):
@@ -189,8 +192,13 @@ def test_a_feedback_module_without_gates_is_not_guessed(tmp_path):
             h = torch.tanh(self.lin(torch.cat([x, state[0]], 1)))
             return h, state[1]
 
-    train(Loop(Elman()), tmp_path / "r", steps=3)
-    assert rnndoctor.load_run(tmp_path / "r")["gates"].empty
+    w = train(Loop(Elman()), tmp_path / "r", steps=3)
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert rec["gates"].empty
+    (told,) = rec["hand_cells"].to_dict("records")
+    assert told["module"] == "cell" and told["read"] == 0 and told["reason"] == "no sigmoid gate"
+    (note,) = [n for n in w.diagnosis.notes if "not recognised" in n]
+    assert "'cell'" in note and "no sigmoid gate" in note and "not judged" in note
 
 
 def _mode_active() -> bool:

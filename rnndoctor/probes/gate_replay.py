@@ -28,7 +28,7 @@ class GatesProbe(Probe):
 
     name = "gates"
     schedule = "gates"
-    signals = ("gates", "cell")
+    signals = ("gates", "cell", "hand_cells")
 
     def start(self, ctx: Context) -> list[Any]:
         self.ctx = ctx
@@ -40,6 +40,8 @@ class GatesProbe(Probe):
         self._observer_hooks: list[Any] = []
         self._observed_step = -1
         self._last_observed: hand_cells.CellObserver | None = None
+        #: hand-written cells whose reading (gates, or why not) is recorded
+        self._cells_told: set[str] = set()
         #: modules seen fed back their own output (the only ones observed)
         self._feedback: set[str] = set()
         return []
@@ -139,7 +141,12 @@ class GatesProbe(Probe):
     def _read_hand_cells(self, step: int, obs: hand_cells.CellObserver) -> None:
         with torch.no_grad():
             for cell in hand_cells.recognise(obs):
-                self._record(cell.module, step, cell.replay, torch.full((), float("nan")))
+                if cell.module not in self._cells_told:  # read or not: said once per module
+                    self._cells_told.add(cell.module)
+                    self.ctx.recorder.add("hand_cells", {"step": step, "module": cell.module,
+                                                         "read": int(cell.replay is not None), "reason": cell.reason})
+                if cell.replay is not None:
+                    self._record(cell.module, step, cell.replay, torch.full((), float("nan")))
 
     def _record(self, name: str, step: int, rep: gates.Replay, err: torch.Tensor) -> None:
         for row in gates.gate_stats(rep):

@@ -130,12 +130,16 @@ def _is_one(v: Any) -> bool:
 
 @dataclass
 class Recognised:
+    """A module fed back its own output: read as gates (``replay``), or why not (``reason``)."""
+
     module: str
-    replay: gates_mod.Replay
+    replay: gates_mod.Replay | None = None
+    reason: str = ""
 
 
 def recognise(obs: CellObserver) -> list[Recognised]:
-    """The cells in the log that read as gates."""
+    """Every cell in the log: its gates, or — a cell that does not fit the pattern — why it
+    was not read (never guessed)."""
     by_module: dict[str, list[_Call]] = {}
     for call in obs.calls:
         by_module.setdefault(call.module, []).append(call)
@@ -145,8 +149,7 @@ def recognise(obs: CellObserver) -> list[Recognised]:
         if len(calls) < 2 or not _feeds_back(calls):
             continue
         rep = _read_cell(obs, calls)
-        if rep is not None:
-            found.append(Recognised(name, rep))
+        found.append(Recognised(name, rep) if isinstance(rep, gates_mod.Replay) else Recognised(name, reason=rep))
     return found
 
 
@@ -160,10 +163,11 @@ def _state_positions(calls: list[_Call]) -> list[int]:
     return [i for i, x in enumerate(nxt.inputs) if any(x is y for y in prev.outputs)]
 
 
-def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | None:
+def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | str:
+    """The cell's gates over its calls, or why they could not be read."""
     positions = _state_positions(calls)
     if not positions:
-        return None
+        return "no input of its second call is an output of its first"
     per_call: list[dict[str, Tensor]] = []
     mode = None
     c_seq: list[Tensor] = []
@@ -171,26 +175,26 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | None
     forget_bias: Tensor | None = None
     for call in calls:
         if max(positions) >= len(call.inputs):
-            return None
+            return "its calls take different numbers of inputs"
         states = [call.inputs[i] for i in positions]
         read = _read_call(obs, call, states)
-        if read is None:
-            return None
+        if isinstance(read, str):
+            return read
         call_mode, gates, c_in, fb = read
         if mode is None:
             mode, forget_bias = call_mode, fb
         elif call_mode != mode or set(gates) != set(per_call[0]):
-            return None
+            return "its calls compute different gates"
         per_call.append(gates)
         h_out = next((t for t in call.outputs if t.shape == gates[next(iter(gates))].shape), None)
         if h_out is None:
-            return None
+            return "no output has the gates' shape"
         h_seq.append(h_out)
         if c_in is not None:
             c_seq.append(c_in)
     shapes = {g.shape for gates in per_call for g in gates.values()} | {h.shape for h in h_seq}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        return None  # one [B, H] shape throughout, or not read
+        return "its gates and state are not one [batch, hidden] shape throughout"
     with torch.no_grad():
         stacked = {g: torch.stack([gates[g].detach() for gates in per_call], 1) for g in per_call[0]}
         h = torch.stack([t.detach() for t in h_seq], 1)
@@ -213,15 +217,16 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | None
 
 
 def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
-               ) -> tuple[str, dict[str, Tensor], Tensor | None, Tensor | None] | None:
-    """(mode, {gate: [B, H]}, the c it received, the forget gate's bias) of one call."""
+               ) -> tuple[str, dict[str, Tensor], Tensor | None, Tensor | None] | str:
+    """(mode, {gate: [B, H]}, the c it received, the forget gate's bias) of one call, or why
+    it does not read as an LSTM or GRU cell."""
     ops = obs.ops[call.start:call.end]
     parts = {id(whole): list(pieces) for kind, whole, pieces in ops if kind == "split"}
     # a sigmoid output split into pieces is that many gates, in order
     sigmoids = [p for kind, out, _ in ops if kind == "sigmoid" for p in parts.get(id(out), [out])]
     tanhs = [out for kind, out, _ in ops if kind == "tanh"]
     if not sigmoids:
-        return None
+        return "no sigmoid gate"
     origin = {id(out): src[0] for kind, out, src in ops if kind == "one_minus"}  # 1 - s -> s
 
     def gate_of(t: Any) -> Tensor | None:
@@ -240,20 +245,23 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
         complemented = [g for g, _ in state_gates if any(src is g for src in origin.values())]
         state_gates = [(g, st) for g, st in state_gates if any(g is c for c in complemented)]
     if len(state_gates) != 1:
-        return None
+        return ("no sigmoid gate multiplies the state it carries" if not state_gates
+                else f"{len(state_gates)} sigmoid gates multiply the state it carries")
     keeper, state = state_gates[0]
     others = [s for s in sigmoids if s is not keeper]
     if len(states) >= 2:  # LSTM-style: the state the forget gate keeps is c
         if len(others) != 2:
-            return None
+            return f"{len(others)} sigmoid gate(s) besides the one that keeps its state (an LSTM has 2)"
         i_gate, o_gate = others
         g = next((b if a is i_gate else a for a, b in muls if (a is i_gate) ^ (b is i_gate)), None)
         found = {"i": i_gate, "f": keeper, "o": o_gate}
         if g is not None and any(g is t for t in tanhs):
             found["g"] = g
         return "LSTM", found, state, _bias_of(obs, ops, keeper)
-    if len(others) != 1 or not tanhs:
-        return None
+    if len(others) != 1:
+        return f"{len(others)} sigmoid gate(s) besides the one that keeps its state (a GRU has 1)"
+    if not tanhs:
+        return "no tanh candidate"
     return "GRU", {"r": others[0], "z": keeper, "n": tanhs[0]}, None, None
 
 

@@ -207,8 +207,9 @@ def learning_rate_scale(
     interval within ±5 %: Adam at 1e-6 moves weights by ~1e-5 of their size and the loss
     does not move). A weight whose gradient fell a thousandfold after warm-up (saturated
     units: Adam's update then shrinks with it) is not judged too slow: its rate is not what
-    stopped it. A parameter needs at least 5 recorded updates (one update of a run that crashed at step 1
-    says nothing). "Too large" is not judged for LBFGS, whose steps are sized by its line
+    stopped it. A parameter needs at least 5 recorded finite updates (one update of a run that
+    crashed at step 1 says nothing), taken before the loss blew up (NaN or overflowing weights
+    measure the blow-up, not the rate; divergence and non-finite report it). "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
 
     Why it matters: too small and training looks stuck; too large and it thrashes or
@@ -223,9 +224,14 @@ def learning_rate_scale(
     # the curvature, not by lr x gradient: its ratio says nothing about the rate; a rate too
     # large for it shows as divergence
     judge_large = not (set(run.meta.get("optimizers") or ()) & QUASI_NEWTON)
+    # the updates of a blown-up run (NaN or overflowing weights, the optimizer's state wrecked)
+    # describe the blow-up, not the rate: the divergence and non-finite findings say that
+    params = before_blow_up(run, params)
+    if params.empty:
+        return
     p = params[(params["ndim"] >= 2) & (params["step"] >= min(warmup_steps, params["step"].max() // 2))]
     r = pd.to_numeric(p["update_ratio"], errors="coerce")
-    p = p.assign(log_r=np.log10(r.where(r > 0)))
+    p = p.assign(log_r=np.log10(r.where((r > 0) & np.isfinite(r))))
     by_param = p.dropna(subset=["log_r"]).groupby("param")["log_r"]
     med = by_param.median()[by_param.count() >= min_updates]
     if med.empty:

@@ -152,3 +152,23 @@ def test_learning_rate_scale_a_vanished_gradient_is_not_a_slow_rate():
     assert list(lr_scale(vanished)) == []
     steady = make_run(updates=ups, params=param_rows(n))
     assert [f.id for f in lr_scale(steady)] == ["learning-rate-scale"]
+
+
+def test_learning_rate_scale_reads_only_the_updates_before_the_blow_up():
+    """A run whose loss turns NaN at step 30: the 70 steps after it have NaN or overflowing
+    update ratios (weights NaN, Adam's moments wrecked). They describe the blow-up, not the
+    rate; the 30 healthy steps before it are judged, and a rate too large before it still is."""
+    steps = [{"step": s, "mode": "train", "loss": 0.7 - 0.001 * s if s < 30 else float("nan")} for s in range(100)]
+
+    def updates(before, after):
+        rows = update_rows(param_rows(100, update_ratio=before))
+        for r in rows:
+            if r["step"] >= 30:
+                r["update_ratio"] = after
+        return rows
+
+    assert list(lr_scale(make_run(steps=steps, updates=updates(1e-3, float("nan"))))) == []
+    assert list(lr_scale(make_run(steps=steps, updates=updates(1e-3, float("inf"))))) == []
+    assert list(lr_scale(make_run(steps=steps, updates=updates(1e-3, 0.9)))) == []
+    (f,) = lr_scale(make_run(steps=steps, updates=updates(0.5, float("nan"))))
+    assert "thrash" in f.title
