@@ -137,6 +137,7 @@ NONFINITE = Signal(
 _INPUT_STATS = {
     "abs_max": "largest |x|",
     "abs_mean": "mean |x|",
+    "mean": "mean x (calls of one element each: whether the value changes from call to call)",
     "std": "standard deviation over every element (0: constant input)",
     "feature_std_max": "largest per-feature standard deviation (features = last dim)",
     "frac_large": f"share of elements with |x| > {LARGE_INPUT:g}",
@@ -154,6 +155,7 @@ RNN_INPUTS = Signal(
     "rnn_inputs",
     keys=("step", "module"),
     values={**_INPUT_STATS, "packed": "1 for a PackedSequence", "seq_len": "padded (or longest packed) length T",
+            "padded_width": "packed input: time width of the padded batch the model was given (its declared maximum)",
             "length_hist": "how many sequences had each length 0..T (last data step, data.data_steps; exact when packed)",
             "interior_zero": "share of padding-like steps (all zero, or the batch's pad vector) before each sequence's last data step (padded inputs)",
             "hx_given": "1 when an initial state was passed", "hx_zero": "1 when the passed state was all zeros",

@@ -58,6 +58,15 @@ def test_wrong_expectation_and_crashing_entry_fail_clearly(tmp_path):
     assert cases["wrong"].find("failure") is not None
 
 
+def test_a_forbidden_id_with_a_severity_may_be_found_below_it(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('script = "x.py"\nforbid = ["resampled-parameters>=warning"]\nfail_on = "never"\n')
+    entry = load_check(path)
+    assert evaluate(entry, [finding("resampled-parameters", "info")]).passed
+    r = evaluate(entry, [finding("resampled-parameters", "warning")])
+    assert r.reasons == ["forbidden resampled-parameters was found at warning: resampled-parameters"]
+
+
 def test_evaluate_expect_forbid_fail_on(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('script = "x.py"\nexpect = ["stuck-at-chance>=error"]\nforbid = ["non-finite"]\nfail_on = "warning"\n')

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..signals import LARGE_INPUT
@@ -55,6 +55,7 @@ def input_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {
         "abs_max": ax.max(),
         "abs_mean": ax.mean(),
+        "mean": xf.mean(),
         "std": xf.std() if xf.numel() > 1 else torch.zeros((), device=x.device, dtype=xf.dtype),
         "feature_std_max": feats.std(0).max() if feats.shape[0] > 1 else torch.zeros((), device=x.device, dtype=xf.dtype),
         "frac_large": (ax > LARGE_INPUT).to(xf.dtype).mean(),
@@ -115,6 +116,22 @@ def packed_lengths(p: PackedSequence) -> tuple[int, torch.Tensor]:
     t = sizes.shape[0]
     ends = sizes - torch.cat([sizes[1:], sizes.new_zeros(1)])
     return t, torch.cat([sizes.new_zeros(1), ends])
+
+
+def padded_width(model_input: tuple[int, ...] | None, p: PackedSequence) -> int | None:
+    """The time width of the padded batch the model was given, when its RNN got it packed:
+    the declared maximum length the packed lengths are compared with. The model's input is
+    ``[B, T, ...]`` or ``[T, B, ...]`` with B the packed batch (``batch_sizes`` is on the CPU:
+    no sync); None when that cannot be told (no such input, B == T) or T is shorter than the
+    longest packed sequence."""
+    if model_input is None or len(model_input) < 2:
+        return None
+    b, longest = int(p.batch_sizes[0]), int(p.batch_sizes.shape[0])
+    dims = [i for i in (0, 1) if model_input[i] == b]
+    if len(dims) != 1:
+        return None
+    width = int(model_input[1 - dims[0]])
+    return width if width >= longest else None
 
 
 def _rng_state() -> tuple[Any, ...]:
@@ -245,6 +262,11 @@ class StepSample:
     call whose input has a ``grad_fn`` is the model's own activation, not data, and is left
     out. Evaluation passes (no grad) are grouped per batch instead: an input after a target
     starts the next group, so each evaluation batch is compared with the training samples.
+
+    Which dimension of the model's input is the batch is not always known (a model may take
+    ``[B, T, F]`` and transpose it for a sequence-first RNN, or take token ids ``[T, B]``):
+    an input may come with its other orientation, fingerprinted alongside, and the group
+    takes the one whose rows match its targets' (the declared one when both do).
     """
 
     def __init__(self, fingerprint: "Fingerprinter") -> None:
@@ -252,13 +274,16 @@ class StepSample:
         self.reset()
 
     def reset(self) -> None:
-        self.x: torch.Tensor | None = None
+        #: the group's input fingerprints as declared, and with the other orientation
+        self.x: list[torch.Tensor | None] = [None, None]
         self.y: torch.Tensor | None = None
         self.nx = self.ny = 0
         #: label elements per sample over the group's targets (1: one class or value per sample)
         self.label_size = 0
         self.mode: str | None = None
-        self.broken = False
+        #: per orientation: rows of two calls that do not line up
+        self.broken = [False, False]
+        self.broken_y = False
 
     @staticmethod
     def _add(total: torch.Tensor | None, fp: torch.Tensor, n: int) -> "torch.Tensor | None":
@@ -271,12 +296,19 @@ class StepSample:
         """Whether an input in ``mode`` must first close the group held (the caller emits it)."""
         return self.mode is not None and (mode != self.mode or (mode == "eval" and self.ny > 0))
 
-    def add_input(self, rows: torch.Tensor, mode: str) -> None:
-        """``rows``: the call's input with the batch first (any dtype: token ids included)."""
+    def add_input(self, rows: torch.Tensor, mode: str, other: torch.Tensor | None = None) -> None:
+        """``rows``: the call's input with the batch first (any dtype: token ids included);
+        ``other``: the same input with its other dimension first, when which is the batch is
+        not known."""
         self.mode = mode
-        x = self._add(self.x, self.fingerprint(rows), self.nx)
-        self.broken |= x is None and self.x is not None
-        self.x, self.nx = x, self.nx + 1
+        fp = self.fingerprint(rows)
+        for k, view_fp in enumerate((fp, self.fingerprint(other) if other is not None else fp)):
+            if self.broken[k]:
+                continue
+            x = self._add(self.x[k], view_fp, self.nx)
+            self.broken[k] = x is None
+            self.x[k] = x
+        self.nx += 1
 
     def add_target(self, target: torch.Tensor) -> None:
         if self.mode is None:
@@ -284,18 +316,24 @@ class StepSample:
         flat = target.detach().reshape(target.shape[0] if target.dim() else 1, -1)
         self.label_size += flat.shape[1]
         y = self._add(self.y, self.fingerprint(flat)[:, :1], self.ny)
-        self.broken |= y is None and self.y is not None
+        self.broken_y |= y is None and self.y is not None
         self.y, self.ny = y, self.ny + 1
 
     def take(self) -> "tuple[str, torch.Tensor, torch.Tensor, int] | None":
         """(mode, [B, 2] input fingerprints, [B] label fingerprints, label elements per sample)
         of the group, then reset; None when there is no aligned pair (rows of inputs and
         labels that do not match)."""
-        x, y, mode, broken, label_size = self.x, self.y, self.mode, self.broken, self.label_size
+        xs = [x if not broken else None for x, broken in zip(self.x, self.broken)]
+        y, mode, label_size = self.y, self.mode, self.label_size
+        broken_y = self.broken_y
         self.reset()
-        if x is None or y is None or broken or mode is None:
+        if y is None or broken_y or mode is None or all(x is None for x in xs):
             return None
-        if x.shape[0] != y.shape[0]:
+        x = next((x for x in xs if x is not None and x.shape[0] == y.shape[0]), None)
+        if x is None:
+            x = xs[0]
+            if x is None:
+                return None
             if y.shape[0] == 1:
                 x = _collapse(x)  # one unbatched sequence, one label
             elif x.shape[0] == 1:

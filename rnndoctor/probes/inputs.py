@@ -35,6 +35,10 @@ class InputsProbe(Probe):
         self._fingerprinted = 0
         #: the last data tensor fingerprinted (the model's input often is the RNN's)
         self._last_data: torch.Tensor | None = None
+        #: shape of the model's last input: the padded batch a packed RNN input came from
+        self._model_input_shape: tuple[int, ...] | None = None
+        #: whether the group's data came in through a model call (then not through its RNNs)
+        self._model_fed = False
         #: the last model input and its statistics (an RNN often gets the same tensor)
         self._last_input_stats: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         #: the ``rnn_inputs`` row of the recurrent call under way, until its output is seen
@@ -47,13 +51,21 @@ class InputsProbe(Probe):
     def model_call(self, module: nn.Module, args: Any) -> None:
         self._last_input_stats = None
         x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or x.dim() < 1:
-            return
+        self._model_input_shape = tuple(x.shape) if isinstance(x, torch.Tensor) else None
         due = self.ctx.due("data")
         mode = "train" if torch.is_grad_enabled() else "eval"  # before no_grad below
+        if isinstance(x, data_probe.PackedSequence):
+            if due or self._fingerprinted < SAMPLE_BUDGET:
+                with torch.no_grad():
+                    self._add_packed(x, mode)
+            return
+        if not isinstance(x, torch.Tensor) or x.dim() < 1:
+            return
         with torch.no_grad():
             if due or self._fingerprinted < SAMPLE_BUDGET:
-                self._add_data(x, self.ctx.model.batch_first, mode)
+                # the model may transpose its input before a sequence-first RNN (or take
+                # token ids [T, B]): both orientations, the group keeps the one its targets fit
+                self._add_data(x, self.ctx.model.batch_first, mode, either_way=True)
             if due and x.is_floating_point():
                 row = {"step": self.ctx.step, "mode": mode, "module": self.ctx.model.name(module)}
                 stats = data_probe.input_stats(x)
@@ -61,15 +73,27 @@ class InputsProbe(Probe):
                 row.update(stats)
                 self.ctx.recorder.add("inputs", row, finalize=data_probe.with_all_zero)
 
-    def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str) -> None:
+    def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str, *, either_way: bool = False) -> None:
         """Fingerprint ``x`` into the sample being seen, when it is data (no ``grad_fn``: not
-        the model's own activation) and not the tensor fingerprinted last."""
+        the model's own activation) and not the tensor fingerprinted last. ``either_way``: a
+        2-D or 3-D input whose batch dimension is not known is fingerprinted both ways."""
         if x.grad_fn is not None or x.is_complex() or x is self._last_data:
             return
         if self._sample.starts_new_group(mode):
             self._emit()
         self._last_data = x
-        self._sample.add_input(x.movedim(1, 0) if (x.dim() == 3 and not batch_first) else x, mode)
+        seq_first = not batch_first and x.dim() in ((2, 3) if either_way else (3,))
+        rows = x.movedim(1, 0) if seq_first else x
+        other = (x if seq_first else x.movedim(1, 0)) if either_way and x.dim() in (2, 3) else None
+        self._sample.add_input(rows, mode, other)
+        self._model_fed = self._model_fed or either_way
+
+    def _add_packed(self, p: "data_probe.PackedSequence", mode: str) -> None:
+        """A PackedSequence as data: its sequences padded back, in the batch's own order."""
+        if p.data.grad_fn is not None or p.data.is_complex():
+            return
+        padded, _ = data_probe.pad_packed_sequence(p, batch_first=True)
+        self._add_data(padded, True, mode)
 
     def loss(self, call: LossCall, grad: bool) -> None:
         with torch.no_grad():
@@ -92,6 +116,7 @@ class InputsProbe(Probe):
         """Record the group held as ``samples`` rows (one per sample of the batch)."""
         taken = self._sample.take()
         self._last_data = None
+        self._model_fed = False
         if taken is not None:
             mode, x, y, label_size = taken
             self._fingerprinted += x.shape[0]
@@ -103,9 +128,16 @@ class InputsProbe(Probe):
         """Recurrent input as the RNN sees it: scale, constancy, lengths, initial state."""
         x = data_probe.recurrent_input(module, args, kwargs)
         due = self.ctx.due("data")
-        if isinstance(x, torch.Tensor) and x.dim() >= 2 and (due or self._fingerprinted < SAMPLE_BUDGET):
-            with torch.no_grad():  # data fed straight to the RNN (its container is never called)
-                self._add_data(x, bool(getattr(module, "batch_first", False)), "train" if torch.is_grad_enabled() else "eval")
+        # data fed straight to the RNN (its container is never called with it); once the
+        # model's input is in the group, what reaches the RNN is the model's own activation
+        # (an embedding's output has no grad_fn under no_grad)
+        if not self._model_fed and (due or self._fingerprinted < SAMPLE_BUDGET):
+            mode = "train" if torch.is_grad_enabled() else "eval"
+            with torch.no_grad():
+                if isinstance(x, data_probe.PackedSequence):
+                    self._add_packed(x, mode)
+                elif isinstance(x, torch.Tensor) and x.dim() >= 2:
+                    self._add_data(x, bool(getattr(module, "batch_first", False)), mode)
         if not due:
             return None
         with torch.no_grad():
@@ -114,6 +146,9 @@ class InputsProbe(Probe):
             if isinstance(x, data_probe.PackedSequence):
                 t, hist = data_probe.packed_lengths(x)
                 row.update(data_probe.input_stats(x.data))
+                width = data_probe.padded_width(self._model_input_shape, x)
+                if width is not None:
+                    row["padded_width"] = width
             elif isinstance(x, torch.Tensor) and x.is_floating_point():
                 batch_first = bool(getattr(module, "batch_first", True))
                 t, hist, interior = data_probe.padded_lengths(x, batch_first) if x.dim() >= 2 and isinstance(module, nn.RNNBase) else (1, None, None)

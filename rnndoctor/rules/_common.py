@@ -178,9 +178,11 @@ def label_stats(run: Run, window: Window | None = None, mode: str = "train") -> 
                       classes=by_cls.index.to_numpy())
 
 
-def target_moments(run: Run) -> tuple[float, float] | None:
-    """(mean, variance) of the targets over the steps with loss details."""
+def target_moments(run: Run, window: "Window | None" = None) -> tuple[float, float] | None:
+    """(mean, variance) of the targets over the steps with loss details (in ``window``)."""
     d = detail_rows(run)
+    if window is not None and not d.empty:
+        d = window.select(d)
     if d.empty or "tgt_n" not in d:
         return None
     n, s, ss = d["tgt_n"].sum(), d["tgt_sum"].sum(), d["tgt_sqsum"].sum()
@@ -191,17 +193,27 @@ def target_moments(run: Run) -> tuple[float, float] | None:
 
 
 def constant_inputs(run: Run, min_calls: int = 3) -> dict[str, pd.DataFrame]:
-    """Module -> its input rows, for every module whose input had standard deviation 0 in
-    each of at least ``min_calls`` sampled calls: recurrent modules' inputs, or the model's
-    own training input when there is no torch recurrent module (a hand-written cell)."""
+    """Module -> its input rows, for every module whose input never varied: standard
+    deviation 0 in each of at least ``min_calls`` sampled calls, and the same mean in all of
+    them (a loop stepping a batch of one, one value per call, has std 0 in every call while
+    its values change); recurrent modules' inputs, or the model's own training input when
+    there is no torch recurrent module (a hand-written cell)."""
     r = run["rnn_inputs"]
     if r.empty:
         r = run["inputs"]
         r = r[r["mode"] == "train"] if not r.empty and "mode" in r else r
     if r.empty or "std" not in r:
         return {}
-    return {str(module): rows for module, rows in r.groupby("module", sort=False)
-            if len(rows) >= min_calls and (pd.to_numeric(rows["std"], errors="coerce") == 0).all()}
+    level = "mean" if "mean" in r else "abs_mean"  # records before the signed mean: |x|
+    out = {}
+    for module, rows in r.groupby("module", sort=False):
+        if len(rows) < min_calls or not (pd.to_numeric(rows["std"], errors="coerce") == 0).all():
+            continue
+        values = pd.to_numeric(rows[level], errors="coerce") if level in rows else pd.Series([0.0])
+        if values.isna().any() or values.nunique() > 1:
+            continue
+        out[str(module)] = rows
+    return out
 
 
 def finite(series: pd.Series) -> pd.Series:
@@ -366,3 +378,36 @@ def _window_with_targets(run: Run, w: Window) -> Window | None:
     steps, counted = train["step"][eligible].to_numpy()[::-1], totals[eligible].to_numpy()[::-1].cumsum()
     enough = np.nonzero(counted >= MIN_JUDGED_TARGETS)[0]
     return Window(int(steps[enough[0]]), w.end) if len(enough) else None
+
+
+def learns_nothing(run: Run, *, loss_fraction: float = 0.9, max_fall: float = 0.1) -> dict | None:
+    """Evidence that the run has learned nothing from its inputs, read from the loss alone
+    (recorded every step, so a batch of one has it where accuracy is sampled too sparsely):
+    after the warm-up and a full judgement window, the last window's loss is still at least
+    ``loss_fraction`` of what an input-independent predictor reaches (label entropy; target
+    variance under MSE), and at 95 % confidence the loss does not fall by ``max_fall``
+    between the two halves of the steps after the warm-up. None when it learns, or when
+    that cannot be told (no loss, no reference, too few steps)."""
+    train = run.train_steps()
+    if train.empty or "loss" not in train:
+        return None
+    w = judgement_window(len(train))
+    post = train[train["step"] >= warmup_steps(len(train))]
+    if w is None or len(post) < 2 * WINDOW_MIN_STEPS:
+        return None
+    trend = loss_trend(post["loss"])
+    if trend is None or trend.rel_decrease_upper >= max_fall:
+        return None
+    loss = float(finite(w.select(train)["loss"]).mean())
+    if targets_are_labels(run):
+        labels = label_stats(run)
+        ref, ref_name = (labels.entropy, "label entropy") if labels is not None and labels.total > 0 else (float("nan"), "")
+    else:  # the variance of the window's own targets, against the loss of the same steps
+        moments = target_moments(run, w) if loss_kind(run) == "mse" else None
+        ref, ref_name = (moments[1], "target variance") if moments else (float("nan"), "")
+        detail = w.select(detail_rows(run))
+        loss = float(finite(detail["loss"]).mean()) if moments and not detail.empty else loss
+    if not (math.isfinite(ref) and ref > 0 and loss >= loss_fraction * ref):
+        return None
+    return {"window": [w.start, w.end], "loss": loss, "reference_loss": ref, "reference_loss_kind": ref_name,
+            "loss_relative_decrease_upper": trend.rel_decrease_upper}

@@ -13,7 +13,7 @@ import re
 from .registry import RuleSpec
 
 #: the docstring sections every rule has, in order
-SECTIONS = ("What it detects", "Why it matters", "How to fix")
+SECTIONS = ("What it detects", "Legitimate look-alikes", "Why it matters", "How to fix")
 
 REGENERATE = "python -m rnndoctor rules --markdown > docs/findings.md"
 
@@ -74,6 +74,15 @@ def markdown(specs: list[RuleSpec], families: tuple[str, ...]) -> str:
         "finding, as its text says, and may give a fix specific to the case instead of the default. "
         "Thresholds are the rule's keyword-only parameters, with their defaults. Seed 000–004 in the texts name the reported cases that the "
         "repository's `fixtures/` reproduce; each fixture's docstring names its seed.",
+        "",
+        "**Severity respects legitimate code.** A signal that correct programs also produce is "
+        "never an error by itself: a generator that ignores the index and draws fresh samples is "
+        "normal online data generation, a saturated gate may be a learned one, a short gradient "
+        "horizon is what a task without long dependencies needs. A rule raises such a signal to "
+        "an error only with evidence that it is the bug (the input→target mapping is not fixed, "
+        "the run fails to learn, the value was set at initialisation); each rule's *Legitimate "
+        "look-alikes* say which correct code produces its signal and how the rule tells the two "
+        "apart.",
         "",
         "| id | family | default severity | summary |",
         "|---|---|---|---|",

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import before_blow_up, constant_inputs, fmt, judgement_window, stuck_evidence
+from ._common import before_blow_up, constant_inputs, fmt, judgement_window, learns_nothing, stuck_evidence
 from .registry import Found, rule
 
 #: fingerprints are float64 projections; round before comparing so identical samples that
@@ -43,16 +43,34 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
 
     What it detects: rnndoctor fetches a few indices of each map-style Dataset twice (RNG
     state saved and restored). When at least a quarter of them come back with a different
-    label, ``__getitem__`` ignores its index and redraws the sample — and the parameters that
-    decide its label — on every call. When the label stays with its index but at least
+    label, ``__getitem__`` ignores its index and draws a new sample on every call: an error
+    when the run also sits at the input-independent baseline (``stuck-at-chance``'s reading:
+    the parameters that decide the label are redrawn per sample) or, read from the loss
+    alone, its loss after the warm-up stays at 90 % or more of the input-independent loss and
+    does not fall by 10 % (a batch of one, whose accuracy is sampled too sparsely to judge);
+    information otherwise.
+    When the label stays with its index but at least
     three quarters come back as a new input *and* the run is stuck at the input-independent
     baseline (``stuck-at-chance``'s reading), what makes a class (its templates, its
     slope) is redrawn per call: a label-preserving augmentation or a generator that draws
     inputs per class also returns new inputs, but the model then learns from them.
 
-    Why it matters: the input->label mapping then changes faster than it can be learned (seed
-    004 redraws the slope and offset of every curve), and nothing is ever seen twice, so
-    accuracy plateaus wherever the input alone happens to give the class away.
+    Legitimate look-alikes: a Dataset that ignores the index and draws a fresh sample with a
+    fixed input->target rule (normal online generation); a label-preserving random
+    augmentation; a generator that draws inputs per class. The last two keep the label, and
+    a kept label with a new input is reported only when the run also sits at the
+    input-independent baseline (``stuck-at-chance``'s reading). Online generation with a new
+    label per fetch is told apart the same way: a run that learns (a GRU learning the XOR of
+    two of six fresh random bits) gets an information finding, a run that learns nothing (a
+    target drawn from another line than its input) the error. Seed 004 is in between: it
+    redraws the slope and offset of every curve, but the curve's family still decides the
+    class, and the run learns slowly from inputs in the hundreds (``unnormalized-inputs``
+    names that): information. Not told apart: a run too young or too noisy to be judged is
+    information, whichever it is.
+
+    Why it matters: when what decides the label is redrawn per sample and never shown, the
+    input->label mapping changes faster than it can be learned, and nothing is ever seen
+    twice, so accuracy plateaus wherever the input alone happens to give the class away.
 
     How to fix: draw the task's hidden parameters once (in ``__init__``), generate or seed each
     sample from its index (``torch.Generator().manual_seed(base_seed + index)``), or build the
@@ -68,13 +86,26 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
         return
     ex = changed.iloc[0]
     differs = r[r["same_input"] == 0]
+    # a fresh sample per fetch is also normal online generation (a fixed input->target rule,
+    # new inputs every time): it is the bug only when nothing is learned from it
+    w = judgement_window(len(run.train_steps()))
+    stuck = (stuck_evidence(run, w) if w is not None else None) or learns_nothing(run)
+    fetched = (f"Fetching {len(r)} indices of {ex.get('dataset', 'the dataset')} twice gave a different input for "
+               f"{len(differs)} and a different label for {len(changed)}: __getitem__ ignores its index and draws "
+               "a new sample")
     yield Found(
-        title=f"Dataset index {int(ex['index'])} returned a different sample and label on a second fetch",
+        title=(f"Dataset index {int(ex['index'])} returned a different sample and label on a second fetch"
+               + (", and the model learns nothing" if stuck is not None else "")),
         explanation=(
-            f"Fetching {len(r)} indices of {ex.get('dataset', 'the dataset')} twice gave a different input for "
-            f"{len(differs)} and a different label for {len(changed)}: __getitem__ ignores its index and redraws "
-            "the sample, so the input->label mapping is never the same twice."
+            f"{fetched}, and over steps {stuck['window'][0]}-{stuck['window'][1]} the model stayed at the input-independent baseline "
+            f"(loss {fmt(stuck['loss'])}): the task's parameters are redrawn with each sample, so the input->label "
+            "mapping is never the same twice."
+            if stuck is not None else
+            f"{fetched}. That is normal online generation when the rule from input to label is fixed, and the "
+            "run shows no sign of failing; it is the bug when the parameters that decide the label are redrawn "
+            "per sample (the model then stays at chance)."
         ),
+        severity=Severity.ERROR if stuck is not None else Severity.INFO,
         evidence={
             "indices_checked": int(len(r)),
             "different_input": int(len(differs)),
@@ -129,6 +160,16 @@ def inconsistent_labels(run: Run, *, min_repeated: int = 20, min_share: float = 
     a language model's next tokens, may rightly differ after the same window); or a map-style dataset fetched twice at the same index
     returned the same input with a different label for at least a quarter of the indices
     (``__getitem__`` draws the label at random).
+
+    Legitimate look-alikes: language models and taggers, whose targets per time step rightly
+    differ after the same window; tasks where one input has several correct answers (a
+    next-character model with one target per fixed-length window, a short prefix of a noisy
+    process); a Dataset that returns one of several reference targets at random (one of five
+    captions). Targets per time step are told apart: only samples with one target each are
+    compared. Not told apart: a one-target task whose answer is legitimately not a function
+    of the input (at least 10 % of repeated inputs with more than one target), and the
+    random choice among references on re-fetch (the same input with another label for a
+    quarter of the indices); both are errors.
 
     Why it matters: no function of the input can fit contradicting labels; the best the model
     can do is the label frequency per input, so accuracy caps below 100 % and the loss stays
@@ -213,8 +254,15 @@ def constant_input(run: Run) -> Iterator[Found]:
     """The recurrent layer's input never varies (all zeros, or one constant).
 
     What it detects: every sampled call of a recurrent module received a sequence input with
-    zero standard deviation over batch, time and features; for a model without an nn.RNN /
+    zero standard deviation over batch, time and features, and the same value in all of them; for a model without an nn.RNN /
     LSTM / GRU module (a hand-written cell), every sampled training call of the model itself.
+
+    Legitimate look-alikes: a decoder or generator fed zeros at every step and driven by a
+    conditioning initial state (a sequence autoencoder's unconditioned decoder), and a loop
+    that steps an RNN one element at a time with a batch of one and one feature, whose every
+    call holds a single value (standard deviation 0) although the values differ from call to
+    call. The second is told apart: the input must also have the same mean in every sampled
+    call. Not told apart: the zero-input decoder (the rule does not read the initial state).
 
     Why it matters: the RNN cannot see the data. Seed 001 feeds the LSTM a zero tensor and the
     bits only through the initial hidden state; the gate input weights then get no gradient
@@ -253,6 +301,15 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
     Dataset repeat samples by design); or at least 10 % of distinct evaluation inputs also
     occurred in training.
 
+    Legitimate look-alikes: many epochs over a small dataset; an input space small by nature
+    and meant to be covered (lookup or memorisation tasks); a no-grad pass over the training
+    data to measure training accuracy. Epochs are told apart when the data comes through a
+    DataLoader over a map-style Dataset: distinct inputs are then compared with
+    ``len(dataset)``, not with the draws. Not told apart: epochs over in-memory tensors
+    sliced without a DataLoader (no dataset size is recorded), a small space covered on
+    purpose, and training-set evaluation, whose inputs count as evaluation inputs seen in
+    training (every no-grad pass is an evaluation); all stay warnings.
+
     Why it matters: "100 000 random samples" of 5-bit pairs hold only 1024 distinct ones
     (seed 002); the run is really many epochs over a small set, and an evaluation on samples
     from training measures memory, not generalisation.
@@ -265,7 +322,8 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
         return
     train = s[s["mode"] == "train"]
     n, unique = len(train), train["x"].nunique()
-    sizes = run["datasets"]["size"] if run.has("datasets") else pd.Series(dtype=float)
+    sizes = pd.to_numeric(run["datasets"]["size"], errors="coerce").dropna() if run.has("datasets") and "size" in run["datasets"] \
+        else pd.Series(dtype=float)  # an IterableDataset has no length
     # epochs over a finite dataset repeat samples by design: compare with the dataset size
     pool = min(n, int(sizes.max())) if not sizes.empty else n
     if n >= min_drawn and unique < max_unique_share * pool:
@@ -306,11 +364,20 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
 def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: float = 0.2) -> Iterator[Found]:
     """Sequence lengths never reach the padded maximum.
 
-    What it detects: in padded (not packed) recurrent inputs where at least 20 % of sequences
-    end before the padded length T (trailing zeros), no sequence among at least 200 reached T
+    What it detects: in recurrent inputs where at least 20 % of sequences end before the
+    padded length T (trailing zeros; for packed inputs, T is the width of the padded batch
+    the model was given, and lengths are exact), no sequence among at least 200 reached T
     and the longest reached T - 1: the range stops exactly one short, the mark of an
     exclusive upper bound. Sequences that all stop well short of T are padded to a fixed
     width (a tutorial's MAX_LENGTH), a choice rather than a range bug.
+
+    Legitimate look-alikes: padding to the longest sequence of each batch; a fixed pad width
+    well above the data (a tutorial's MAX_LENGTH); a width exactly one above the longest
+    sequence on purpose (room for an end token added later, inputs shifted by one for
+    next-step prediction but padded to the full length). The first two are told apart: a
+    batch padded to its own longest has a sequence reaching T, and a gap of more than one
+    step reads as a fixed width. Not told apart: the deliberate one-step gap, which looks
+    exactly like an exclusive upper bound.
 
     Why it matters: the intended range is not what is generated — seed 001 draws lengths
     with ``randint(1, bits)``, whose upper bound is exclusive, so a string of ``bits`` bits
@@ -323,12 +390,16 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
     r = run["rnn_inputs"]
     if r.empty or "length_hist" not in r:
         return
-    r = r[(r["packed"] == 0) & r["length_hist"].notna()]
+    r = r[r["length_hist"].notna()]
+    # the width lengths are judged against: a padded input's own T; a packed one's is the
+    # padded batch the model was given (packing shows only each batch's longest)
+    packed_width = pd.to_numeric(r["padded_width"], errors="coerce") if "padded_width" in r else pd.Series(np.nan, index=r.index)
+    r = r.assign(width=np.where(r["packed"] == 0, pd.to_numeric(r["seq_len"], errors="coerce"), packed_width)).dropna(subset=["width"])
     for module, rows in r.groupby("module", sort=False):
-        for t, same_t in rows.groupby("seq_len"):
-            hist = np.sum([np.asarray(h, float) for h in same_t["length_hist"]], axis=0)
-            total = hist.sum()
+        for t, same_t in rows.groupby("width"):
             t = int(t)
+            hist = np.sum([_widened(h, t) for h in same_t["length_hist"]], axis=0)
+            total = hist.sum()
             if total < min_sequences or len(hist) != t + 1:
                 continue
             padded_share = hist[:t].sum() / total
@@ -352,6 +423,12 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
             )
 
 
+def _widened(hist: object, t: int) -> np.ndarray:
+    """A length histogram over 0..``t`` (a packed batch's covers 0..its longest only)."""
+    h = np.asarray(hist, float)
+    return np.pad(h, (0, t + 1 - len(h))) if len(h) < t + 1 else h
+
+
 @rule(
     "unnormalized-inputs",
     Severity.WARNING,
@@ -368,6 +445,15 @@ def unnormalized_inputs(run: Run, *, large_share: float = 0.01, feature_std_limi
     standard deviation exceeds 10. The scale of the data is what it is from the first batch;
     an input that grows only later is made by training (an embedding a too-large rate
     inflates, predictions fed back in a diverging run), and its cause is elsewhere.
+
+    Legitimate look-alikes: raw data that the model normalises itself before its RNN (a
+    LayerNorm, a learned scaling); standardised data with a heavy tail; inputs that only
+    grow during training (an embedding a high rate inflates, fed-back predictions), whose
+    cause is elsewhere. The first is told apart because the rule reads the recurrent
+    module's own input, after the model's normalisation; the second by needing more than 1 %
+    of values beyond 10 or a feature standard deviation above 10; the third by reading only
+    the first 5 recorded steps, before any blow-up. Not told apart: a raw feature kept large
+    on purpose (a time index, a count) that the input weights are meant to absorb.
 
     Why it matters: gate pre-activations W x + b then land deep in the flat ends of sigmoid
     and tanh from the first step, where gradients vanish (seed 004 feeds points whose y

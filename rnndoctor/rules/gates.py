@@ -73,6 +73,16 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
     the first half of the run. Error when the forget bias explains it (mean |b_f| >= 6);
     warning when the run is also not learning.
 
+    Legitimate look-alikes: a trained LSTM that learned to keep memory (f ≈ 1) or to drop it
+    (f ≈ 0), and a forget bias made large on purpose for long dependencies (chrono
+    initialisation, b_f = log U(1, T_max - 1)). Learned saturation is told apart by reading
+    only the first half of the sampled steps (in a run of a thousand steps, only the three
+    at its start), by taking the bias from the first recorded check (its initial value), and
+    by reporting a saturation the bias does not explain only as a warning, and only when the
+    run is also not learning. Not told apart: chrono initialisation for dependencies of a
+    few thousand steps gives a mean |b_f| of about 6 or more and is an error even when the
+    run learns.
+
     Why it matters: f(1 - f) is the gradient through the gate: pinned gates cannot learn to
     remember or forget, and f ≈ 0 turns the LSTM into a memoryless layer, f ≈ 1 lets the
     cell state grow without bound (seed 003's ±10 biases). Jozefowicz et al. 2015: an LSTM
@@ -136,6 +146,15 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fou
     below 0.05 or above 0.95), of the cell candidate g (|tanh| > 0.95), or of a GRU gate are
     saturated on the sampled steps of the first half of the run.
 
+    Legitimate look-alikes: gates a trained model uses as switches: an input gate shut
+    between rare events, a GRU update gate held near 1 to keep memory, a tanh RNN whose
+    units settle at ±1 to count or hold a bit. Told apart only by reading the first half of
+    the sampled steps (in a run of a thousand steps, only the three at its start), where
+    saturation comes from the inputs and the initial weights rather than from learning; ReLU
+    units are not judged (their zeros are not saturation). Not told apart: a long run that
+    learned such switches before its midpoint; the rule reads neither the biases nor whether
+    the run learns, and stays a warning.
+
     Why it matters: saturated sigmoid/tanh units pass almost no gradient (σ' < 0.05 at
     0.05/0.95), so those gates stop learning — typically because inputs are far from unit
     scale (seed 004's points in the hundreds) or weights are large.
@@ -189,6 +208,15 @@ def cell_state_growth(
     the last time step than a quarter of the way in and grows through the middle
     (TDC's divergence pattern applied over time; linear accumulation from 0 gives
     4x), or its mean magnitude per unit exceeds 1e3.
+
+    Legitimate look-alikes: a cell that accumulates evidence on purpose (counting, summing,
+    a running total over the sequence), and a forget gate slow by design (chrono
+    initialisation, forget biases of 4 or more) whose cell is still filling up over
+    sequences shorter than its time constant 1 / (1 - f). Told apart only by reading the
+    first half of the sampled steps, before most accumulation is learned. Not told apart: a
+    slow forget gate at initialisation on sequences shorter than its time constant, and
+    accumulation learned before the midpoint of a long run; the rule reads neither the
+    forget bias nor whether the run learns, and stays a warning.
 
     Why it matters: a cell that only accumulates (forget gate ≈ 1, input gate open) has no
     bounded memory: h = o·tanh(c) saturates and, with unbounded activations, the values

@@ -46,6 +46,17 @@ def exploding_gradients(
     out, as an unclipped word-language model at lr 20 does in its first steps), or 100 x
     once; or its median doubles in each of 5 consecutive windows.
 
+    Legitimate look-alikes: the isolated spikes of healthy LSTM training, which the run
+    shrugs off; a loop that already clips; a norm that grows because the task does (a
+    curriculum to longer sequences, a model leaving a small-initialisation plateau). Spikes
+    of 10-100 x count only when the mean loss over the next 10 steps is more than 10 % above
+    that of the 10 before (one spike is enough at 50 %), and the norm is read in the
+    optimizer's step pre-hook, after a ``clip_grad_norm_`` in the loop, so clipped spikes
+    are capped at its max_norm. Not told apart: one spike of 100 x or more counts whatever
+    the loss does, and near convergence, where the median norm is tiny, a healthy run
+    produces one (a GRU that learned the XOR of two of six bits to a loss of 3e-5 did); the
+    growth test (the median doubling in 5 windows) does not read the loss.
+
     Why it matters: recurrent weight matrices with spectral radius above 1 amplify
     gradients exponentially in sequence length; one huge step can throw the weights into a
     region the network never recovers from.
@@ -132,6 +143,15 @@ def dead_parameters(run: Run, *, min_steps: int = 5) -> Iterator[Found]:
     zero at every recorded optimizer step (at least 5 steps) before the loss blew up (if it
     did: the gradients of saturated units are then exactly zero, connected or not).
 
+    Legitimate look-alikes: a module kept trainable but unused in this run (a head used only
+    at evaluation or in a later training stage, the head of an auxiliary loss switched off);
+    parameters behind a zero-initialised gate (ReZero-style) that get exact zeros until the
+    gate moves; the exact-zero gradients of saturated units after a blow-up. The last two
+    are told apart: one recorded step with a nonzero gradient makes a parameter alive, only
+    steps before the loss blew up are read, and a NaN gradient does not count as dead. Not
+    told apart: a module deliberately left unused with requires_grad=True; freezing it
+    silences the finding.
+
     Why it matters: they are not connected to the loss — a layer built but never used, an
     output taken from the wrong tensor, a detach() in the wrong place — so they never learn.
 
@@ -211,6 +231,18 @@ def learning_rate_scale(
     crashed at step 1 says nothing), taken before the loss blew up (NaN or overflowing weights
     measure the blow-up, not the rate; divergence and non-finite report it). "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
+
+    Legitimate look-alikes: LBFGS, whose line-searched steps are large by design; one small
+    matrix (a CRF's transition matrix) that a rate right for the rest barely moves; a
+    converged or saturated model whose updates shrank with its gradient; a large embedding
+    that plain SGD or SparseAdam updates only in its batch's rows. "Too large" is not judged
+    for LBFGS; "too small" needs the bulk of the weights (the median by element count) below
+    -5, or below -4.5 with a known-flat loss, and drops every weight whose gradient fell a
+    thousandfold after warm-up. Not told apart: a model that converged early, or whose
+    schedule decayed the rate for most of the run, while its gradient stayed above a
+    thousandth of its start (the median over all steps after warm-up is read as the rate,
+    the flat loss counts as confirmation, the ``lr`` column is not read); and a sparsely
+    updated embedding that holds most of the weights.
 
     Why it matters: too small and training looks stuck; too large and it thrashes or
     diverges. Works for adaptive optimizers too, because it measures the actual update.

@@ -52,6 +52,17 @@ def stuck_at_chance(
     of that difference lies within ±5 %. A noisy loss (batch size 1, a young run) is too
     early to tell and is not called stuck. For regression: MSE at the variance of the targets.
 
+    Legitimate look-alikes: a young or noisy run (batch size 1) that has not yet moved; a
+    model that did learn but whose accuracy is still near the majority share (weakly
+    informative inputs, skewed labels); a run stopped on the long plateau that parity or
+    copy tasks sit on before a late breakthrough; a task whose labels truly do not depend on
+    the input (a shuffled-label control). The first two are told apart: the loss must be
+    known flat (its 95 % interval within ±5 %), class accuracy is judged over at least 200
+    counted targets after warm-up, and a model that learned anything has a loss below 0.9 x
+    the label entropy even where its argmax stays on the majority class. Not told apart: the
+    plateau that longer training would leave and the input-independent control; the rule
+    judges the run as recorded.
+
     Why it matters: the network has learned nothing about its input; more epochs or a
     different learning rate rarely change that. Typical causes: a task whose gradient is
     uninformative (parity of long strings), an input the model cannot see, a loss that does
@@ -116,6 +127,16 @@ def prediction_collapse(
     young model that still learns its way out of predicting the majority class is not
     collapsed).
 
+    Legitimate look-alikes: a young model still predicting the majority class on its way to
+    learning the rest; a task whose dominant class is above 80 % of the labels (an 'O' tag,
+    a rare event); a calibrated model on a skewed task whose inputs are too weakly
+    informative for another class ever to be the more likely one, so its argmax is the
+    majority class nearly always. The first is told apart by the loss trend (a loss falling
+    beyond noise over the window defers the finding), the second by the 80 % cap on the
+    class's share of the labels. Not told apart: the third; the rule does not compare the
+    loss with the label entropy, so a converged model that is right to predict the majority
+    is reported as collapsed, as an error.
+
     Why it matters: the model has fallen back on the majority (or an arbitrary) class; its
     accuracy equals that class's share and says nothing about what it learned.
 
@@ -177,6 +198,12 @@ def label_imbalance(
     What it detects: the most frequent label is at least 1.4 / K of all labels seen in
     training (70 % for two classes).
 
+    Legitimate look-alikes: every naturally skewed task (rare events, the 'O' tag of a
+    tagger, OR of two bits) and every model over a large vocabulary, whose most frequent
+    token is far above 1.4 / K. Not told apart, and not meant to be: the rule reads only the
+    label shares, says nothing about whether the skew is a bug, and never rises above info;
+    it is a reminder to read accuracy against the majority share.
+
     Why it matters: "75 % accuracy" is no achievement when 75 % of the labels are one class
     (seed 002: OR of two bits is 1 three times out of four).
 
@@ -234,6 +261,14 @@ def non_finite(run: Run) -> Iterator[Found]:
     source: the first module (in call order) whose inputs were finite and whose output was
     not, with the time step for recurrent outputs and the call number for cells called in
     a loop; or the parameter that an optimizer step made non-finite.
+
+    Legitimate look-alikes: a module that returns -inf by design (attention scores masked
+    with ``masked_fill(mask, float('-inf'))``, the softmax applied outside it), and a loop
+    that notices a NaN loss, skips that batch and trains on. Non-finite values already in
+    the data are told apart from a module that produced them (a module is named only when
+    its inputs were finite). Not told apart: both look-alikes; one non-finite module output,
+    loss, gradient or parameter is an error whether or not the loss ever saw it and whether
+    or not the run recovered.
 
     Why it matters: once a NaN reaches the weights every later step is wasted.
 
@@ -352,6 +387,15 @@ def divergence(
 
     What it detects: finite training loss above 10 x its running minimum and 3 x its initial
     value for 3 consecutive steps, or a parameter whose RMS exceeds 1e8.
+
+    Legitimate look-alikes: a brief rise (a spike, a learning-rate restart), the noise of a
+    converged model whose running minimum is tiny, and a loss that grows by design: a
+    curriculum that moves to longer or harder sequences, above all with a loss summed (not
+    averaged) over a growing number of elements. The first two are told apart: the rise must
+    last 3 consecutive steps, and it must also exceed 3 x the initial loss (the mean of the
+    first 3), which a tiny minimum alone does not make. Not told apart: a curriculum whose
+    later stages legitimately sit above 3 x the first stage's loss and 10 x the best; the
+    weight-RMS bound (1e8) is not cross-checked against the loss either.
 
     Why it matters: divergence is the step before NaN; nothing learned survives it.
 

@@ -29,6 +29,14 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
     whose output a gradient reached: a ``generate()`` loop run between steps with grad
     enabled carries its state, but it is inference, not what the model learns from.
 
+    Legitimate look-alikes: a ``generate()`` loop that feeds one element at a time with grad
+    enabled; a training loop that steps the RNN by hand and passes the state back in; an RNN
+    applied on purpose to single-step inputs as a gated feed-forward layer (tabular data
+    with one time step). The first two are told apart: only calls that a gradient reached
+    are judged, and one sampled call with a non-zero initial state is enough to keep the
+    module quiet. Not told apart: the deliberate one-step use, an error although nothing
+    there was meant to recur.
+
     Why it matters: an RNN called one element at a time with a fresh zero state is a
     feed-forward layer: its recurrent weights get no gradient and nothing is remembered
     (seed 001 trains each bit separately, then asks for the parity of the whole string).
@@ -89,6 +97,16 @@ def vanishing_gradient_through_time(
     the profile cannot mean anything: an input that never varies (there is nothing to
     assign credit to; constant-input) or a run whose loss blew up (divergence, non-finite).
 
+    Legitimate look-alikes: a task whose answer depends only on recent inputs, where a short
+    horizon is exactly what the model should learn; a healthy run that reads as not learning
+    because its loss starts near its floor (fine-tuning, a resumed run, a task whose best
+    loss is within 10 % of its first). The first is told apart by requiring that the run is
+    not learning (stuck at the baseline, or the loss of its last tenth less than 10 % below
+    that of its first tenth); inputs that never vary, packed inputs and runs that blew up
+    are not judged. Not told apart: the second, since a loss that cannot fall 10 % counts as
+    not learning; and a short-memory task that fails for another reason (a rate too small)
+    is reported too, with the horizon blamed.
+
     Why it matters: the loss cannot assign credit to inputs beyond the horizon, so a target
     that depends on them (parity of 50 bits) never gets a usable gradient: the loss surface
     is flat at ln 2 and SGD sees noise (Pascanu et al. 2013; Shalev-Shwartz et al. 2017).
@@ -146,6 +164,15 @@ def undetached_state(run: Run) -> Iterator[Found]:
     or the backward pass of a later step produced gradient at the recurrent input of an
     earlier step (``time_grad``, on sampled steps). When the run crashed with torch's "Trying
     to backward through the graph a second time", this is why.
+
+    Legitimate look-alikes: truncated BPTT done right (the state detached at the batch
+    boundary); an encoder handing its final state to a decoder, or a hand-stepped loop
+    carrying the state, within one step; inference that carries state with grad disabled.
+    All are told apart: only a state that still has a ``grad_fn``, is the very tensor a call
+    of an earlier optimizer step returned, and is fed in with grad enabled is recorded, and
+    a detached state stops every gradient at the batch boundary. Not told apart:
+    backpropagating across batches on purpose (full BPTT over a stream with
+    ``retain_graph=True``), reported the same way.
 
     Why it matters: every step backpropagates through all earlier batches: step time and
     memory grow with training, and without ``retain_graph=True`` it fails with "Trying to
@@ -215,6 +242,14 @@ def eval_in_train_mode(run: Run) -> Iterator[Found]:
     ``torch.no_grad()``) while a Dropout module, or an RNN's inter-layer dropout, was in
     training mode — ``model.eval()`` was not called.
 
+    Legitimate look-alikes: Monte Carlo dropout (dropout left on at evaluation on purpose,
+    for uncertainty), and no-grad forward passes that are not evaluations (a state burn-in
+    before truncated BPTT, pseudo-labels or targets computed with the training model).
+    Dropouts with p = 0 are ignored. Not told apart: the rule reads only that a watched
+    model was called without gradient while a dropout with p > 0 was in training mode, so
+    deliberate MC dropout and those passes are reported; and the dropouts of every watched
+    model count, not only the called one's.
+
     Why it matters: evaluation predictions are then random draws of a thinned network:
     accuracy and loss fluctuate and read worse than the model is, and early stopping or
     model selection on them picks noise (seed 003's misspelled ``determistic=True`` did the
@@ -268,6 +303,15 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
     all-zero steps also occur inside sequences, so that a zero step may be data), and at least 5 % of
     the input gradient lands on the trailing padding — the loss reads an output computed
     after the padding, typically ``output[:, -1]``.
+
+    Legitimate look-alikes: inputs whose all-zero steps are data (a 0 bit, a silent frame);
+    pre-padded or packed batches; padded batches whose answer is read at ``lengths - 1`` or
+    under a mask. Told apart: packed inputs are skipped, pre-padded sequences reach T, and
+    when all-zero steps also occur inside sequences (over 1 %) only sequences ending by T /
+    2 count as padded; the finding also needs at least 5 % of the input gradient on the
+    trailing zeros, which a gather at ``lengths - 1`` or a masked loss does not put there.
+    Not told apart: fixed-length real signals that often end in exact zeros (trailing
+    silence) while zeros are rare inside them, read through ``output[:, -1]`` as intended.
 
     Why it matters: the recurrence runs through up to T - 1 padding steps between the last
     real element and the answer, so the answer must survive a long, uninformative path

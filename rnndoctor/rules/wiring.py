@@ -41,6 +41,15 @@ def poor_initial_loss(
     the mean square of the targets (outputs near 0). Info beyond 50 % off; warning when L0
     is more than twice L* (a badly scaled start); a lower L0 stays info.
 
+    Legitimate look-alikes: a pretrained or resumed model; an output bias set to the class
+    prior (this rule's own advice) on a skewed task; a noisy first batch of one; a loss
+    summed over elements (``reduction='sum'``, a per-sequence sum over time steps) or
+    weighted (``pos_weight``). The first two are told apart in severity (a first loss below
+    the expected one stays info), the third by averaging the first 3 steps when step 0 saw
+    fewer than 16 targets. Not told apart: the expected loss is ln K (or the targets' mean
+    square) whatever the reduction and weights, so a summed or weighted loss reads as a
+    badly scaled start, a warning once it is more than twice that.
+
     Why it matters: a badly scaled output layer or initialisation starts training far from
     a neutral guess and wastes the first phase undoing it (or hides a loss bug when L0 is
     suspiciously low).
@@ -103,6 +112,16 @@ def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -
     CrossEntropyLoss fed probabilities (softmax applied before a loss that applies its own);
     NLLLoss fed something other than log-probabilities; BCEWithLogitsLoss fed values that
     already lie in [0, 1] (a sigmoid applied twice).
+
+    Legitimate look-alikes: MSE on 0/1 values that are regression targets by intent
+    (reconstructing binary inputs, a fraction that happens to be 0 or 1) or on labels
+    through a sigmoid; ``nll_loss`` used to pick the target's entry of scores that are not
+    log-probabilities (a policy-gradient loss on ``log_prob * advantage``). Told apart only
+    in severity: MSE on 0/1 labels from an output already squashed to [0, 1] is a warning,
+    from an unbounded linear output an error. Not told apart: intended regression on 0/1
+    values through a linear output, and ``nll_loss`` on advantage-weighted
+    log-probabilities, both errors. A softmax fed to CrossEntropyLoss and a sigmoid fed to
+    BCEWithLogitsLoss have no common correct use.
 
     Why it matters: MSE on labels gives tiny, badly shaped gradients near the majority
     class and the model settles on the class prior (75 % for OR of two bits); a double

@@ -209,3 +209,103 @@ def test_templates_redrawn_per_fetch_are_resampled_parameters(tmp_path):
     assert "resampled-parameters" in ids and "stuck-at-chance" in ids
     assert not {"resampled-parameters", "stuck-at-chance"} & set(_strokes_ids(tmp_path, augment=True))
     assert not {"resampled-parameters", "stuck-at-chance"} & set(_strokes_ids(tmp_path))
+
+
+class _SeqFirst(nn.Module):
+    """Takes ``[B, T, F]`` (or token ids ``[T, B]``) and runs a sequence-first GRU."""
+
+    def __init__(self, tokens: bool) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.emb = nn.Embedding(8, 8) if tokens else None
+        self.rnn, self.out = nn.GRU(8 if tokens else 3, 16), nn.Linear(16, 2)
+
+    def forward(self, x):
+        seq = self.emb(x) if self.tokens else x.transpose(0, 1)
+        return self.out(self.rnn(seq)[1][-1])
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["features-B-T-F-transposed-inside", "token-ids-T-B"])
+def test_the_batch_dimension_is_found_whichever_way_the_model_is_fed(tmp_path, tokens):
+    """A model that transposes ``[B, T, F]`` for a sequence-first GRU, or takes token ids
+    ``[T, B]``: the samples are its batch rows however the RNN is declared. 40 inputs, each
+    with two labels at random: inconsistent; the same inputs with their own label: not."""
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(8, (40, 10), generator=g) if tokens else torch.randn(40, 10, 3, generator=g)
+    own = torch.randint(2, (40,), generator=g)
+    for name, label_of in (("noisy", lambda i: torch.randint(2, i.shape, generator=g)), ("clean", lambda i: own[i])):
+        torch.manual_seed(0)
+        model = _SeqFirst(tokens)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        with rnndoctor.watch(model, out=tmp_path / name, summary=False) as w:
+            for _ in range(60):
+                i = torch.randint(40, (32,), generator=g)
+                x = pool[i].T if tokens else pool[i]
+                loss = F.cross_entropy(model(x), label_of(i))
+                opt.zero_grad(); loss.backward(); opt.step()
+        assert len(rnndoctor.load_run(tmp_path / name)["samples"]) >= 60 * 32 * 0.9
+        assert ("inconsistent-labels" in ids(w)) == (name == "noisy"), (name, ids(w))
+
+
+def test_an_evaluation_pass_fingerprints_the_data_not_the_embedding(tmp_path):
+    """Under no_grad an embedding's output has no grad_fn: fingerprinting it with the token
+    ids made every evaluation of the same validation set look new (its weights move). The
+    training set evaluated as validation is then leakage, and the same inputs match."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(50, (300, 12), generator=g)
+    torch.manual_seed(0)
+    model = TokenClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with rnndoctor.watch(model, out=tmp_path, summary=False) as w:
+        for step in range(120):
+            batch = train[torch.randint(300, (16,), generator=g)]
+            loss = F.cross_entropy(model(batch), batch[:, 0] % 2)
+            opt.zero_grad(); loss.backward(); opt.step()
+            if step % 30 == 29:
+                model.eval()
+                with torch.no_grad():
+                    for i in range(0, 300, 100):
+                        F.cross_entropy(model(train[i:i + 100]), train[i:i + 100, 0] % 2)
+                model.train()
+    s = rnndoctor.load_run(tmp_path)["samples"]
+    ev = s[s["mode"] == "eval"]
+    # passes over the same 300 inputs (as long as the fingerprint budget lasts): 300 distinct
+    assert len(ev) >= 600 and len({(round(a, 6), round(b, 6)) for a, b in zip(ev["x1"], ev["x2"])}) == 300
+    assert any(f.id == "duplicate-samples" and "evaluation" in f.title for f in w.diagnosis.findings)
+
+
+def test_packed_sequences_are_fingerprinted_and_keep_their_padded_width(tmp_path):
+    """A PackedSequence handed to the model (packed outside) is still data; a batch padded to
+    30 and packed inside the model records 30 as the width its lengths are judged against."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    class Packs(nn.Module):
+        def __init__(self, inside: bool) -> None:
+            super().__init__()
+            self.inside, self.rnn, self.out = inside, nn.GRU(1, 8, batch_first=True), nn.Linear(8, 2)
+
+        def forward(self, x, lengths=None):
+            if self.inside:
+                x = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            return self.out(self.rnn(x)[1][-1])
+
+    for inside in (False, True):
+        torch.manual_seed(0)
+        model = Packs(inside)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        out = tmp_path / str(inside)
+        with rnndoctor.watch(model, out=out, summary=False):
+            for _ in range(10):
+                lengths = torch.randint(1, 30, (16,))
+                x = torch.randn(16, 30, 1) * (torch.arange(30)[None, :, None] < lengths[:, None, None])
+                arg = (x, lengths) if inside else (pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False),)
+                loss = F.cross_entropy(model(*arg), (x.sum((1, 2)) > 0).long())
+                opt.zero_grad(); loss.backward(); opt.step()
+        rec = rnndoctor.load_run(out)
+        assert len(rec["samples"]) == 160
+        ri = rec["rnn_inputs"]
+        assert (ri["packed"] == 1).all()
+        if inside:
+            assert (ri["padded_width"] == 30).all()
+        else:
+            assert "padded_width" not in ri or ri["padded_width"].isna().all()

@@ -1,10 +1,12 @@
 """Data rules on synthetic recordings: fire on the bug, quiet on the healthy shape."""
 
+import math
+
 import numpy as np
 
 from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
-from synth import make_run
+from synth import classification_run, make_run, with_signal
 
 resampled = get_rule("resampled-parameters")
 inconsistent = get_rule("inconsistent-labels")
@@ -21,10 +23,18 @@ def refetch_rows(same_input, same_label):
     ]
 
 
-def test_resampled_parameters_fires_when_labels_change_on_refetch():
-    (f,) = resampled(make_run(refetch=refetch_rows([0] * 8, [1, 0, 0, 1, 0, 1, 1, 0])))
-    assert f.severity is Severity.ERROR and f.evidence["different_label"] == 4
+def test_resampled_parameters_is_an_error_only_when_the_run_learns_nothing():
+    """A new sample and label per fetch is seed 004's redrawn parameters when the model stays
+    at chance, and normal online generation (a fixed rule, fresh inputs) when it learns."""
+    redrawn = refetch_rows([0] * 8, [1, 0, 0, 1, 0, 1, 1, 0])
+    (f,) = resampled(with_signal(classification_run(300, acc=0.5, loss=math.log(2)), refetch=redrawn))
+    assert f.severity is Severity.ERROR and f.evidence["different_label"] == 4 and "learns nothing" in f.title
     assert f.where["dataset"] == "D" and "first" in f.evidence["example"]
+    learning = classification_run(300, acc=np.linspace(0.5, 0.99, 300), loss=np.linspace(0.69, 0.05, 300))
+    (f,) = resampled(with_signal(learning, refetch=redrawn))
+    assert f.severity is Severity.INFO and "online generation" in f.explanation
+    (f,) = resampled(make_run(refetch=redrawn))  # no loss to judge by: not an error either
+    assert f.severity is Severity.INFO
 
 
 def test_resampled_parameters_quiet_for_deterministic_or_label_preserving_augmentation():
@@ -77,6 +87,24 @@ def test_constant_input():
     assert list(constant(make_run(rnn_inputs=rnn_rows(0.5)))) == []
 
 
+def test_constant_input_one_value_per_call_that_changes_is_data():
+    """A batch of one stepped one bit per call: every call's std is 0, its values are not
+    the same. The same value in every call is constant."""
+    bits = [dict(r, mean=float(r["step"] % 2), abs_mean=float(r["step"] % 2), all_zero=int(r["step"] % 2 == 0))
+            for r in rnn_rows(0.0)]
+    assert list(constant(make_run(rnn_inputs=bits))) == []
+    ones = [dict(r, mean=1.0, abs_mean=1.0) for r in rnn_rows(0.0)]
+    (f,) = constant(make_run(rnn_inputs=ones))
+    assert "constant 1" in f.title
+
+
+def test_duplicate_samples_with_an_iterable_dataset_that_has_no_size():
+    x = np.arange(1000) % 20
+    run = make_run(samples=sample_rows(x, x % 2), datasets=[{"dataset": "Stream", "size": None, "map_style": 0}])
+    (f,) = duplicates(run)
+    assert f.evidence["distinct"] == 20 and f.evidence["dataset_size"] is None
+
+
 def test_length_range_bug_exclusive_upper_bound():
     hist = [0, 10, 10, 10, 10, 0]  # lengths 1..4, padded to 5
     (f,) = lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=hist)))
@@ -89,6 +117,18 @@ def test_length_range_bug_exclusive_upper_bound():
     # padded to a fixed width (MAX_LENGTH 10) well beyond every sequence: not a range bug
     wide = [0, 0, 0, 0, 15, 284, 1333, 0, 0, 0, 0]
     assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=wide, t=10)))) == []
+
+
+def test_length_range_bug_on_packed_batches_against_the_padded_width():
+    """Packed, the RNN sees only each batch's longest (4 here): the width the model was given
+    (5) is what the lengths fall one short of. Batches padded to their own longest reach it."""
+    short = [dict(r, padded_width=5) for r in rnn_rows(0.5, hist=[0, 10, 10, 10, 10], t=4, packed=1)]
+    (f,) = lengths(make_run(rnn_inputs=short))
+    assert f.evidence["padded_length"] == 5 and f.evidence["longest_seen"] == 4
+    own = [dict(r, padded_width=4) for r in rnn_rows(0.5, hist=[0, 10, 10, 10, 10], t=4, packed=1)]
+    assert list(lengths(make_run(rnn_inputs=own))) == []
+    full = [dict(r, padded_width=5) for r in rnn_rows(0.5, hist=[0, 8, 8, 8, 8, 8], t=5, packed=1)]
+    assert list(lengths(make_run(rnn_inputs=full))) == []
 
 
 def test_unnormalized_inputs():
