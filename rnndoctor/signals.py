@@ -210,8 +210,9 @@ GATES = Signal(
 CELL = Signal(
     "cell",
     keys=("step", "module", "layer", "direction"),
-    values={"c_norm": "mean over the batch of ||c_t|| for every t (list)", "forget_bias": "b_ih + b_hh of the forget gate (list)"},
-    when="with the gate replay (LSTM)",
+    values={"c_norm": "mean over the batch of ||c_t|| for every t (list; LSTM only)",
+            "forget_bias": "b_ih + b_hh of the forget gate, or of a GRU's update gate z (list; NaN: not known)"},
+    when="with the gate replay (LSTM and GRU layers)",
 )
 
 HAND_CELLS = Signal(

@@ -12,6 +12,9 @@ from rnndoctor.finding import Finding, Severity
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = sorted((ROOT / "checks").glob("*.toml"))
+#: cases written from the failure descriptions by people who had not read the rules: every
+#: hand-written cell style, and every data pipeline, each bug with its healthy twin
+CASE_DIRS = ("hand_cells", "pipelines")
 
 
 def rnndoctor(*args, cwd=ROOT):
@@ -23,9 +26,20 @@ def finding(id, severity="error"):
 
 
 def test_every_fixture_has_a_check_and_every_check_a_fixture():
-    scripts = {load_check(c).script.resolve() for c in CHECKS}
-    fixtures = {p.resolve() for p in (ROOT / "fixtures").glob("*.py")}
+    checks = CHECKS + [c for d in CASE_DIRS for c in (ROOT / "checks" / d).glob("*.toml")]
+    scripts = {load_check(c).script.resolve() for c in checks}
+    fixtures = {p.resolve() for p in (ROOT / "fixtures").rglob("*.py")}
     assert scripts == fixtures
+
+
+@pytest.mark.parametrize("case_dir", CASE_DIRS)
+def test_every_case_passes_its_check(tmp_path, case_dir):
+    """Each bug found, each healthy twin quiet (``rnndoctor check checks/<dir>``)."""
+    cases = sorted((ROOT / "checks" / case_dir).glob("*.toml"))
+    assert len(cases) >= 10
+    proc = rnndoctor("check", f"checks/{case_dir}", "--jobs", "2", "--out", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{len(cases)} passed, 0 failed" in proc.stdout, proc.stdout
 
 
 def test_all_fixture_checks_pass_through_the_cli(tmp_path):

@@ -174,10 +174,47 @@ def test_a_saturated_hand_written_gru_is_diagnosed(tmp_path):
     model = Loop(GRUStyle())
     model.cell.saturate()
     w = train(model, tmp_path / "r")
-    w.assert_found("gate-saturation")
-    gates = rnndoctor.load_run(tmp_path / "r")["gates"]
+    # this cell keeps (1 - z) of its state: read as torch's z (the share kept), ~0, with bias -10
+    f = w.assert_found("forget-gate-saturation")
+    assert f.severity.value == "error" and f.where["gate"] == "z" and f.evidence["mostly"] == "closed"
+    assert f.evidence["mean_abs_forget_bias"] > 9.9
+    w.assert_found("gate-saturation")  # r, pinned open
+    rec = rnndoctor.load_run(tmp_path / "r")
+    gates = rec["gates"]
     assert set(gates["gate"]) == {"r", "z", "n"}
-    assert gates[gates["gate"] == "z"]["frac_high"].min() > 0.99
+    assert gates[gates["gate"] == "z"]["frac_low"].min() > 0.99
+    assert min(rec["cell"].iloc[0]["forget_bias"]) < -9.9
+
+
+def test_a_gru_cell_written_the_torch_way_round_is_read_the_same(tmp_path):
+    """h' = (1 - z) * n + z * h with z's bias -10: the state is wiped; the z recorded is the
+    sigmoid itself, its bias -10 read from the Linear that feeds it (one Linear per gate)."""
+
+    class TorchOrder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.z, self.r, self.n = (nn.Linear(F_IN + H, H) for _ in range(3))
+
+        def forward(self, x, h):
+            xh = torch.cat([x, h], 1)
+            z, r = torch.sigmoid(self.z(xh)), torch.sigmoid(self.r(xh))
+            n = torch.tanh(self.n(torch.cat([x, r * h], 1)))
+            return (1 - z) * n + z * h
+
+    class Loop1(Loop):
+        def forward(self, x):
+            h = x.new_zeros(x.shape[0], H)
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t], h)
+            return self.out(h).squeeze(-1)
+
+    torch.manual_seed(0)
+    model = Loop1(TorchOrder())
+    nn.init.constant_(model.cell.z.bias, -10.0)
+    w = train(model, tmp_path / "r")
+    f = w.assert_found("forget-gate-saturation")
+    assert f.severity.value == "error" and f.where["gate"] == "z" and f.evidence["mostly"] == "closed"
+    assert min(rnndoctor.load_run(tmp_path / "r")["cell"].iloc[0]["forget_bias"]) < -9.9
 
 
 def test_a_feedback_module_without_gates_is_not_guessed(tmp_path):

@@ -379,7 +379,8 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
     frac_saturated NaN. ``unit_mean`` is [H] (mean per unit). All over valid entries only.
     For an LSTM, also one row per (layer, direction) with ``gate=None`` and keys
     ``c_norm`` ([T]: mean over valid batch rows of ||c_t||) and ``forget_bias``
-    ([H]: b_ih + b_hh of the f slice; zeros when the module has no bias).
+    ([H]: b_ih + b_hh of the f slice; zeros when the module has no bias); for a GRU, that
+    row holds ``forget_bias`` alone: the z slice, the update gate's (the share of h kept).
 
     Every gate of every layer and direction is stacked into one [G, B, T, H] tensor and
     reduced along its dimensions at once: a few dozen ops per replay however deep the
@@ -419,7 +420,10 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
     for lr in rep.layers:
         if lr.c is not None:
             rows.append({"layer": lr.layer, "direction": lr.direction, "gate": None,
-                         "c_norm": _c_norm(lr.c, rep.mask), "forget_bias": _forget_bias(lr)})
+                         "c_norm": _c_norm(lr.c, rep.mask), "forget_bias": _forget_bias(lr, lr.c.shape[-1])})
+        elif rep.mode == "GRU":  # no cell state; the update gate z's bias plays the forget bias
+            rows.append({"layer": lr.layer, "direction": lr.direction, "gate": None,
+                         "forget_bias": _forget_bias(lr, lr.h.shape[-1])})
     return rows
 
 
@@ -431,9 +435,8 @@ def _c_norm(c: Tensor, mask: Tensor | None) -> Tensor:
     return (cnorm * mask).sum(0) / mask.sum(0).clamp(min=1).to(cnorm.dtype)
 
 
-def _forget_bias(lr: LayerReplay) -> Tensor:
-    assert lr.c is not None
-    Hc = lr.c.shape[-1]
+def _forget_bias(lr: LayerReplay, hidden: int) -> Tensor:
+    """b_ih + b_hh of the [H:2H] slice: the LSTM's f, the GRU's z (zeros without biases)."""
     if lr.b_ih is not None and lr.b_hh is not None:
-        return (lr.b_ih[Hc:2 * Hc] + lr.b_hh[Hc:2 * Hc]).detach().clone()
-    return lr.c.new_zeros(Hc)
+        return (lr.b_ih[hidden:2 * hidden] + lr.b_hh[hidden:2 * hidden]).detach().clone()
+    return lr.h.new_zeros(hidden)

@@ -41,6 +41,10 @@ _TANH = {torch.tanh, torch.Tensor.tanh, nn.functional.tanh}
 _MUL = {torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__}
 _RSUB = {torch.rsub, torch.Tensor.__rsub__}
 _SUB = {torch.sub, torch.Tensor.sub, torch.Tensor.__sub__}
+_GETITEM = {torch.Tensor.__getitem__}
+_ADD = {torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__}
+#: ops that add a bias of their own: F.linear(x, W, b), torch.addmm(b, x, W)
+_BIASED = {nn.functional.linear: 2, torch.addmm: 0}
 _SPLIT = {torch.chunk, torch.Tensor.chunk, torch.split, torch.Tensor.split, torch.unbind, torch.Tensor.unbind,
           torch.tensor_split, torch.Tensor.tensor_split}
 
@@ -62,7 +66,8 @@ class CellObserver(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        #: (kind, output, inputs): kind in sigmoid | tanh | mul | one_minus
+        #: (kind, output, inputs): kind in sigmoid | tanh | mul | one_minus | add | biased
+        #: (inputs: the bias) | split (output: the whole, inputs: its pieces)
         self.ops: list[tuple[str, Tensor, tuple[Any, ...]]] = []
         self.calls: list[_Call] = []
         self._open: list[_Call] = []
@@ -84,6 +89,14 @@ class CellObserver(TorchFunctionMode):
                     self.ops.append(("one_minus", out, (args[0],)))
                 elif func in _SUB and len(args) >= 2 and _is_one(args[0]):
                     self.ops.append(("one_minus", out, (args[1],)))
+                elif func in _GETITEM and len(args) >= 2 and _last_dim_slice(args[0], args[1]) is not None:
+                    self.ops.append(("index", out, (args[0], args[1])))  # a[:, H:2 * H]
+                elif func in _ADD and len(args) >= 2:
+                    self.ops.append(("add", out, (args[0], args[1])))
+                elif func in _BIASED:
+                    bias = args[_BIASED[func]] if len(args) > _BIASED[func] else (kwargs or {}).get("bias", (kwargs or {}).get("input"))
+                    if isinstance(bias, Tensor):
+                        self.ops.append(("biased", out, (bias,)))
             elif func in _SPLIT and isinstance(out, (tuple, list)) and args and isinstance(args[0], Tensor):
                 self.ops.append(("split", args[0], tuple(out)))  # a GRU's z, r = sigmoid(...).chunk(2)
         except Exception:  # the log is best effort; the user's op result is returned as is
@@ -122,6 +135,21 @@ class FeedbackDetector:
 
     def leave(self, name: str, module: nn.Module, output: Any) -> None:
         self._last[name] = [weakref.ref(t) for t in tensors_in(output)]
+
+
+def _last_dim_slice(whole: Any, key: Any) -> slice | None:
+    """The slice of the last dimension ``whole[key]`` takes when it takes whole every other
+    dimension (``a[:, H:2 * H]``, ``a[..., :H]``); None for any other indexing."""
+    if not isinstance(whole, Tensor) or whole.dim() == 0:
+        return None
+    key = key if isinstance(key, tuple) else (key,)
+    if not key or not isinstance(key[-1], slice):
+        return None
+    lead = key[:-1]
+    full = slice(None)
+    if lead == (Ellipsis,) or (len(key) == whole.dim() and all(k == full for k in lead)):
+        return key[-1]
+    return None
 
 
 def _is_one(v: Any) -> bool:
@@ -205,12 +233,12 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | str:
             seq = c_seq[1:] + ([last] if last is not None else [])
             c = torch.stack([t.detach() for t in seq], 1) if seq else None
     hidden = h.shape[-1]
-    b_ih = None
-    if mode == "LSTM":  # gate_stats reads the f slice [H:2H] of b_ih + b_hh (NaN: not known)
-        b_ih = torch.full((4 * hidden,), float("nan"), dtype=h.dtype, device=h.device)
-        if forget_bias is not None:
-            b_ih[hidden:2 * hidden] = forget_bias.detach().to(h.dtype)
-    b_hh = torch.zeros_like(b_ih) if b_ih is not None else None
+    # gate_stats reads the keeping gate's bias from the [H:2H] slice of b_ih + b_hh, where
+    # torch keeps f (LSTM: i, f, g, o) and z (GRU: r, z, n); NaN: not known
+    b_ih = torch.full(((4 if mode == "LSTM" else 3) * hidden,), float("nan"), dtype=h.dtype, device=h.device)
+    if forget_bias is not None and tuple(forget_bias.shape) == (hidden,):
+        b_ih[hidden:2 * hidden] = forget_bias.detach().to(h.dtype)
+    b_hh = torch.zeros_like(b_ih)
     layer = gates_mod.LayerReplay(0, 0, stacked, h, c, b_ih, b_hh)
     return gates_mod.Replay(mode or "LSTM", [layer], h, h[:, -1], c[:, -1] if c is not None else None,
                             batch_first=True, hidden_size=hidden)
@@ -218,8 +246,8 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | str:
 
 def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
                ) -> tuple[str, dict[str, Tensor], Tensor | None, Tensor | None] | str:
-    """(mode, {gate: [B, H]}, the c it received, the forget gate's bias) of one call, or why
-    it does not read as an LSTM or GRU cell."""
+    """(mode, {gate: [B, H]}, the c it received, the keeping gate's bias: f, or a GRU's z) of
+    one call, or why it does not read as an LSTM or GRU cell."""
     ops = obs.ops[call.start:call.end]
     parts = {id(whole): list(pieces) for kind, whole, pieces in ops if kind == "split"}
     # a sigmoid output split into pieces is that many gates, in order
@@ -234,20 +262,21 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
         return next((s for s in sigmoids if s is t), None)
 
     muls = [src for kind, _, src in ops if kind == "mul"]
-    state_gates: list[tuple[Tensor, Tensor]] = []  # (gate, state it multiplies)
+    # (gate, state it multiplies, whether through 1 - gate)
+    state_gates: list[tuple[Tensor, Tensor, bool]] = []
     for a, b in muls:
         for g, s in ((a, b), (b, a)):
             gate = gate_of(g)
             if gate is not None and any(s is st for st in states):
-                state_gates.append((gate, s))
+                state_gates.append((gate, s, gate is not g))
     if len(states) == 1 and len(state_gates) > 1:
         # GRU-style with r * h: the update gate is the one that also appears as 1 - z
-        complemented = [g for g, _ in state_gates if any(src is g for src in origin.values())]
-        state_gates = [(g, st) for g, st in state_gates if any(g is c for c in complemented)]
+        complemented = [g for g, _, _ in state_gates if any(src is g for src in origin.values())]
+        state_gates = [sg for sg in state_gates if any(sg[0] is c for c in complemented)]
     if len(state_gates) != 1:
         return ("no sigmoid gate multiplies the state it carries" if not state_gates
                 else f"{len(state_gates)} sigmoid gates multiply the state it carries")
-    keeper, state = state_gates[0]
+    keeper, state, flipped = state_gates[0]
     others = [s for s in sigmoids if s is not keeper]
     if len(states) >= 2:  # LSTM-style: the state the forget gate keeps is c
         if len(others) != 2:
@@ -262,28 +291,75 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
         return f"{len(others)} sigmoid gate(s) besides the one that keeps its state (a GRU has 1)"
     if not tanhs:
         return "no tanh candidate"
-    return "GRU", {"r": others[0], "z": keeper, "n": tanhs[0]}, None, None
+    # recorded as torch's z, the share of the state kept (h' = (1 - z) * n + z * h); a cell
+    # written the other way round (h' = z * n + (1 - z) * h) keeps 1 - z, biased by -b
+    bias = _bias_of(obs, ops, keeper)
+    z = 1 - keeper if flipped else keeper
+    return "GRU", {"r": others[0], "z": z, "n": tanhs[0]}, None, (-bias if flipped and bias is not None else bias)
 
 
 def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gate: Tensor) -> Tensor | None:
-    """The bias of the nn.Linear whose output the sigmoid read (one Linear per gate), or of
-    the slice of it the gate's chunk is; ``ops``: the call's own."""
+    """The bias the sigmoid's input carries (``ops``: the call's own): an nn.Linear's, a
+    slice of it (``linear(xh).chunk(4, -1)``), a parameter added in (``x @ W + h @ U + b``),
+    F.linear's or addmm's, summed over the terms of an addition (``W x + b_i + U h + b_h``;
+    a peephole term adds none)."""
     src = next((s[0] for kind, out, s in ops if kind == "sigmoid" and out is gate), None)
-    if not isinstance(src, Tensor):
-        return None
-    module = obs.linear_out.get(id(src))
-    if module is not None:
-        return module.bias
-    # ... or a slice of it: i, f, g, o = linear(xh).chunk(4, -1)
+    if isinstance(src, Tensor):
+        return _bias_feeding(obs, ops, src, depth=6)
+    # a piece of a sigmoid's output: z, r = sigmoid(linear(xh)).chunk(2)
     for kind, whole, pieces in ops:
-        if kind != "split" or not any(p is src for p in pieces):
+        if kind != "split" or not any(p is gate for p in pieces):
             continue
-        module = obs.linear_out.get(id(whole))
-        if module is None or module.bias is None or any(p.shape[:-1] != whole.shape[:-1] for p in pieces):
+        pre = next((s[0] for k, out, s in ops if k == "sigmoid" and out is whole), None)
+        b = _bias_feeding(obs, ops, pre, depth=6) if isinstance(pre, Tensor) else None
+        if b is None or b.shape[-1] != whole.shape[-1] or any(p.shape[:-1] != whole.shape[:-1] for p in pieces):
             return None
         offset = 0
         for p in pieces:
-            if p is src:
-                return module.bias[offset:offset + p.shape[-1]]
+            if p is gate:
+                return b[offset:offset + p.shape[-1]]
             offset += p.shape[-1]
     return None
+
+
+def _bias_feeding(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], t: Tensor, depth: int) -> Tensor | None:
+    if depth == 0:
+        return None
+    module = obs.linear_out.get(id(t))
+    if module is not None:
+        return module.bias
+    for kind, out, src in ops:
+        if kind == "biased" and out is t:
+            return src[0] if src[0].dim() == 1 else None
+        if kind == "index" and out is t:
+            whole, key = src
+            b = _bias_feeding(obs, ops, whole, depth - 1)
+            cut = _last_dim_slice(whole, key)
+            return b[cut] if b is not None and cut is not None and b.shape[-1] == whole.shape[-1] else None
+        if kind == "add" and out is t:
+            found = [b for b in (_term_bias(obs, ops, a, t, depth) for a in src) if b is not None]
+            return sum(found[1:], found[0]) if found else None
+        if kind == "split" and any(p is t for p in src):
+            whole = out
+            if any(p.shape[:-1] != whole.shape[:-1] for p in src):
+                return None  # split along another dimension than the gates'
+            b = _bias_feeding(obs, ops, whole, depth - 1)
+            if b is None or b.shape[-1] != whole.shape[-1]:
+                return None
+            offset = 0
+            for p in src:
+                if p is t:
+                    return b[offset:offset + p.shape[-1]]
+                offset += p.shape[-1]
+    return None
+
+
+def _term_bias(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], term: Any, total: Tensor,
+               depth: int) -> Tensor | None:
+    """The bias one term of an addition contributes: the term itself when it is a trained
+    vector as wide as the sum (``+ b``), else what feeds it."""
+    if not isinstance(term, Tensor):
+        return None
+    if term.is_leaf and term.requires_grad:
+        return term if term.dim() == 1 and term.shape[-1] == total.shape[-1] else None
+    return _bias_feeding(obs, ops, term, depth - 1)

@@ -18,6 +18,9 @@ from .registry import Found, rule
 PINNED_SHARE = 0.9
 #: ... and an extreme bias explains it: mean |b_f| >= 6 gives f < 0.0025 or f > 0.9975
 EXTREME_FORGET_BIAS = 6.0
+#: the gates that decide how much of the state is kept: an LSTM's forget gate, and a GRU's
+#: update gate z (torch's h' = (1 - z) * n + z * h: z ~ 0 wipes the state, z ~ 1 freezes it)
+KEEPING_GATES = ("f", "z")
 #: gate-saturation: >= 50 % of entries saturated (DD's 50 %, SMD's 50 % of a layer)
 SATURATED_SHARE = 0.5
 
@@ -66,12 +69,13 @@ def pinned_units(
     plots=("gates",),
 )
 def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extreme_bias: float = EXTREME_FORGET_BIAS) -> Iterator[Found]:
-    """Forget gates pinned shut (memory wiped every step) or wide open (never forgets).
+    """Forget gates (a GRU's update gates) pinned shut (memory wiped every step) or wide open.
 
     What it detects: in the replayed gates of an LSTM layer, at least 90 % of forget-gate
     entries (units x time steps x batch) are below 0.05 or above 0.95 on the sampled steps of
-    the first half of the run. Error when the forget bias explains it (mean |b_f| >= 6);
-    warning when the run is also not learning.
+    the first half of the run; the same of a GRU's update gate z (torch's convention, the
+    share of the state kept: a hand-written cell that keeps 1 - z is read the same way). Error
+    when the gate's bias explains it (mean |b| >= 6); warning when the run is also not learning.
 
     Legitimate look-alikes: a trained LSTM that learned to keep memory (f ≈ 1) or to drop it
     (f ≈ 0), and a forget bias made large on purpose for long dependencies (chrono
@@ -92,7 +96,7 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
     keep the gate weights' scale moderate; normalise inputs.
     """
     g = run["gates"]
-    g = g[g["gate"] == "f"] if not g.empty else g
+    g = g[g["gate"].isin(KEEPING_GATES)] if not g.empty else g
     if g.empty:
         return
     cell = run["cell"]
@@ -116,19 +120,24 @@ def forget_gate_saturation(run: Run, *, pinned_share: float = PINNED_SHARE, extr
             if not learning_bad:
                 continue
         text, units = pinned_units(early, SIGMOID_LOW, SIGMOID_HIGH, words=("closed", "open"))
+        gate = str(rows["gate"].iloc[0])
+        name = "Forget gates" if gate == "f" else "Update gates (z, the share of the state kept)"
         yield Found(
-            title=f"Forget gates of '{module}' layer {layer} are pinned: {share:.0%} of entries below 0.05 or above 0.95",
+            title=f"{name} of '{module}' layer {layer} are pinned: {share:.0%} of entries below 0.05 or above 0.95",
             explanation=(
-                f"Across the sampled steps of the first half of training, {high:.1%} of forget-gate values were above 0.95 "
-                f"(the cell never forgets and accumulates) and {low:.1%} below 0.05 (memory wiped every step); the mean "
-                f"|forget bias| is {fmt(bias)}. The gate's gradient f(1-f) is ~0, so it cannot learn its way out."
+                f"Across the sampled steps of the first half of training, {high:.1%} of {gate}-gate values were above 0.95 "
+                f"({'the cell never forgets and accumulates' if gate == 'f' else 'the state is never updated'}) and "
+                f"{low:.1%} below 0.05 (memory wiped every step); the mean |{gate} bias| is {fmt(bias)}. The gate's "
+                f"gradient {gate}(1-{gate}) is ~0, so it cannot learn its way out."
             ),
             evidence={"share_pinned": share, "share_open": high, "share_closed": low, "mostly": side, "mean_abs_forget_bias": bias, "checks": int(len(early)),
                       "p10": float(early["p10"].mean()), "p50": float(early["p50"].mean()), "p90": float(early["p90"].mean()),
                       **({"units_pinned": units} if units else {})},
-            where=_where(module, layer, direction, "f", text),
+            where=_where(module, layer, direction, gate, text),
             first_step=int(early["step"].min()),
-            severity=Severity.ERROR if extreme else Severity.WARNING,  # an error only when the bias explains it
+            severity=Severity.ERROR if extreme else Severity.WARNING,
+            fix=None if gate == "f" else
+            "Initialise the update gate's bias near 0 (PyTorch's default) or slightly positive, not ±10.",  # an error only when the bias explains it
         )
 
 
@@ -143,11 +152,12 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fou
     """Input/output gates or the cell candidate saturated for most units.
 
     What it detects: at least half of the entries of an LSTM input or output gate (sigmoid
-    below 0.05 or above 0.95), of the cell candidate g (|tanh| > 0.95), or of a GRU gate are
-    saturated on the sampled steps of the first half of the run.
+    below 0.05 or above 0.95), of the cell candidate g (|tanh| > 0.95), or of a GRU's reset
+    gate or candidate are saturated on the sampled steps of the first half of the run (the
+    gates that keep the state, f and z, are forget-gate-saturation's).
 
     Legitimate look-alikes: gates a trained model uses as switches: an input gate shut
-    between rare events, a GRU update gate held near 1 to keep memory, a tanh RNN whose
+    between rare events, a tanh RNN whose
     units settle at ±1 to count or hold a bit. Told apart only by reading the first half of
     the sampled steps (in a run of a thousand steps, only the three at its start), where
     saturation comes from the inputs and the initial weights rather than from learning; ReLU
@@ -165,7 +175,7 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fou
     g = run["gates"]
     if g.empty:
         return
-    g = g[(g["gate"] != "f") & g["frac_saturated"].notna()]
+    g = g[~g["gate"].isin(KEEPING_GATES) & g["frac_saturated"].notna()]  # forget-gate-saturation's
     for (module, layer, direction, gate), rows in g.groupby(["module", "layer", "direction", "gate"], sort=False):
         early = first_half(rows)
         sat = float(early["frac_saturated"].mean())
@@ -228,6 +238,7 @@ def cell_state_growth(
     cell = run["cell"]
     if cell.empty or "c_norm" not in cell:
         return
+    cell = cell[cell["c_norm"].map(lambda v: isinstance(v, (list, tuple, np.ndarray)) and len(v) > 0)]  # a GRU has no c
     for (module, layer, direction), rows in cell.groupby(["module", "layer", "direction"], sort=False):
         rows = first_half(rows)  # a short sequence that learned to accumulate evidence is fine later on
         prof = mean_profile(rows["c_norm"])

@@ -36,15 +36,18 @@ def exploding_gradients(
     harm_window: int = 10,  # a spike counts when the mean loss of the 10 steps from it ...
     harm_rise: float = 0.1,  # ... is > 10 % above the mean of the 10 steps before it
     severe_rise: float = 0.5,  # one spike that sets the loss back by half again is enough
+    floor_share: float = 0.1,  # setbacks are measured from at least a tenth of the starting loss
 ) -> Iterator[Found]:
     """Gradient norm spikes far above its running median, or grows steadily.
 
     What it detects: the global gradient norm (before any clipping done by the optimizer)
     exceeds 10 x its running median (from 5 steps of history) at least 3 times with the
-    loss set back after each (mean loss over the next 10 steps > 10 % above the previous
-    10), or once with the loss set back by half again (> 50 %: the spike threw the weights
+    loss set back after each (mean loss over the 10 steps after it > 10 % above the 10
+    before it), or once with the loss set back by half again (> 50 %: the spike threw the weights
     out, as an unclipped word-language model at lr 20 does in its first steps), or 100 x
-    once; or its median doubles in each of 5 consecutive windows.
+    once; or its median doubles in each of 5 consecutive windows. Setbacks are measured from
+    the loss before the spike, or from a tenth of the starting loss when it is lower, and
+    must exceed the noise of the two 10-step means (95 %).
 
     Legitimate look-alikes: the isolated spikes of healthy LSTM training, which the run
     shrugs off; a loop that already clips; a norm that grows because the task does (a
@@ -52,10 +55,12 @@ def exploding_gradients(
     of 10-100 x count only when the mean loss over the next 10 steps is more than 10 % above
     that of the 10 before (one spike is enough at 50 %), and the norm is read in the
     optimizer's step pre-hook, after a ``clip_grad_norm_`` in the loop, so clipped spikes
-    are capped at its max_norm. Not told apart: one spike of 100 x or more counts whatever
-    the loss does, and near convergence, where the median norm is tiny, a healthy run
-    produces one (a GRU that learned the XOR of two of six bits to a loss of 3e-5 did); the
-    growth test (the median doubling in 5 windows) does not read the loss.
+    are capped at its max_norm. Near convergence the loss is tiny and a spike that doubles
+    it is still far below where the run started: setbacks are measured from at least a tenth
+    of the starting loss. Not told apart: one spike of 100 x or more counts whatever the loss
+    does, and near convergence, where the median norm is tiny, a healthy run produces one (a
+    GRU that learned the XOR of two of six bits to a loss of 3e-5 did); the growth test (the
+    median doubling in 5 windows) does not read the loss.
 
     Why it matters: recurrent weight matrices with spectral radius above 1 amplify
     gradients exponentially in sequence length; one huge step can throw the weights into a
@@ -81,9 +86,21 @@ def exploding_gradients(
         # A spike the run shrugs off (the loss keeps falling) is the normal texture of LSTM
         # training; count spikes that set the loss back, and every spike >= 100x.
         before = loss.rolling(harm_window, min_periods=1).mean().shift(1)
-        after = loss[::-1].rolling(harm_window, min_periods=1).mean()[::-1]
-        harmful = (after > before * (1 + harm_rise)) | ~np.isfinite(after)
-        severe = spikes[((after > before * (1 + severe_rise)) | ~np.isfinite(after))[spikes.index]]
+        # the steps after the spike's update: its own loss was computed before it (a batch of
+        # one's hard sample gives a large loss and a large gradient in the same step)
+        after = loss[::-1].rolling(harm_window, min_periods=1).mean()[::-1].shift(-1)
+        # a setback is judged against the loss where it is, but never against less than a
+        # tenth of where the run started: near convergence (0.001) a doubling is no harm
+        start = float(loss.iloc[:harm_window].mean())
+        if np.isfinite(start) and start > 0:
+            before = before.clip(lower=floor_share * start)
+        # ... and beyond the noise of a 10-step mean (a batch of one's losses scatter by 100x)
+        var_before = loss.rolling(harm_window, min_periods=2).var().shift(1)
+        var_after = loss[::-1].rolling(harm_window, min_periods=2).var()[::-1].shift(-1)
+        noise = 1.96 * np.sqrt((var_before + var_after) / harm_window)
+        beyond_noise = (after - before > noise) | noise.isna()
+        harmful = ((after > before * (1 + harm_rise)) & beyond_noise) | ~np.isfinite(after)
+        severe = spikes[(((after > before * (1 + severe_rise)) & beyond_noise) | ~np.isfinite(after))[spikes.index]]
         spikes = spikes[harmful[spikes.index] | (spikes >= huge_spike_factor)]
     growth = None
     win = max(10, len(g) // (growth_windows + 1))

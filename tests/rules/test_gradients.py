@@ -47,6 +47,37 @@ def test_exploding_gradients_an_early_spike_that_throws_the_loss_back():
     assert list(exploding(_with_grad_norms(g, mild))) == []
 
 
+def test_exploding_gradients_a_batch_of_one_hard_sample_is_not_a_setback():
+    """Batch size 1: a hard sample gives a large loss and a large gradient in the same step,
+    and 10-step means of single samples scatter widely; the spike's own loss is not harm,
+    and a later mean within that noise is not either. The same spikes with the loss truly
+    thrown back (every step after them higher) still count."""
+    rng = np.random.default_rng(0)
+    loss = np.where(rng.random(400) < 0.1, rng.uniform(0.3, 1.0, 400), rng.uniform(0.001, 0.05, 400))
+    g = np.ones(400)
+    for s in (150, 250, 350):
+        g[s], loss[s] = 30.0, 1.5
+    assert list(exploding(_with_grad_norms(g, loss))) == []
+    thrown = loss.copy()
+    for s in (150, 250, 350):
+        thrown[s + 1:s + 11] = 0.9
+    (f,) = exploding(_with_grad_norms(g, thrown))
+    assert f.evidence["spikes"] == 3
+
+
+def test_exploding_gradients_near_convergence_a_doubled_tiny_loss_is_no_harm():
+    """A run that went from 0.69 to 0.002: a spike that takes it to 0.006 for a while is far
+    below where it started (setbacks are measured from a tenth of the starting loss)."""
+    loss = np.concatenate([np.linspace(0.69, 0.002, 100), np.full(200, 0.002)])
+    g = np.ones(300)
+    g[200] = 40.0
+    loss[201:211] = 0.006
+    assert list(exploding(_with_grad_norms(g, loss))) == []
+    loss[201:211] = 0.5  # thrown back to most of the way it came: harm
+    (f,) = exploding(_with_grad_norms(g, loss))
+    assert f.evidence["worst_step"] == 200
+
+
 def test_exploding_gradients_one_huge_spike():
     g = np.ones(200)
     g[150] = 500.0
