@@ -2,9 +2,12 @@
 
     python bench/overhead.py                 # S (seed-000 parity fixture model) and M
     python bench/overhead.py --model S --repeats 7 --steps 150
+    python bench/overhead.py --model H --replay-every-step   # the hand-cell reading on every step
 
 S is the seed 000 fixture's setting (2-layer LSTM, hidden 40, 7-bit parity, batch 100,
-Adagrad); M is a 2-layer hidden-256 LSTM on length-100 sequences, batch 32. Bare and
+Adagrad); M is a 2-layer hidden-256 LSTM on length-100 sequences, batch 32; H a hand-written
+cell looped over 60 steps (not in the default run: ``--model H``; with
+``--replay-every-step`` every step is a gates step, which prices the dataflow reading). Bare and
 instrumented runs alternate so drifting machine load hits both alike; the median of the
 paired ratios and its quartiles are printed (on a shared machine one run of either kind can
 be 10 % off, so use 30+ pairs). Not a test: numbers go into the issue notes.
@@ -34,22 +37,47 @@ class Setting:
     seq: int
     batch: int
     features: int = 1
+    #: a hand-written LSTM cell (one nn.Linear on [x, h] chunked into the gates) looped over
+    #: time, read by dataflow on the gates steps, instead of a fused nn.LSTM
+    hand_cell: bool = False
 
 
 SETTINGS = {
     "S": Setting("S: seed-000 parity (2x LSTM h40, T=7, B=100)", 40, 2, 7, 100),
     "M": Setting("M: 2x LSTM h256, T=100, B=32", 256, 2, 100, 32),
+    "H": Setting("H: hand-written LSTM cell h64 in a Python loop, T=60, B=32", 64, 1, 60, 32, hand_cell=True),
 }
+
+
+class HandCell(nn.Module):
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(features + hidden, 4 * hidden)
+
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        h, c = state
+        i, f, g, o = self.lin(torch.cat([x, h], 1)).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
 
 
 class Net(nn.Module):
     def __init__(self, s: Setting) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(s.features, s.hidden, s.layers, batch_first=True)
+        self.hidden = s.hidden
+        if s.hand_cell:
+            self.cell = HandCell(s.features, s.hidden)
+        else:
+            self.lstm = nn.LSTM(s.features, s.hidden, s.layers, batch_first=True)
         self.out = nn.Linear(s.hidden, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.lstm(x)[0][:, -1])
+        if not hasattr(self, "cell"):
+            return self.out(self.lstm(x)[0][:, -1])
+        h = c = x.new_zeros(x.shape[0], self.hidden)
+        for t in range(x.shape[1]):
+            h, c = self.cell(x[:, t], (h, c))
+        return self.out(h)
 
 
 #: steps run before timing starts. The watcher's dense start-up schedules (data probes on the

@@ -281,3 +281,28 @@ def test_a_cell_runs_under_the_mode_only_on_observed_steps(tmp_path):
     train(Loop(cell), tmp_path / "r", steps=6)
     per_step = [any(seen[i * T:(i + 1) * T]) for i in range(6)]
     assert per_step == [False, True, True, False, False, False]  # found on step 0, read on 1 and 2
+
+
+def test_our_own_hooks_ops_never_enter_the_cells_op_log(tmp_path):
+    """The activation statistics run inside the cell's call on a gates step (``x * x``,
+    sums): the observer logs the user's ops only, so every mul it logged is the cell's."""
+    from rnndoctor.probes import hand_cells
+
+    logs = []
+    original = hand_cells.recognise
+
+    def spy(obs):
+        logs.append(list(obs.ops))
+        return original(obs)
+
+    hand_cells.recognise = spy
+    try:
+        torch.manual_seed(0)
+        train(Loop(ChunkedLinear()), tmp_path / "r", steps=3)
+    finally:
+        hand_cells.recognise = original
+    assert logs
+    for ops in logs:
+        muls = [src for kind, _, src in ops if kind == "mul"]
+        # per call of the chunked cell: f * c, i * g, o * tanh(c): three, none of them x * x
+        assert len(muls) == 3 * T and not any(a is b for a, b in muls)

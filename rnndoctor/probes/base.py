@@ -71,6 +71,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .. import compiled
+from . import observing
 
 if TYPE_CHECKING:
     from ..recorder import Recorder
@@ -124,7 +125,7 @@ class Switch:
             for root in self.model.roots.values():
                 for m in root.modules():
                     if (self.roots or m is not root) and id(m) not in self.model.inside:
-                        hook = self.hook_for(self.model.names[id(m)])
+                        hook = observing.unobserved(self.hook_for(self.model.names[id(m)]))
                         hook = compiled.as_wrapped(hook) if compiled.is_wrapper(m) else hook
                         self.handles.append(m.register_forward_hook(compiled.outside_graph(hook)))
         elif not on and self.handles:
@@ -175,7 +176,7 @@ class Context:
 
     def forward_hook(self, module: nn.Module, hook: Callable[..., Any], **kwargs: Any) -> RemovableHandle:
         """``module.register_forward_hook(hook)``, never traced by Dynamo; owned by the watch."""
-        handle = module.register_forward_hook(compiled.outside_graph(hook), **kwargs)
+        handle = module.register_forward_hook(compiled.outside_graph(observing.unobserved(hook)), **kwargs)
         self.handles.append(handle)
         return handle
 

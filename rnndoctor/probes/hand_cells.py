@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from . import gates as gates_mod
+from . import observing
 from .nonfinite import tensors_in
 
 _SIGMOID = {torch.sigmoid, torch.Tensor.sigmoid, torch.special.expit, nn.functional.sigmoid}
@@ -72,10 +73,20 @@ class CellObserver(TorchFunctionMode):
         self.calls: list[_Call] = []
         self._open: list[_Call] = []
         self.linear_out: dict[int, nn.Module] = {}  # id(output) -> the nn.Linear that made it
+        #: > 0 while a probe hook runs (``observing.suspended``): its ops are not the cell's
+        self.paused = 0
+
+    def __enter__(self) -> "CellObserver":
+        observing.current = self
+        return super().__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        observing.current = None
+        super().__exit__(*exc)
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
-        if not self._open:  # outside the cells' calls: nothing to keep
+        if not self._open or self.paused:  # outside the cells' calls, or our own hooks' ops
             return out
         try:
             if isinstance(out, Tensor):
