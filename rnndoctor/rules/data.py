@@ -48,10 +48,8 @@ def resampled_parameters(run: Run, *, min_changed_labels: float = 0.25, min_indi
     the parameters that decide the label are redrawn per sample) or, read from the loss
     alone, its loss after the warm-up stays at 90 % or more of the input-independent loss and
     does not fall by 10 % (a batch of one, whose accuracy is sampled too sparsely to judge);
-    information otherwise.
-    When the label stays with its index but at least
-    three quarters come back as a new input *and* the run is stuck at the input-independent
-    baseline (``stuck-at-chance``'s reading), what makes a class (its templates, its
+    information otherwise. When the label stays with its index but at least three quarters
+    come back as a new input *and* the run is stuck at the input-independent baseline (``stuck-at-chance``'s reading), what makes a class (its templates, its
     slope) is redrawn per call: a label-preserving augmentation or a generator that draws
     inputs per class also returns new inputs, but the model then learns from them.
 
