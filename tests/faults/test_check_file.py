@@ -39,7 +39,7 @@ BAD_FIELDS = [
     pytest.param(SCRIPT + 'expect = ["zzz"]\n', "unknown finding id 'zzz' in expect (`rnndoctor rules` lists them)", id="expect-unknown"),
     pytest.param(SCRIPT + 'forbid = "non-finite"\n', "forbid must be a list of finding ids, got the string 'non-finite'", id="forbid-string"),
     pytest.param(SCRIPT + 'forbid = ["divergance"]\n', "unknown finding id 'divergance' in forbid (did you mean 'divergence'?)", id="forbid-misspelt"),
-    pytest.param(SCRIPT + 'forbid = ["non-finite>=error"]\n', "forbid takes ids without a severity, got 'non-finite>=error'", id="forbid-severity"),
+    pytest.param(SCRIPT + 'forbid = ["non-finite>=fatal"]\n', "unknown severity 'fatal' in forbid 'non-finite>=fatal'; use one of info, warning, error", id="forbid-severity"),
     pytest.param(SCRIPT + 'expect = ["non-finite"]\nforbid = ["non-finite"]\n', "'non-finite' is both expected and forbidden", id="expect-and-forbid"),
     pytest.param(SCRIPT + "fail_on = 3\n", "fail_on must be one of info, warning, error, never, got the integer 3", id="fail_on-int"),
     pytest.param(SCRIPT + 'fail_on = "fatal"\n', "fail_on must be one of info, warning, error, never, got the string 'fatal'", id="fail_on-unknown"),
