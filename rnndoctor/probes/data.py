@@ -281,6 +281,9 @@ class StepSample:
         #: label elements per sample over the group's targets (1: one class or value per sample)
         self.label_size = 0
         self.mode: str | None = None
+        #: an evaluation group's per-call fingerprints: an evaluation that computes no loss
+        #: (accuracy only) has no target to delimit its batches, so each call is a batch
+        self.eval_calls: list[torch.Tensor] = []
         #: per orientation: rows of two calls that do not line up
         self.broken = [False, False]
         self.broken_y = False
@@ -302,6 +305,8 @@ class StepSample:
         not known."""
         self.mode = mode
         fp = self.fingerprint(rows)
+        if mode == "eval":  # fingerprinted as a group of that one call would be
+            self.eval_calls.append(self._add(None, fp, 0))
         for k, view_fp in enumerate((fp, self.fingerprint(other) if other is not None else fp)):
             if self.broken[k]:
                 continue
@@ -325,8 +330,13 @@ class StepSample:
         labels that do not match)."""
         xs = [x if not broken else None for x, broken in zip(self.x, self.broken)]
         y, mode, label_size = self.y, self.mode, self.label_size
-        broken_y = self.broken_y
+        broken_y, eval_calls = self.broken_y, self.eval_calls
         self.reset()
+        if y is None and mode == "eval" and eval_calls and len({c.shape[1] for c in eval_calls}) == 1:
+            # inputs without a target (an accuracy-only evaluation): each call's rows as
+            # samples, enough to tell whether evaluation inputs were trained on
+            x = torch.cat(eval_calls)
+            return mode, x, torch.full((x.shape[0],), float("nan"), dtype=x.dtype, device=x.device), 0
         if y is None or broken_y or mode is None or all(x is None for x in xs):
             return None
         x = next((x for x in xs if x is not None and x.shape[0] == y.shape[0]), None)

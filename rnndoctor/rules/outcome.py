@@ -382,18 +382,22 @@ def divergence(
     over_initial: float = 3.0,  # ... and > 3 x the initial loss ...
     consecutive: int = 3,  # ... for 3 checks in a row
     weight_rms_limit: float = 1e8,  # parameter mean magnitude > 1e8 (TDC)
+    smooth: int = 20,  # runs of 100+ steps: the loss level is the mean of the last 20 steps
+    smooth_from: int = 100,
 ) -> Iterator[Found]:
     """The loss climbs by orders of magnitude, or weights grow without bound.
 
     What it detects: finite training loss above 10 x its running minimum and 3 x its initial
-    value for 3 consecutive steps, or a parameter whose RMS exceeds 1e8.
+    value for 3 consecutive steps, or a parameter whose RMS exceeds 1e8. In runs of 100 steps
+    or more the loss is the mean of each step's last 20 (minimum and initial value too).
 
     Legitimate look-alikes: a brief rise (a spike, a learning-rate restart), the noise of a
     converged model whose running minimum is tiny, and a loss that grows by design: a
     curriculum that moves to longer or harder sequences, above all with a loss summed (not
     averaged) over a growing number of elements. The first two are told apart: the rise must
     last 3 consecutive steps, and it must also exceed 3 x the initial loss (the mean of the
-    first 3), which a tiny minimum alone does not make. Not told apart: a curriculum whose
+    first 3), which a tiny minimum alone does not make. The per-step losses of a batch of
+    one (a hard sample costs 100x an easy one) are judged as 20-step means. Not told apart: a curriculum whose
     later stages legitimately sit above 3 x the first stage's loss and 10 x the best; the
     weight-RMS bound (1e8) is not cross-checked against the loss either.
 
@@ -407,6 +411,10 @@ def divergence(
     ok = np.isfinite(loss)
     steps = train["step"][ok].to_numpy() if not train.empty else np.array([])
     values = loss[ok].to_numpy()
+    if len(values) >= smooth_from:
+        # a batch of one scatters its per-step losses by 100x: three hard samples in a row are
+        # no divergence; the level is judged on the mean of each step's last `smooth` losses
+        values = pd.Series(values).rolling(smooth, min_periods=1).mean().to_numpy()
     hit = None
     if len(values) > consecutive:
         l0 = float(np.mean(values[: min(3, len(values))]))

@@ -309,3 +309,30 @@ def test_packed_sequences_are_fingerprinted_and_keep_their_padded_width(tmp_path
             assert (ri["padded_width"] == 30).all()
         else:
             assert "padded_width" not in ri or ri["padded_width"].isna().all()
+
+
+@pytest.mark.parametrize("leaks", [True, False], ids=["val-is-train", "val-held-out"])
+def test_an_accuracy_only_evaluation_is_compared_with_training(tmp_path, leaks):
+    """An evaluation that computes no loss (``(model(x).argmax(1) == y).sum()``) has no
+    target to delimit its batches; its calls are still its inputs, and when they are the
+    training set's, that is leakage."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(50, (300, 12), generator=g)
+    val = train[:150] if leaks else torch.randint(50, (150, 12), generator=g)
+    torch.manual_seed(0)
+    model = TokenClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with rnndoctor.watch(model, out=tmp_path, summary=False) as w:
+        for step in range(100):
+            batch = train[torch.randint(300, (16,), generator=g)]
+            loss = F.cross_entropy(model(batch), batch[:, 0] % 2)
+            opt.zero_grad(); loss.backward(); opt.step()
+            if step % 25 == 24:
+                model.eval()
+                with torch.no_grad():
+                    hits = sum(int((model(val[i:i + 50]).argmax(1) == val[i:i + 50, 0] % 2).sum()) for i in range(0, 150, 50))
+                model.train()
+    ev = rnndoctor.load_run(tmp_path)["samples"].query("mode == 'eval'")
+    assert len(ev) >= 150 and ev["y"].isna().all()
+    leak = [f for f in w.diagnosis.findings if f.id == "duplicate-samples" and "evaluation" in f.title]
+    assert bool(leak) == leaks

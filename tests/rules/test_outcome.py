@@ -126,6 +126,22 @@ def test_divergence_on_exploding_loss():
     assert list(divergence(classification_run(80, loss=np.linspace(1.0, 0.2, 80)))) == []
 
 
+def test_divergence_is_not_three_hard_samples_of_a_batch_of_one():
+    """Batch size 1 on a 20 %-positive task: most samples cost ~0.01, a hard one ~2. Three
+    hard ones in a row sit 10x above the best step and 3x above the first: noise, not a
+    climb. A loss that really climbs by orders of magnitude still diverges."""
+    rng = np.random.default_rng(0)
+    n = 600
+    loss = np.where(rng.random(n) < 0.2, rng.uniform(1.0, 2.5, n), rng.uniform(0.005, 0.05, n))
+    loss[:3] = 0.5
+    loss[300:303] = 2.0
+    assert list(divergence(classification_run(n, loss=loss))) == []
+    climbing = loss.copy()
+    climbing[400:] = 0.5 * 10 ** (np.arange(200) / 20)
+    (f,) = divergence(classification_run(n, loss=climbing))
+    assert 400 <= f.first_step < 430
+
+
 def test_divergence_on_huge_weights():
     w = {"lstm.weight_hh_l0": [5.0] * 5 + [1e12] * 5, "lstm.bias_hh_l0": [1.0] * 10, "out.weight": [1.0] * 10}
     run = with_signal(classification_run(10, loss=0.7), updates=update_rows(param_rows(10, weight_norm=w)))
