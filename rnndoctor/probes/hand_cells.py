@@ -323,17 +323,25 @@ def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], 
             continue
         pre = next((s[0] for k, out, s in ops if k == "sigmoid" and out is whole), None)
         b = _bias_feeding(obs, ops, pre, depth=6) if isinstance(pre, Tensor) else None
-        if b is None or b.shape[-1] != whole.shape[-1] or any(p.shape[:-1] != whole.shape[:-1] for p in pieces):
-            return None
-        offset = 0
-        for p in pieces:
-            if p is gate:
-                return b[offset:offset + p.shape[-1]]
-            offset += p.shape[-1]
+        return _piece_of(b, whole, pieces, gate)
+    return None
+
+
+def _piece_of(bias: Tensor | None, whole: Tensor, pieces: tuple[Any, ...], piece: Tensor) -> Tensor | None:
+    """The slice of ``whole``'s bias that ``piece`` (one of ``whole``'s split ``pieces``)
+    carries; None when the split is not along the last dimension or the bias does not fit."""
+    if bias is None or bias.shape[-1] != whole.shape[-1] or any(p.shape[:-1] != whole.shape[:-1] for p in pieces):
+        return None
+    offset = 0
+    for p in pieces:
+        if p is piece:
+            return bias[offset:offset + p.shape[-1]]
+        offset += p.shape[-1]
     return None
 
 
 def _bias_feeding(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], t: Tensor, depth: int) -> Tensor | None:
+    """The bias vector added into ``t``, followed back through at most ``depth`` ops."""
     if depth == 0:
         return None
     module = obs.linear_out.get(id(t))
@@ -351,17 +359,7 @@ def _bias_feeding(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...
             found = [b for b in (_term_bias(obs, ops, a, t, depth) for a in src) if b is not None]
             return sum(found[1:], found[0]) if found else None
         if kind == "split" and any(p is t for p in src):
-            whole = out
-            if any(p.shape[:-1] != whole.shape[:-1] for p in src):
-                return None  # split along another dimension than the gates'
-            b = _bias_feeding(obs, ops, whole, depth - 1)
-            if b is None or b.shape[-1] != whole.shape[-1]:
-                return None
-            offset = 0
-            for p in src:
-                if p is t:
-                    return b[offset:offset + p.shape[-1]]
-                offset += p.shape[-1]
+            return _piece_of(_bias_feeding(obs, ops, out, depth - 1), out, src, t)
     return None
 
 
