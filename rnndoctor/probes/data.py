@@ -332,7 +332,7 @@ class StepSample:
         y, mode, label_size = self.y, self.mode, self.label_size
         broken_y, eval_calls = self.broken_y, self.eval_calls
         self.reset()
-        if y is None and mode == "eval" and eval_calls and len({c.shape[1] for c in eval_calls}) == 1:
+        if y is None and mode == "eval" and eval_calls:
             # inputs without a target (an accuracy-only evaluation): each call's rows as
             # samples, enough to tell whether evaluation inputs were trained on
             x = torch.cat(eval_calls)

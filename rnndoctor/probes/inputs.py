@@ -57,7 +57,7 @@ class InputsProbe(Probe):
         if isinstance(x, data_probe.PackedSequence):
             if due or self._fingerprinted < SAMPLE_BUDGET:
                 with torch.no_grad():
-                    self._add_packed(x, mode)
+                    self._model_fed |= self._add_packed(x, mode)
             return
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             return
@@ -65,7 +65,7 @@ class InputsProbe(Probe):
             if due or self._fingerprinted < SAMPLE_BUDGET:
                 # the model may transpose its input before a sequence-first RNN (or take
                 # token ids [T, B]): both orientations, the group keeps the one its targets fit
-                self._add_data(x, self.ctx.model.batch_first, mode, either_way=True)
+                self._model_fed |= self._add_data(x, self.ctx.model.batch_first, mode, either_way=True)
             if due and x.is_floating_point():
                 row = {"step": self.ctx.step, "mode": mode, "module": self.ctx.model.name(module)}
                 stats = data_probe.input_stats(x)
@@ -73,12 +73,13 @@ class InputsProbe(Probe):
                 row.update(stats)
                 self.ctx.recorder.add("inputs", row, finalize=data_probe.with_all_zero)
 
-    def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str, *, either_way: bool = False) -> None:
+    def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str, *, either_way: bool = False) -> bool:
         """Fingerprint ``x`` into the sample being seen, when it is data (no ``grad_fn``: not
-        the model's own activation) and not the tensor fingerprinted last. ``either_way``: a
-        2-D or 3-D input whose batch dimension is not known is fingerprinted both ways."""
+        the model's own activation) and not the tensor fingerprinted last; whether it was.
+        ``either_way``: a 2-D or 3-D input whose batch dimension is not known is fingerprinted
+        both ways."""
         if x.grad_fn is not None or x.is_complex() or x is self._last_data:
-            return
+            return False
         if self._sample.starts_new_group(mode):
             self._emit()
         self._last_data = x
@@ -86,14 +87,14 @@ class InputsProbe(Probe):
         rows = x.movedim(1, 0) if seq_first else x
         other = (x if seq_first else x.movedim(1, 0)) if either_way and x.dim() in (2, 3) else None
         self._sample.add_input(rows, mode, other)
-        self._model_fed = self._model_fed or either_way
+        return True
 
-    def _add_packed(self, p: "data_probe.PackedSequence", mode: str) -> None:
+    def _add_packed(self, p: "data_probe.PackedSequence", mode: str) -> bool:
         """A PackedSequence as data: its sequences padded back, in the batch's own order."""
         if p.data.grad_fn is not None or p.data.is_complex():
-            return
+            return False
         padded, _ = data_probe.pad_packed_sequence(p, batch_first=True)
-        self._add_data(padded, True, mode)
+        return self._add_data(padded, True, mode)
 
     def loss(self, call: LossCall, grad: bool) -> None:
         with torch.no_grad():
