@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from ..rules._common import CLASS_LOSSES, label_stats, loss_kind, target_moments, targets_are_labels
+from ..rules._common import label_stats, loss_kind, reference_loss, targets_are_labels
 from ..run import Run
 from .figure import (
     BAD,
@@ -100,16 +100,11 @@ def plot_loss(run: Run) -> str | None:
 
 
 def _reference_loss(run: Run, kind: str | None) -> tuple[float, str] | None:
-    """The loss of the best input-independent predictor: label entropy, or target variance."""
-    if kind in CLASS_LOSSES:
-        stats = label_stats(run)
-        if stats is not None and stats.total > 0:
-            return stats.entropy, f"label entropy {stats.entropy:.3g}"
-    elif kind == "mse":
-        moments = target_moments(run)
-        if moments is not None and moments[1] > 0:
-            return moments[1], f"target variance {moments[1]:.3g}"
-    return None
+    """The loss of the best input-independent predictor (the rules' ``reference_loss``)."""
+    ref = reference_loss(run)
+    if ref is None or not ref.loss > 0:
+        return None
+    return ref.loss, f"{ref.kind} {ref.loss:.3g}"
 
 
 @styled

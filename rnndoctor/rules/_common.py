@@ -192,6 +192,51 @@ def target_moments(run: Run, window: "Window | None" = None) -> tuple[float, flo
     return float(mean), float(max(ss / n - mean * mean, 0.0))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What an input-independent predictor reaches, and the run's loss on the same steps."""
+
+    loss: float  # the reference loss
+    kind: str  # "label entropy" or "target variance"
+    run_loss: float  # the run's mean loss over the steps the reference was read on
+
+
+def reference_loss(run: Run, window: "Window | None" = None) -> Reference | None:
+    """The loss of the best input-independent predictor for this run's loss, read on
+    ``window`` (the whole run when None), beside the run's loss on the same steps.
+
+    The loss decides the reference, not the targets: a classification loss is compared
+    with the label entropy; MSE with the variance of the targets (0/1 labels under MSE
+    included: the mean predictor's MSE is their variance, and their entropy is not an MSE).
+    The variance is read on the steps that carry target details, and the run's loss on
+    those same steps, so a changing target distribution cannot fake a gap. None for other
+    losses or when nothing was recorded."""
+    train = run.train_steps()
+    if train.empty or "loss" not in train:
+        return None
+    if window is not None:
+        train = window.select(train)
+    kind = loss_kind(run)
+    if kind in CLASS_LOSSES:
+        labels = label_stats(run, window)
+        if labels is None or labels.total <= 0:
+            labels = label_stats(run)
+        losses = finite(train["loss"])
+        if labels is None or labels.total <= 0 or losses.empty:
+            return None
+        return Reference(labels.entropy, "label entropy", float(losses.mean()))
+    if kind == "mse":
+        moments = target_moments(run, window)
+        detail = detail_rows(run)
+        if window is not None and not detail.empty:
+            detail = window.select(detail)
+        losses = finite(detail["loss"]) if not detail.empty else pd.Series(dtype=float)
+        if moments is None or losses.empty:
+            return None
+        return Reference(moments[1], "target variance", float(losses.mean()))
+    return None
+
+
 def constant_inputs(run: Run, min_calls: int = 3) -> dict[str, pd.DataFrame]:
     """Module -> its input rows, for every module whose input never varied: standard
     deviation 0 in each of at least ``min_calls`` sampled calls, and the same mean in all of
@@ -333,14 +378,9 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
         tol = max(acc_floor_tol, 3 * math.sqrt(baseline * (1 - baseline) / max(total, 1.0)))
         if not (abs(acc - baseline) <= tol):
             return None
-        if kind in CLASS_LOSSES:
-            ref_loss, ref_name = labels.entropy, "label entropy"
-        elif kind == "mse":
-            moments = target_moments(run)
-            ref_loss, ref_name = (moments[1], "target variance") if moments else (float("nan"), "")
-        else:
-            ref_loss, ref_name = float("nan"), ""
-        if math.isfinite(ref_loss) and mean_loss < loss_fraction * ref_loss:
+        ref = reference_loss(run, w)
+        ref_loss, ref_name = (ref.loss, ref.kind) if ref is not None else (float("nan"), "")
+        if ref is not None and ref.run_loss < loss_fraction * ref.loss:
             return None
         ev.update(
             accuracy=acc,
@@ -352,12 +392,10 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
             reference_loss_kind=ref_name,
         )
         return ev
-    moments = target_moments(run)
-    if kind != "mse" or moments is None or moments[1] <= 0:
+    ref = reference_loss(run, w) if kind == "mse" else None
+    if ref is None or ref.loss <= 0 or ref.run_loss < loss_fraction * ref.loss:
         return None
-    if mean_loss < loss_fraction * moments[1]:
-        return None
-    ev.update(reference_loss=moments[1], reference_loss_kind="target variance (mean predictor)", baseline=None)
+    ev.update(reference_loss=ref.loss, reference_loss_kind="target variance (mean predictor)", baseline=None)
     return ev
 
 
@@ -398,16 +436,8 @@ def learns_nothing(run: Run, *, loss_fraction: float = 0.9, max_fall: float = 0.
     trend = loss_trend(post["loss"])
     if trend is None or trend.rel_decrease_upper >= max_fall:
         return None
-    loss = float(finite(w.select(train)["loss"]).mean())
-    if targets_are_labels(run):
-        labels = label_stats(run)
-        ref, ref_name = (labels.entropy, "label entropy") if labels is not None and labels.total > 0 else (float("nan"), "")
-    else:  # the variance of the window's own targets, against the loss of the same steps
-        moments = target_moments(run, w) if loss_kind(run) == "mse" else None
-        ref, ref_name = (moments[1], "target variance") if moments else (float("nan"), "")
-        detail = w.select(detail_rows(run))
-        loss = float(finite(detail["loss"]).mean()) if moments and not detail.empty else loss
-    if not (math.isfinite(ref) and ref > 0 and loss >= loss_fraction * ref):
+    ref = reference_loss(run, w)
+    if ref is None or not (math.isfinite(ref.loss) and ref.loss > 0 and ref.run_loss >= loss_fraction * ref.loss):
         return None
-    return {"window": [w.start, w.end], "loss": loss, "reference_loss": ref, "reference_loss_kind": ref_name,
+    return {"window": [w.start, w.end], "loss": ref.run_loss, "reference_loss": ref.loss, "reference_loss_kind": ref.kind,
             "loss_relative_decrease_upper": trend.rel_decrease_upper}
