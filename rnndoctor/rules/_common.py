@@ -36,9 +36,13 @@ class Window:
         return self.end - self.start + 1
 
 
-#: a loss "not falling" must be known to within this relative change (95 % interval):
-#: a noisy loss (batch size 1) needs more steps before a run can be called stuck
-STUCK_DECREASE_BOUND = 0.05
+#: a loss "flat" must be known to within this relative change either way (95 % interval)
+FLAT_BOUND = 0.05
+#: a run called stuck must be known not to fall by this much across its window (95 % interval)
+STUCK_FALL_BOUND = 0.1
+#: ... measured to within this much (the 95 % interval's half-width): a wider interval is a
+#: loss too noisy for its steps to say anything (batch size 1, a young run)
+STUCK_PRECISION = 0.15
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,16 @@ class LossTrend:
 
     @property
     def known_flat(self) -> bool:
-        """The loss is known to move by less than ``STUCK_DECREASE_BOUND`` either way (the whole
-        95 % interval inside it): a rise beyond it is not flat, an interval wider is noise."""
-        return -STUCK_DECREASE_BOUND < self.rel_decrease_lower and self.rel_decrease_upper < STUCK_DECREASE_BOUND
+        """The loss is known to move by less than ``FLAT_BOUND`` either way (the whole 95 %
+        interval inside it): a rise beyond it is not flat, an interval wider is noise."""
+        return -FLAT_BOUND < self.rel_decrease_lower and self.rel_decrease_upper < FLAT_BOUND
+
+    @property
+    def known_not_falling(self) -> bool:
+        """The loss is known not to fall by ``STUCK_FALL_BOUND`` (95 %), measured precisely
+        enough to tell (half-width under ``STUCK_PRECISION``). Unlike ``known_flat`` a rise
+        counts: it is no progress either."""
+        return self.rel_decrease_upper < STUCK_FALL_BOUND and self.rel_decrease_upper - self.rel_decrease < STUCK_PRECISION
 
 
 def loss_trend(losses: pd.Series) -> LossTrend | None:
@@ -359,9 +370,11 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
         return None
     mean_loss = float(losses.mean())
     trend = loss_trend(losses)
-    # stuck needs evidence that the loss is flat, not only no evidence that it falls: a young
-    # or noisy run (batch size 1) is too early to tell
-    if trend is None or trend.rel_decrease >= min_rel_decrease or not trend.known_flat:
+    # stuck needs evidence that the loss is not falling, not only no evidence that it falls:
+    # a young or noisy run (batch size 1) is too early to tell. A loss at the reference with
+    # batch-to-batch noise (a 93/7 batch of 28 holds 0-5 positives) is not known flat within
+    # 5 %, but is known not to fall
+    if trend is None or trend.rel_decrease >= min_rel_decrease or not trend.known_not_falling:
         return None
     kind = loss_kind(run)
     ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": trend.rel_decrease,

@@ -48,16 +48,18 @@ def stuck_at_chance(
     What it detects: over the last window after warm-up, accuracy is within noise of the
     best input-independent rate (1/K for balanced labels, the majority share otherwise),
     the loss is at least 0.9 x the label entropy (or the target variance for MSE), and the
-    loss is known to be flat: its two halves differ by less than 1 %, and the 95 % interval
-    of that difference lies within ±5 %. A noisy loss (batch size 1, a young run) is too
-    early to tell and is not called stuck. For regression: MSE at the variance of the targets.
+    loss is known not to fall: its second half is less than 1 % below its first, at 95 %
+    confidence not 10 % below, and that interval is narrower than ±15 %. A rise is no
+    progress either. A loss too noisy for its steps to say that (batch size 1, a young run)
+    is too early to tell and is not called stuck. For regression: MSE at the variance of the
+    targets.
 
     Legitimate look-alikes: a young or noisy run (batch size 1) that has not yet moved; a
     model that did learn but whose accuracy is still near the majority share (weakly
     informative inputs, skewed labels); a run stopped on the long plateau that parity or
     copy tasks sit on before a late breakthrough; a task whose labels truly do not depend on
     the input (a shuffled-label control). The first two are told apart: the loss must be
-    known flat (its 95 % interval within ±5 %), class accuracy is judged over at least 200
+    known not to fall (95 % interval below 10 % and narrower than ±15 %), class accuracy is judged over at least 200
     counted targets after warm-up, and a model that learned anything has a loss below 0.9 x
     the label entropy even where its argmax stays on the majority class. Not told apart: the
     plateau that longer training would leave and the input-independent control; the rule

@@ -48,6 +48,25 @@ def test_stuck_at_chance_majority_baseline_under_mse():
     assert math.isclose(f.evidence["reference_loss"], 0.1875)
 
 
+def test_stuck_at_chance_a_noisy_loss_sitting_at_the_entropy_is_stuck():
+    """A 93/7 stream in batches of 28: the loss scatters ~30 % per step around the label
+    entropy (0.25), too much to be known flat within 5 %, but it is known not to fall."""
+    h = -(0.93 * math.log(0.93) + 0.07 * math.log(0.07))
+    run = classification_run(400, acc=0.93, loss=h, label_shares=(0.93, 0.07), pred_shares=(1.0, 0.0), batch=28, noise=0.08, seed=3)
+    (f,) = stuck(run)
+    assert f.evidence["baseline_kind"] == "majority-class share"
+    assert f.evidence["loss_relative_decrease_upper"] < 0.1
+
+
+def test_stuck_at_chance_a_noisy_loss_still_falling_is_not_stuck():
+    """The same noise on a loss that falls 15 % across the window: not stuck, though the
+    window's halves alone cannot show it is falling beyond noise."""
+    h = -(0.93 * math.log(0.93) + 0.07 * math.log(0.07))
+    loss = np.concatenate([np.full(300, h), np.linspace(h, 0.85 * h, 100)])
+    run = classification_run(400, acc=0.93, loss=loss, label_shares=(0.93, 0.07), pred_shares=(1.0, 0.0), batch=28, noise=0.08, seed=3)
+    assert list(stuck(run)) == []
+
+
 def test_stuck_at_chance_needs_enough_steps():
     assert list(stuck(classification_run(60, acc=0.5, loss=0.693))) == []
 
