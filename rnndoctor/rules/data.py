@@ -306,7 +306,9 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
     ``len(dataset)``, not with the draws. Not told apart: epochs over in-memory tensors
     sliced without a DataLoader (no dataset size is recorded), a small space covered on
     purpose, and training-set evaluation, whose inputs count as evaluation inputs seen in
-    training (every no-grad pass is an evaluation); all stay warnings.
+    training (every no-grad pass is an evaluation); all stay warnings. An input that never
+    varies (every sample the same tensor) is constant-input's finding, and this rule stands
+    aside.
 
     Why it matters: "100 000 random samples" of 5-bit pairs hold only 1024 distinct ones
     (seed 002); the run is really many epochs over a small set, and an evaluation on samples
@@ -316,8 +318,8 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
     without overlap; or draw from a space large enough that repeats are rare.
     """
     s = _fingerprints(run)
-    if s.empty:
-        return
+    if s.empty or constant_inputs(run):
+        return  # identical inputs because the input never varies: constant-input's finding
     train = s[s["mode"] == "train"]
     n, unique = len(train), train["x"].nunique()
     sizes = pd.to_numeric(run["datasets"]["size"], errors="coerce").dropna() if run.has("datasets") and "size" in run["datasets"] \

@@ -105,6 +105,19 @@ def test_duplicate_samples_with_an_iterable_dataset_that_has_no_size():
     assert f.evidence["distinct"] == 20 and f.evidence["dataset_size"] is None
 
 
+def test_duplicate_samples_stands_aside_when_the_input_never_varies():
+    """Min-max scaling over the wrong axis makes every input 0: one distinct input among
+    thousands is constant-input's finding, not a small data set. The same fingerprints with
+    an input that varies are duplicates."""
+    zeros = np.zeros(2000)
+    constant_run = make_run(samples=sample_rows(zeros, np.arange(2000) % 2), rnn_inputs=rnn_rows(0.0, all_zero=1))
+    assert [f.id for f in constant(constant_run)] == ["constant-input"]
+    assert list(duplicates(constant_run)) == []
+    varying = make_run(samples=sample_rows(zeros, np.arange(2000) % 2), rnn_inputs=rnn_rows(0.5))
+    (f,) = duplicates(varying)
+    assert f.evidence["distinct"] == 1
+
+
 def test_length_range_bug_exclusive_upper_bound():
     hist = [0, 10, 10, 10, 10, 0]  # lengths 1..4, padded to 5
     (f,) = lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=hist)))
