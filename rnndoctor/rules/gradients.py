@@ -47,7 +47,9 @@ def exploding_gradients(
     out, as an unclipped word-language model at lr 20 does in its first steps), or 100 x
     once; or its median doubles in each of 5 consecutive windows. Setbacks are measured from
     the loss before the spike, or from a tenth of the starting loss when it is lower, and
-    must exceed the noise of the two 10-step means (95 %).
+    must exceed the noise of the two 10-step means (95 %). Without a recorded loss (a
+    hand-written loss not passed to ``run.log``) no setback can be read, and only spikes of
+    100 x and the growth test count.
 
     Legitimate look-alikes: the isolated spikes of healthy LSTM training, which the run
     shrugs off; a loop that already clips; a norm that grows because the task does (a
@@ -102,6 +104,8 @@ def exploding_gradients(
         harmful = ((after > before * (1 + harm_rise)) & beyond_noise) | ~np.isfinite(after)
         severe = spikes[(((after > before * (1 + severe_rise)) & beyond_noise) | ~np.isfinite(after))[spikes.index]]
         spikes = spikes[harmful[spikes.index] | (spikes >= huge_spike_factor)]
+    else:  # no loss recorded (a hand-written loss): no setback to read, only the huge spikes count
+        spikes = spikes[spikes >= huge_spike_factor]
     growth = None
     win = max(10, len(g) // (growth_windows + 1))
     medians = [float(g.iloc[i : i + win].median()) for i in range(0, len(g) - win + 1, win)]

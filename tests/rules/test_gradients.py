@@ -33,6 +33,19 @@ def test_exploding_gradients_quiet_on_spikes_the_run_shrugs_off():
     assert list(exploding(_with_grad_norms(g, np.linspace(0.7, 0.1, 200)))) == []
 
 
+def test_exploding_gradients_without_a_recorded_loss_counts_only_huge_spikes():
+    """A hand-written loss is not recorded, so no setback can be read: three 30x spikes
+    say nothing by themselves, one of 150x does."""
+    g = np.ones(200)
+    g[[60, 90, 120]] = 30.0
+    steps = _with_grad_norms(g)["steps"].drop(columns=["loss"])
+    assert list(exploding(make_run(steps=steps, params=param_rows(200)))) == []
+    g[150] = 150.0
+    steps = _with_grad_norms(g)["steps"].drop(columns=["loss"])
+    (f,) = exploding(make_run(steps=steps, params=param_rows(200)))
+    assert f.evidence["worst_step"] == 150 and f.evidence["spikes"] == 1
+
+
 def test_exploding_gradients_an_early_spike_that_throws_the_loss_back():
     """pytorch/examples word_language_model without clipping at lr 20: at step 5 the norm
     jumps ~40x the median of the first steps and the loss goes from 7.5 to 11-25."""
