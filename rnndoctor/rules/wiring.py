@@ -46,8 +46,10 @@ def poor_initial_loss(
     summed over elements (``reduction='sum'``, a per-sequence sum over time steps) or
     weighted (``pos_weight``). The first two are told apart in severity (a first loss below
     the expected one stays info), the third by averaging the first 3 steps when step 0 saw
-    fewer than 16 targets. Not told apart: the expected loss is ln K (or the targets' mean
-    square) whatever the reduction and weights, so a summed or weighted loss reads as a
+    fewer than 16 targets. Under MSE the first step's outputs tell a badly scaled start (outputs beyond
+    unit scale and the targets' range) from targets away from zero (a depth scaled into
+    [0, 1] against default-initialised outputs of -0.2): the latter stays info. Not told
+    apart: the expected loss is ln K (or the targets' mean square) whatever the reduction and weights, so a summed or weighted loss reads as a
     badly scaled start, a warning once it is more than twice that.
 
     Why it matters: a badly scaled output layer or initialisation starts training far from
@@ -86,14 +88,29 @@ def poor_initial_loss(
     dev = abs(l0 - expected) / expected
     if dev <= info_deviation:
         return
+    badly_scaled = l0 > (1 + warn_deviation) * expected
+    if badly_scaled and kind == "mse" and _outputs_within_target_scale(train.iloc[0]):
+        badly_scaled = False  # small outputs off a non-zero target mean: the start is not the problem
     yield Found(
         title=f"Initial loss {fmt(l0)} is {dev:.0%} away from the expected {fmt(expected)}",
         explanation=f"The first {len(head)} steps averaged loss {fmt(l0)}; an untrained model should give about {fmt(expected)} ({basis}).",
         evidence={"initial_loss": l0, "expected": expected, "basis": basis, "relative_deviation": dev},
         where={"steps": f"0-{len(head) - 1}"},
         first_step=0,
-        severity=Severity.WARNING if l0 > (1 + warn_deviation) * expected else Severity.INFO,
+        severity=Severity.WARNING if badly_scaled else Severity.INFO,
     )
+
+
+def _outputs_within_target_scale(first: pd.Series) -> bool:
+    """The first step's outputs are no larger than unit scale or the targets' own: an MSE
+    start that is far from the targets' mean square is then a matter of where the targets
+    sit (targets in [0, 1] against outputs of -0.2 give twice their mean square), not of a
+    badly scaled output layer. False when the ranges were not recorded."""
+    vals = pd.to_numeric(pd.Series([first.get(c) for c in ("out_min", "out_max", "tgt_min", "tgt_max")]), errors="coerce")
+    if vals.isna().any():
+        return False
+    out_abs, tgt_abs = max(abs(vals[0]), abs(vals[1])), max(abs(vals[2]), abs(vals[3]))
+    return bool(out_abs <= max(1.0, tgt_abs))
 
 
 @rule(

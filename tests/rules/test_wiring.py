@@ -99,3 +99,15 @@ def test_poor_initial_loss_reads_the_loss_before_any_update():
 def test_a_low_initial_loss_is_only_info():
     (f,) = initial(classification_run(100, loss=[0.2] * 3 + [0.1] * 97))
     assert f.severity is Severity.INFO
+
+
+def test_poor_initial_loss_under_mse_warns_only_when_the_outputs_are_badly_scaled():
+    """0/1 targets (mean square 0.5) against outputs of -0.25 at the first step give a first
+    MSE more than twice that from where the targets sit: info, the start is fine. The same
+    gap with outputs of +-8 is a badly scaled output layer: a warning."""
+    small = classification_run(100, kind="mse", out_range=(-0.25, -0.19), loss=[1.2] * 3 + [0.1] * 97)
+    (f,) = initial(small)
+    assert f.severity is Severity.INFO and math.isclose(f.evidence["expected"], 0.5)
+    large = classification_run(100, kind="mse", out_range=(-8.0, 8.0), loss=[1.2] * 3 + [0.1] * 97)
+    (g,) = initial(large)
+    assert g.severity is Severity.WARNING
