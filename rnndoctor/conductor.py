@@ -194,7 +194,7 @@ class Conductor:
 
     # ------------------------------------------------------------------ module hooks
     @guarded
-    def before_forward(self, module: nn.Module, args: Any) -> None:
+    def before_forward(self, module: nn.Module, args: Any) -> "tuple[Any, ...] | None":
         self.maybe_close_step()
         self.hooks_ran.add(id(module))
         if id(module) not in self.view.inside and not compiled.is_wrapper(module) and compiled.in_region():
@@ -206,6 +206,7 @@ class Conductor:
             self.note_compiled()
             self._on_model_change()
         self.probes.call("model_call", module, args)
+        return self.probes.model_args(module, args)
 
     @guarded
     def _before_rnn(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> Any:

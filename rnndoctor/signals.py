@@ -185,11 +185,12 @@ REFETCH = Signal(
 TIME_GRAD = Signal(
     "time_grad",
     keys=("step", "module"),
-    values={"grad_norm": "mean over the batch of ||dL/dx_t|| for every time step t of the recurrent input (list)",
+    values={"grad_norm": "mean over the batch of ||dL/dx_t|| for every time step t of the recurrent (or model) input (list)",
             "backward_step": "the step whose backward() produced it (> step: gradient reached an earlier batch)",
             "packed": "1 when the recurrent input was a PackedSequence",
             "pad_grad_share": "share of the input gradient on trailing all-zero steps (padding) of padded input"},
-    when=f"first fused-RNN call of the step, {DEFAULT_TIME_GRAD} (training passes only)",
+    when=(f"first fused-RNN call of the step, or, in a model without one (a cell loop, a hand-written "
+          f"recurrence), the model's first float [B, T, F] input of the step; {DEFAULT_TIME_GRAD} (training passes only)"),
 )
 
 GATES = Signal(

@@ -242,6 +242,15 @@ def _mode_active() -> bool:
     return torch._C._len_torch_function_stack() > 0
 
 
+def _observer_active() -> bool:
+    """The hand-cell observer is on the torch-function stack (the time-gradient probe's host
+    value guard, on its own schedule, is another mode)."""
+    from rnndoctor.probes import hand_cells
+
+    n = torch._C._len_torch_function_stack()
+    return any(isinstance(torch._C._get_function_stack_at(i), hand_cells.CellObserver) for i in range(n))
+
+
 def test_a_model_without_recurrence_never_runs_under_our_mode(tmp_path):
     """The op log is for cells: a feed-forward model is only looked at with hooks (which
     module is fed back its own output?), never through a TorchFunctionMode."""
@@ -274,7 +283,7 @@ def test_a_cell_runs_under_the_mode_only_on_observed_steps(tmp_path):
     forward = cell.forward
 
     def spy(x, state):
-        seen.append(_mode_active())
+        seen.append(_observer_active())
         return forward(x, state)
 
     cell.forward = spy

@@ -78,6 +78,19 @@ class ProbeSet:
             except Exception as exc:
                 self._on_error(f"{p.name}.{event}", exc)
 
+    def model_args(self, module: Any, args: tuple[Any, ...]) -> "tuple[Any, ...] | None":
+        """Each probe sees the arguments the ones before it returned."""
+        replaced = None
+        for p in self._active["model_args"]:
+            try:
+                out = p.model_args(module, args)
+            except Exception as exc:
+                self._on_error(f"{p.name}.model_args", exc)
+                continue
+            if out is not None:
+                replaced = args = out
+        return replaced
+
     def rnn_call(self, name: str, module: Any, args: Any, kwargs: Any) -> "tuple[Any, Any] | None":
         """Each probe sees the arguments the ones before it returned."""
         replaced = None

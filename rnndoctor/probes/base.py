@@ -33,6 +33,9 @@ and go into rows as they are, the recorder transfers them in one batch at the fl
 
 ``model_call(module, args)``
     a watched root model is called (``args`` as given; the previous step is closed first).
+``model_args(module, args) -> args | None``
+    the same call, after ``model_call``: may return replacement arguments (the same values,
+    e.g. made to require grad).
 ``rnn_call(name, module, args, kwargs) -> (args, kwargs) | None``
     a recurrent module (``nn.LSTM/GRU/RNN`` and ``*Cell``) is about to run; may return
     replacement arguments (the same values, e.g. made to require grad).
@@ -206,6 +209,11 @@ class Probe:
     def model_call(self, module: nn.Module, args: Any) -> None:
         """A watched root model is called."""
 
+    def model_args(self, module: nn.Module, args: tuple[Any, ...]) -> "tuple[Any, ...] | None":
+        """A watched root model is about to run (after ``model_call``); may return replacement
+        ``args``."""
+        return None
+
     def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> "tuple[Any, Any] | None":
         """A recurrent module is about to run; may return replacement ``(args, kwargs)``."""
         return None
@@ -230,9 +238,9 @@ class Probe:
 
 
 #: the hooks the watch dispatches (``start``/``attach``/``stop`` are called directly)
-EVENTS = ("model_call", "rnn_call", "rnn_output", "loss", "gradient", "before_update", "end_step")
+EVENTS = ("model_call", "model_args", "rnn_call", "rnn_output", "loss", "gradient", "before_update", "end_step")
 #: the events a probe's schedule gates (the others run on every step)
-SCHEDULED_EVENTS = ("model_call", "rnn_call", "rnn_output", "loss", "gradient", "before_update")
+SCHEDULED_EVENTS = ("model_call", "model_args", "rnn_call", "rnn_output", "loss", "gradient", "before_update")
 
 
 def implements(probe: Probe, event: str) -> bool:

@@ -5,6 +5,10 @@ on the device to one number per time step (mean over the batch of the per-sample
 padding excluded for packed input). Raw data does not require grad, so on sampled steps the
 pre-hook swaps in a detached copy that does — it has no history, so nothing upstream changes.
 design.md measured this at 1.00-1.01x per step.
+
+A model without a fused RNN slices its input itself (an ``nn.*Cell`` loop, a hand-written
+cell, a loop over raw parameters): :func:`attach_model_input` hooks the model's own input,
+and :class:`HostValueGuard` keeps a forward that reads host values from it working as it did.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
+from torch.overrides import TorchFunctionMode
 
 from .data import data_steps
 from .precision import as_stat
@@ -81,3 +86,64 @@ def attach(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], on_
 
     data.register_hook(hook)
     return replaced
+
+
+#: conversions to host values that torch refuses, or warns about, on a tensor that requires
+#: grad; under :class:`HostValueGuard` they read the detached tensor instead (same values)
+_HOST_CONVERSIONS = frozenset({
+    torch.Tensor.numpy, torch.Tensor.__array__, torch.Tensor.item, torch.Tensor.tolist,
+    torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__, torch.Tensor.__index__,
+    torch.Tensor.__complex__,
+})
+
+
+class HostValueGuard(TorchFunctionMode):
+    """While the model runs on a stand-in input that requires grad, a forward that turns
+    something computed from it into host values (``.numpy()``, ``.item()``, ``float(x)``)
+    gets them as it would have without us: from the detached tensor, with no error and no
+    warning. Every other op passes straight through."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _HOST_CONVERSIONS and args and isinstance(args[0], torch.Tensor) and args[0].requires_grad:
+            return func(args[0].detach(), *args[1:], **kwargs)
+        return func(*args, **kwargs)
+
+    def on_top(self) -> bool:
+        try:
+            n = torch._C._len_torch_function_stack()
+            return n > 0 and torch._C._get_function_stack_at(n - 1) is self
+        except (AttributeError, RuntimeError):  # pragma: no cover - older torch
+            return False
+
+
+def modes_active() -> bool:
+    """Some torch-function mode is active (the user's, or a hand-cell observer): a stand-in
+    and its guard would then have to nest with it, so the model's input is left alone."""
+    try:
+        return torch._C._len_torch_function_stack() > 0
+    except AttributeError:  # pragma: no cover - older torch
+        return True
+
+
+def attach_model_input(x: torch.Tensor, target_batch: "Callable[[], int | None]", batch_first: bool, on_profile: OnProfile) -> torch.Tensor:
+    """A stand-in for the model's float input ``[B, T, F]`` or ``[T, B, F]`` whose gradient
+    gives ‖∂L/∂x_t‖, for models without a fused RNN (an ``nn.*Cell`` or hand-written loop
+    slices the input itself). It is a clone of a leaf that requires grad, so a forward that
+    writes into its input in place still may. Which dimension is time is decided when the
+    gradient arrives, after the loss: the batch dimension is the one as long as the loss's
+    targets (``target_batch``), else the declared layout."""
+    leaf = x.detach().requires_grad_(True)
+    values = x.detach()
+
+    def hook(grad: torch.Tensor) -> None:
+        try:  # runs inside the user's backward(): never raise into it
+            b, first = target_batch(), batch_first
+            if b is not None and grad.shape[0] != grad.shape[1] and b in grad.shape[:2]:
+                first = grad.shape[0] == b
+            on_profile(*_profile_padded(grad, values, first))
+        except Exception:
+            pass
+
+    leaf.register_hook(hook)
+    return leaf.clone()

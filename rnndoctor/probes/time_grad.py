@@ -1,6 +1,14 @@
 """Gradient through time: ‖∂L/∂x_t‖ for every time step of the first fused-RNN call of a
 step (``time_grad``), from a tensor hook on its input; the backward that produces it also
-says whether gradient reached an earlier batch (state carried without ``detach``)."""
+says whether gradient reached an earlier batch (state carried without ``detach``).
+
+A model without a fused RNN (an ``nn.*Cell`` loop, a hand-written cell, a loop over raw
+parameters) slices its input itself: the hook goes on the model's own float input
+``[B, T, F]`` (or ``[T, B, F]``), recorded under the model's name. For that forward (the
+first training pass of the step) a :class:`through_time.HostValueGuard` is active, so
+``.numpy()``/``.item()`` on what it computes from the input behave as without us; it comes
+off at the step's loss, at latest at its end. Not done while another torch-function mode is
+active (a hand-cell observer, the user's own)."""
 
 from __future__ import annotations
 
@@ -26,7 +34,46 @@ class TimeGradProbe(Probe):
         self.ctx = ctx
         self._step = -1
         self._live = True
+        #: the batch size of this step's first training loss (None until it is computed)
+        self._target_batch: int | None = None
+        self._guard: through_time.HostValueGuard | None = None
         return []
+
+    def model_args(self, module: nn.Module, args: tuple[Any, ...]) -> "tuple[Any, ...] | None":
+        x = args[0] if args else None
+        if (not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point() or x.requires_grad
+                or x.grad_fn is not None or not torch.is_grad_enabled() or self._step == self.ctx.step
+                or self.ctx.model.inside or through_time.modes_active()
+                or any(isinstance(m, nn.RNNBase) for _, m in self.ctx.model.recurrent)):
+            return None
+        self._step = step = self.ctx.step
+        self._target_batch = None
+        on_profile = functools.partial(self._on_profile, self.ctx.model.name(module), step, False)
+        stand_in = through_time.attach_model_input(x, lambda: self._target_batch, self.ctx.model.batch_first, on_profile)
+        self._guard = through_time.HostValueGuard()
+        self._guard.__enter__()
+        return (stand_in, *args[1:])
+
+    def _release_guard(self) -> None:
+        """The forward is over: the guard comes off (only from the top of the mode stack;
+        a mode the user entered inside the forward and left on keeps ours under it, inert
+        but for host conversions, until it can come off)."""
+        if self._guard is not None and self._guard.on_top():
+            self._guard.__exit__(None, None, None)
+            self._guard = None
+
+    def loss(self, call: Any, grad: bool) -> None:
+        """The step's first training loss: the forward is over (the guard comes off), and the
+        targets' batch size says which dimension of the model's input is the batch."""
+        self._release_guard()
+        if grad and self._target_batch is None and call.target.dim() >= 1:
+            self._target_batch = int(call.target.shape[0])
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        self._release_guard()
+
+    def end_step(self, step: int, row: Any) -> None:
+        self._release_guard()
 
     def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> "tuple[Any, Any] | None":
         if not isinstance(module, nn.RNNBase) or not torch.is_grad_enabled() or self._step == self.ctx.step:
@@ -45,4 +92,5 @@ class TimeGradProbe(Probe):
             self.ctx.recorder.add("time_grad", row)
 
     def stop(self) -> None:
+        self._release_guard()
         self._live = False  # a backward after the watch closed records nothing

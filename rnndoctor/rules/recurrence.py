@@ -91,7 +91,8 @@ def vanishing_gradient_through_time(
     """The gradient fades out a few steps back from the end of the sequence.
 
     What it detects: from ‖∂L/∂x_t‖ measured at every time step of a (padded, not packed)
-    recurrent input, the gradient horizon — how many steps back from the last one the
+    recurrent input (or of the model's own input where a cell loop or hand-written
+    recurrence slices it, with no fused RNN to hook), the gradient horizon — how many steps back from the last one the
     gradient stays at least 1 % of its peak — is under half the sequence length, and the run
     is not learning (stuck at the baseline, or loss down less than 10 %). Not judged where
     the profile cannot mean anything: an input that never varies (there is nothing to
