@@ -15,9 +15,10 @@ CHECKS = sorted((ROOT / "checks").glob("*.toml"))
 #: cases written from the failure descriptions by people who had not read the rules: every
 #: hand-written cell style, and every data pipeline, each bug with its healthy twin
 CASE_DIRS = ("hand_cells", "pipelines")
-#: a batch written blind and measured once, before any change it prompted; two entries still
-#: fail (their misses are stated in the issue notes), so it is a measurement, not a test
-HELD_OUT = "heldout"
+#: batches written blind and measured once, before any change they prompted; entries of the
+#: first still fail (their misses are stated in the issue notes), so they are measurements
+#: (bench/heldout_score.py), not tests
+HELD_OUT = ("heldout", "heldout2")
 
 
 def rnndoctor(*args, cwd=ROOT):
@@ -29,7 +30,7 @@ def finding(id, severity="error"):
 
 
 def test_every_fixture_has_a_check_and_every_check_a_fixture():
-    checks = CHECKS + [c for d in (*CASE_DIRS, HELD_OUT) for c in (ROOT / "checks" / d).glob("*.toml")]
+    checks = CHECKS + [c for d in (*CASE_DIRS, *HELD_OUT) for c in (ROOT / "checks" / d).glob("*.toml")]
     scripts = {load_check(c).script.resolve() for c in checks}
     fixtures = {p.resolve() for p in (ROOT / "fixtures").rglob("*.py")}
     assert scripts == fixtures
