@@ -112,7 +112,7 @@ UPDATES = Signal(
     keys=("step", "param"),
     values={
         "weight_norm": "L2 norm of the parameter after the update",
-        "update_ratio": "||w_after - w_before|| / ||w_before||",
+        "update_ratio": "||w_after - w_before|| / ||w_before|| (over every k-th row of a parameter above 2^20 elements)",
         "numel": "number of elements",
         "ndim": "number of dimensions",
     },

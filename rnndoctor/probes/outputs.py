@@ -136,13 +136,13 @@ def class_count(kind: str, x: torch.Tensor, y: torch.Tensor) -> int:
 STATS_MAX_NUMEL = 1 << 20
 
 
-def sampled(call: LossCall) -> LossCall:
+def sampled(call: LossCall, max_numel: int = STATS_MAX_NUMEL) -> LossCall:
     """``call`` itself, or its leading samples (dim 0) when its output is larger than
-    ``STATS_MAX_NUMEL``."""
+    ``max_numel``."""
     x, y = call.input, call.target
-    if x.numel() <= STATS_MAX_NUMEL or x.dim() < 2 or y.dim() < 1 or y.shape[0] != x.shape[0]:
+    if x.numel() <= max_numel or x.dim() < 2 or y.dim() < 1 or y.shape[0] != x.shape[0]:
         return call
-    rows = max(1, STATS_MAX_NUMEL * x.shape[0] // x.numel())
+    rows = max(1, max_numel * x.shape[0] // x.numel())
     return LossCall(call.kind, x[:rows], y[:rows], call.loss, call.kwargs)
 
 
@@ -177,9 +177,15 @@ def loss_stats(call: LossCall, *, detail: bool) -> LossStats:
     return stats
 
 
+#: output elements the loss details (ranges, whether outputs are probabilities) are read on:
+#: a dozen passes over them, 4.5 ms at [104, 10k] on a CPU core, 1.1 ms at this size
+DETAIL_MAX_NUMEL = 1 << 18
+
+
 def loss_detail(call: LossCall) -> dict[str, "torch.Tensor | int | str"]:
-    """Output and target ranges and the op that made the output (sampled steps only)."""
-    part = sampled(call)
+    """Output and target ranges and the op that made the output (sampled steps only), on the
+    leading samples of a large output."""
+    part = sampled(call, DETAIL_MAX_NUMEL)
     with torch.no_grad():
         d: dict[str, "torch.Tensor | int | str"] = _detail(part.kind, part.input.detach(), part.target.detach())  # type: ignore[assignment]
     d["out_op"] = output_op(call.input)

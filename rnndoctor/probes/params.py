@@ -68,6 +68,21 @@ def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         return torch.stack([n.to(device=device, dtype=dtype) for n in norms])
 
 
+#: parameters larger than this are sampled for the update ratio: every k-th row, so the
+#: copy, the difference and the norms read ~1/k of a vocabulary-sized matrix (a word LM's
+#: 10k x 200 decoder and embedding were most of its dense start); the ratio of two norms over
+#: the same rows estimates the whole matrix's on the log scale the rule judges
+UPDATE_SAMPLE_NUMEL = 1 << 20
+
+
+def _update_view(p: torch.Tensor) -> torch.Tensor:
+    """The part of ``p`` its update ratio is read on: all of it, or every k-th row."""
+    d = p.detach()
+    if d.numel() <= UPDATE_SAMPLE_NUMEL or d.dim() < 2:
+        return d
+    return d[:: -(-d.numel() // UPDATE_SAMPLE_NUMEL)]
+
+
 class ParamNorms:
     """Per-parameter gradient norm before the update, weight norm and update ratio after."""
 
@@ -94,6 +109,8 @@ class ParamNorms:
         self._before_norm: torch.Tensor | None = None
         self._manual: dict[int, torch.Tensor] = {}
         self._last_weight_norm: torch.Tensor | None = None  # weights after the last step = before this one
+        #: some parameter's update ratio is read on a sample of its rows (``_update_view``)
+        self._sampled = any(p.numel() > UPDATE_SAMPLE_NUMEL and p.dim() >= 2 for p in self.params)
         #: global L2 norm of the gradients of the step being recorded (device scalar; None
         #: when it is computed with other steps' at the next flush)
         self.global_grad_norm: torch.Tensor | None = None
@@ -108,8 +125,9 @@ class ParamNorms:
         if norms:
             self._capture_grads()
         if snapshot:
-            self._before = list(torch._foreach_mul([p.detach() for p in self.params], 1.0))
-            self._before_norm = self._last_weight_norm if self._last_weight_norm is not None else _norms(self._before, self.device)
+            self._before = list(torch._foreach_mul([_update_view(p) for p in self.params], 1.0))
+            reuse = self._last_weight_norm is not None and not self._sampled  # the last step's weights are these
+            self._before_norm = self._last_weight_norm if reuse else _norms(self._before, self.device)
 
     def _capture_grads(self) -> None:
         grads = [p.grad for p in self.params]
@@ -174,7 +192,7 @@ class ParamNorms:
         if self._before is not None and self._before_norm is not None:
             weight_norm = _norms([p.detach() for p in self.params], self.device)
             self._last_weight_norm = weight_norm
-            torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # in place: before - after
+            torch._foreach_sub_(self._before, [_update_view(p) for p in self.params])  # in place: before - after
             updates = self._with_names("updates", {
                 "step": step,
                 "weight_norm": weight_norm,

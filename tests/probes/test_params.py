@@ -110,3 +110,31 @@ def test_steps_without_norms_write_no_params_row_but_keep_the_update_row():
     grads, updates = probe.take_rows(0, step_row)
     assert grads is None and "grad_norm" not in step_row
     assert updates is not None and (updates["update_ratio"] > 0).all()
+
+
+def test_a_vocabulary_sized_matrix_has_its_update_ratio_read_on_a_sample_of_rows():
+    """A 10k x 200 decoder (2M elements) is read every 2nd row: the sampled ratio of a
+    random update matches the whole matrix's within a few per cent; a small matrix is whole."""
+    from rnndoctor.probes.params import UPDATE_SAMPLE_NUMEL, _update_view
+
+    torch.manual_seed(0)
+    big = nn.Parameter(torch.randn(10_000, 200))
+    view = _update_view(big)
+    assert big.numel() > UPDATE_SAMPLE_NUMEL and view.shape == (5_000, 200) and view.data_ptr() == big.data_ptr()
+    small = nn.Parameter(torch.randn(64, 64))
+    assert _update_view(small).shape == small.shape
+    delta = torch.randn_like(big) * 1e-3
+    full = delta.norm() / big.detach().norm()
+    sampled = _update_view(delta).norm() / view.norm()
+    assert abs(float(sampled / full) - 1) < 0.05
+    # through the probe's own path: snapshot before the step, ratio after it
+    from rnndoctor.probes.params import ParamNorms
+
+    norms = ParamNorms([("decoder.weight", big), ("small", small)])
+    norms.before_update(norms=False, snapshot=True)
+    with torch.no_grad():
+        big.add_(delta)
+        small.mul_(1.01)
+    _, updates = norms.take_rows(0, {})
+    ratio = updates["update_ratio"]
+    assert abs(float(ratio[0] / full) - 1) < 0.05 and abs(float(ratio[1]) - 0.01) < 1e-4
