@@ -36,7 +36,7 @@ def suspended() -> Iterator[None]:
     if obs is None:
         yield
         return
-    if _pop_mode_temporarily is not None and _on_top(obs):
+    if _pop_mode_temporarily is not None and on_top(obs):
         with _pop_mode_temporarily():
             yield
         return
@@ -47,10 +47,11 @@ def suspended() -> Iterator[None]:
         obs.paused -= 1
 
 
-def _on_top(obs: object) -> bool:
+def on_top(mode: object) -> bool:
+    """``mode`` is the innermost torch-function mode (the one a ``__exit__`` would pop)."""
     try:
         n = torch._C._len_torch_function_stack()
-        return n > 0 and torch._C._get_function_stack_at(n - 1) is obs
+        return n > 0 and torch._C._get_function_stack_at(n - 1) is mode
     except (AttributeError, RuntimeError):  # a torch without these: the paused flag does it
         return False
 

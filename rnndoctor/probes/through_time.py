@@ -109,13 +109,6 @@ class HostValueGuard(TorchFunctionMode):
             return func(args[0].detach(), *args[1:], **kwargs)
         return func(*args, **kwargs)
 
-    def on_top(self) -> bool:
-        try:
-            n = torch._C._len_torch_function_stack()
-            return n > 0 and torch._C._get_function_stack_at(n - 1) is self
-        except (AttributeError, RuntimeError):  # pragma: no cover - older torch
-            return False
-
 
 def modes_active() -> bool:
     """Some torch-function mode is active (the user's, or a hand-cell observer): a stand-in

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import data as data_probe
-from . import through_time
+from . import observing, through_time
 from .base import Context, Probe
 
 
@@ -58,7 +58,7 @@ class TimeGradProbe(Probe):
         """The forward is over: the guard comes off (only from the top of the mode stack;
         a mode the user entered inside the forward and left on keeps ours under it, inert
         but for host conversions, until it can come off)."""
-        if self._guard is not None and self._guard.on_top():
+        if self._guard is not None and observing.on_top(self._guard):
             self._guard.__exit__(None, None, None)
             self._guard = None
 
