@@ -22,6 +22,7 @@ from .discovery import Discovery
 from .optimizers import OptimizerWatch
 from .probes import ProbeSet
 from .probes.base import Context, ModelView
+from .probes import hand_loss
 from .probes.outputs import LossCall, capture_losses
 from .recorder import Recorder, writer_in_background
 
@@ -68,6 +69,11 @@ class Conductor:
         self._compile_patch: compiled.CompilePatch | None = None
         #: ``run.log`` was used: the automatic loss capture is off, so nothing counts twice
         self.logged_explicitly = False
+        #: training losses captured since the last backward: none means the back-propagated
+        #: scalar is a hand-written loss
+        self._losses_since_backward = 0
+        #: the roots' latest output (the prediction a hand-written squared error reads)
+        self._last_output: torch.Tensor | None = None
         #: between ``attach`` and ``detach``
         self.active = False
 
@@ -91,7 +97,7 @@ class Conductor:
         else:
             self.discovery.arm()
         self.optimizers.attach()
-        self._loss_ctx = capture_losses(self.deferred.wrap(self._on_loss, order=2))
+        self._loss_ctx = capture_losses(self.deferred.wrap(self._on_loss, order=2), self._on_backward)
         self._loss_ctx.__enter__()
         self._compile_patch = compiled.CompilePatch(self._on_compile).__enter__()
         self.active = True
@@ -127,6 +133,7 @@ class Conductor:
         for h in self._module_handles + self.ctx.handles:
             h.remove()
         self._module_handles = []
+        self._last_output = None
         self.ctx.switches.clear()
         self.ctx.handles.clear()
 
@@ -144,7 +151,7 @@ class Conductor:
         compiled.make_eager(self._module_handles + switched + self.ctx.handles, module_hook)
         if self._loss_ctx is not None:
             self._loss_ctx.__exit__(None, None, None)
-            self._loss_ctx = capture_losses(self.deferred.wrap(self._on_loss, order=2))
+            self._loss_ctx = capture_losses(self.deferred.wrap(self._on_loss, order=2), self._on_backward)
             self._loss_ctx.__enter__()
 
     # ------------------------------------------------------------------ adoption
@@ -177,6 +184,7 @@ class Conductor:
             # a root called only from traced code (compiled in place, or in a compiled function)
             # is seen when the traced code's calls are drained
             self._module_handles.append(root.register_forward_pre_hook(self.deferred.wrap(self.before_forward, order=1)))
+            self._module_handles.append(root.register_forward_hook(compiled.outside_graph(self._keep_output)))
             for m in root.modules():
                 if compiled.is_wrapper(m):
                     self._module_handles += self.discovery.hidden.hooks(m)
@@ -225,8 +233,27 @@ class Conductor:
     # ------------------------------------------------------------------ losses and steps
     @guarded
     def _on_loss(self, call: LossCall) -> None:
+        if call.loss.requires_grad:
+            self._losses_since_backward += 1
         if not self.logged_explicitly:
             self.record_loss(call, grad=call.loss.requires_grad)
+
+    @guarded
+    def _on_backward(self, root: torch.Tensor) -> None:
+        """A scalar back-propagated with no functional loss since the last backward is a
+        hand-written loss: recorded from its graph (``hand_loss``)."""
+        self.maybe_close_step()  # losses deferred by compiled code are counted first
+        captured, self._losses_since_backward = self._losses_since_backward, 0
+        if captured or self.logged_explicitly or root.numel() != 1 or not self.roots:
+            return
+        self.record_loss(hand_loss.read(root, self._last_output), grad=True)
+        self._losses_since_backward = 0
+
+    def _keep_output(self, module: nn.Module, args: Any, output: Any) -> None:
+        """The root's latest output: the prediction a hand-written squared error subtracts
+        its targets from (a tensor, or the first tensor of a tuple)."""
+        first = output[0] if isinstance(output, (tuple, list)) and output else output
+        self._last_output = first if isinstance(first, torch.Tensor) else None
 
     def record_loss(self, call: LossCall, *, grad: bool) -> None:
         if grad and self.roots:

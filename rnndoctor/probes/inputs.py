@@ -97,6 +97,8 @@ class InputsProbe(Probe):
         return self._add_data(padded, True, mode)
 
     def loss(self, call: LossCall, grad: bool) -> None:
+        if call.kind == "logged":  # a value without targets
+            return
         with torch.no_grad():
             self._sample.add_target(call.target)
 

@@ -4,6 +4,10 @@ Loss modules (``nn.CrossEntropyLoss`` & co.) call their functional form through 
 ``torch.nn.functional`` namespace, so wrapping the functional forms while a watch is active
 captures both ways of computing a loss exactly once. The wrappers are installed when the
 first watch starts and removed when the last one ends.
+
+``torch.autograd.backward`` (which ``Tensor.backward`` calls) is wrapped the same way: a
+scalar back-propagated with no functional loss since the last backward is a hand-written
+loss (``hand_loss`` reads it before the backward frees what it saved).
 """
 
 from __future__ import annotations
@@ -50,9 +54,23 @@ class LossCall:
 
 
 LossListener = Callable[[LossCall], None]
+BackwardListener = Callable[[torch.Tensor], None]
 _listeners: list[LossListener] = []
+_backward_listeners: list[BackwardListener] = []
 _originals: dict[str, Callable[..., Any]] = {}
 _in_loss = False
+
+
+def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+        if _backward_listeners and isinstance(tensors, torch.Tensor) and tensors.requires_grad:
+            for listener in list(_backward_listeners):
+                listener(tensors)
+        return original(tensors, *args, **kwargs)
+
+    backward.__rnndoctor_original__ = original  # type: ignore[attr-defined]
+    return backward
 
 
 def _wrap(name: str, kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,19 +95,27 @@ def _wrap(name: str, kind: str, original: Callable[..., Any]) -> Callable[..., A
 
 
 @contextlib.contextmanager
-def capture_losses(listener: LossListener) -> Iterator[None]:
-    """Route every functional loss computed inside the block to ``listener``."""
+def capture_losses(listener: LossListener, on_backward: BackwardListener | None = None) -> Iterator[None]:
+    """Route every functional loss computed inside the block to ``listener``, and every
+    tensor back-propagated to ``on_backward``."""
     if not _listeners:
         for name, kind in LOSS_FUNCTIONS.items():
             original = getattr(F, name)
             _originals[name] = original
             setattr(F, name, _wrap(name, kind, original))
+        _originals["backward"] = torch.autograd.backward
+        torch.autograd.backward = _wrap_backward(torch.autograd.backward)
     _listeners.append(listener)
+    if on_backward is not None:
+        _backward_listeners.append(on_backward)
     try:
         yield
     finally:
         _listeners.remove(listener)
+        if on_backward is not None:
+            _backward_listeners.remove(on_backward)
         if not _listeners:
+            torch.autograd.backward = _originals.pop("backward")
             for name, original in _originals.items():
                 setattr(F, name, original)
             _originals.clear()

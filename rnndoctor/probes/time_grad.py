@@ -66,7 +66,7 @@ class TimeGradProbe(Probe):
         """The step's first training loss: the forward is over (the guard comes off), and the
         targets' batch size says which dimension of the model's input is the batch."""
         self._release_guard()
-        if grad and self._target_batch is None and call.target.dim() >= 1:
+        if grad and self._target_batch is None and call.kind != "logged" and call.target.dim() >= 1:
             self._target_batch = int(call.target.shape[0])
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
