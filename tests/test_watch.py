@@ -454,6 +454,38 @@ def test_dropout_left_on_during_evaluation_is_recorded(tmp_path):
     assert rnndoctor.load_run(tmp_path / "r")["eval_passes"]["active_modules"].iloc[0] == ["drop"]
 
 
+class FunctionalDropout(nn.Module):
+    """Dropout written as ``F.dropout(x, p)``: no module to put in eval mode; ``training``
+    must be passed, and ``fixed`` does (``training=self.training``)."""
+
+    def __init__(self, fixed: bool):
+        super().__init__()
+        self.lstm, self.head, self.fixed = nn.LSTM(1, 8, batch_first=True), nn.Linear(8, 2), fixed
+
+    def forward(self, x):
+        h = self.lstm(x)[0][:, -1]
+        h = F.dropout(h, 0.3, training=self.training) if self.fixed else F.dropout(h, 0.3)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_functional_dropout_left_on_during_evaluation(tmp_path, fixed):
+    torch.manual_seed(0)
+    model = FunctionalDropout(fixed)
+    original = F.dropout
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
+        for s in range(4):
+            model.train()
+            train(model, 1)
+            model.eval()
+            with torch.no_grad():
+                F.cross_entropy(model(batch()[0]), batch()[1])
+    assert F.dropout is original
+    ev = rnndoctor.load_run(tmp_path / "r")["eval_passes"]
+    assert len(ev) == 4 and (ev["dropout_active"] == (0 if fixed else 1)).all()
+    assert ("eval-in-train-mode" in {f.id for f in run.findings}) is not fixed
+
+
 def test_gate_replay_schedule_is_an_option(tmp_path):
     torch.manual_seed(0)
     model = Tiny()

@@ -241,7 +241,9 @@ def eval_in_train_mode(run: Run) -> Iterator[Found]:
 
     What it detects: the model was called without gradient (an evaluation under
     ``torch.no_grad()``) while a Dropout module, or an RNN's inter-layer dropout, was in
-    training mode — ``model.eval()`` was not called.
+    training mode — ``model.eval()`` was not called — or while its forward called
+    ``F.dropout(x, p)`` with ``training`` left at its default True (no module to put in eval
+    mode; ``training=self.training`` forgotten).
 
     Legitimate look-alikes: Monte Carlo dropout (dropout left on at evaluation on purpose,
     for uncertainty), and no-grad forward passes that are not evaluations (a state burn-in
