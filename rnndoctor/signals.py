@@ -73,6 +73,7 @@ STEPS = Signal(
         "out_max": "largest model output fed to the loss",
         "out_op": "autograd op that produced the loss input (SigmoidBackward0, AddmmBackward0, ...)",
         "out_is_prob": "1 when outputs are in [0,1] and sum to 1 over the class dim",
+        "class_weight": "per-class weights of a cross-entropy / NLL loss (weight=...), on detail steps",
         "out_is_logprob": "1 when outputs are <= 0 and logsumexp to 0 over the class dim",
         "grad_norm": "global L2 norm of all watched gradients before the update; on gradient-norm steps",
         "loss_finite": "1 when every loss value in the step was finite",

@@ -486,6 +486,23 @@ def test_functional_dropout_left_on_during_evaluation(tmp_path, fixed):
     assert ("eval-in-train-mode" in {f.id for f in run.findings}) is not fixed
 
 
+def test_an_evaluation_that_bypasses_forward_is_an_evaluation_pass(tmp_path):
+    """``model.decode(x)`` under no_grad: the root's forward never runs, its RNN does."""
+    torch.manual_seed(0)
+    model = FunctionalDropout(fixed=False)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
+        for s in range(3):
+            model.train()
+            train(model, 1)
+            model.eval()
+            with torch.no_grad():
+                h = model.lstm(batch()[0])[0][:, -1]
+                model.head(F.dropout(h, 0.3))
+    ev = rnndoctor.load_run(tmp_path / "r")["eval_passes"]
+    assert len(ev) == 3 and (ev["dropout_active"] == 1).all() and set(ev["module"]) == {"lstm"}
+    assert "eval-in-train-mode" in {f.id for f in run.findings}
+
+
 def test_gate_replay_schedule_is_an_option(tmp_path):
     torch.manual_seed(0)
     model = Tiny()

@@ -38,13 +38,21 @@ class EvalPassProbe(Probe):
         return [watch_functional_dropout(self._on_functional_dropout)]
 
     def model_call(self, module: nn.Module, args: Any) -> None:
+        self._pass(self.ctx.model.name(module), module)
+
+    def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> None:
+        """An evaluation that bypasses the root's ``forward`` (``model.greedy_decode(src)``)
+        still calls its recurrent modules."""
+        self._pass(name, module)
+
+    def _pass(self, name: str, module: nn.Module) -> None:
         step = self.ctx.step
         if torch.is_grad_enabled() or self._checked_step == step:
             return
         self._emit()
         self._checked_step = step
         active = [name for name, m in self.ctx.model.dropouts if m.training and getattr(m, "p", getattr(m, "dropout", 0)) > 0]
-        self._pending = {"step": step, "module": self.ctx.model.name(module), "model_training": int(module.training),
+        self._pending = {"step": step, "module": name, "model_training": int(module.training),
                          "dropout_active": int(bool(active)), "active_modules": active[:8]}
 
     def _on_functional_dropout(self, p: Any, training: Any) -> None:

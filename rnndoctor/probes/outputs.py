@@ -215,6 +215,11 @@ def loss_detail(call: LossCall) -> dict[str, "torch.Tensor | int | str"]:
     with torch.no_grad():
         d: dict[str, "torch.Tensor | int | str"] = _detail(part.kind, part.input.detach(), part.target.detach())  # type: ignore[assignment]
     d["out_op"] = output_op(call.input)
+    weight = call.kwargs.get("weight")
+    if call.kind in CLASSIFICATION_KINDS and isinstance(weight, torch.Tensor) and weight.dim() == 1 \
+            and weight.numel() == class_count(call.kind, call.input, call.target):
+        # per-class weights (``CrossEntropyLoss(weight=...)``): whether they favour the majority
+        d["class_weight"] = weight.detach().to(torch.float32).clone()
     return d
 
 

@@ -137,7 +137,12 @@ def prediction_collapse(
     beyond noise over the window defers the finding), the second by the 80 % cap on the
     class's share of the labels. Not told apart: the third; the rule does not compare the
     loss with the label entropy, so a converged model that is right to predict the majority
-    is reported as collapsed, as an error.
+    is reported as collapsed, as an error. Two things void the excuses: a loss below zero
+    under a loss that cannot be negative (NLL fed raw logits) is not a loss that is
+    learning; and per-class loss weights that favour the predicted majority class (class
+    frequencies passed where their inverses were meant) make the model no longer calibrated,
+    so the 80 % cap gives way to "the predictions are more concentrated than the labels, by
+    at least half of the rest".
 
     Why it matters: the model has fallen back on the majority (or an arbitrary) class; its
     accuracy equals that class's share and says nothing about what it learned.
@@ -156,18 +161,27 @@ def prediction_collapse(
         return
     train = w.select(run.train_steps())
     trend = loss_trend(train["loss"]) if "loss" in train else None
-    if trend is not None and trend.falling:  # still learning its way out (a young run): not yet
-        return
+    if trend is not None and trend.falling and not _impossible_loss(train):
+        return  # still learning its way out (a young run): not yet
     top = int(np.argmax(labels.pred_counts))
     cls = labels.class_at(top)
     pshare, lshare = float(labels.pred_shares[top]), float(labels.shares[top])
-    if pshare < top_share or lshare > max_label_share:
+    weights = _class_weights(run.train_steps())
+    favoured = weights is not None and cls < len(weights) and lshare == float(labels.shares.max()) \
+        and weights[cls] > max(np.delete(weights, cls), default=np.inf)
+    if favoured:  # the loss pushes toward the majority: its share no longer excuses the collapse
+        if lshare > 0.99 or pshare < max(top_share, lshare + (1 - lshare) / 2):
+            return
+    elif pshare < top_share or lshare > max_label_share:
         return
+    note = (f" The loss weights class {cls} most ({', '.join(f'{x:.3g}' for x in weights[:8])}): weights that grow "
+            "with a class's frequency push predictions further onto the majority; inverse frequencies balance them.") \
+        if favoured else ""
     yield Found(
         title=f"{pshare:.0%} of predictions are class {cls}, which is {lshare:.0%} of the labels",
         explanation=(
             f"Over steps {w.start}-{w.end} the model predicted class {cls} for {pshare:.1%} of targets; "
-            f"the labels are {lshare:.1%} class {cls}. Its accuracy is just that class's share."
+            f"the labels are {lshare:.1%} class {cls}. Its accuracy is just that class's share.{note}"
         ),
         evidence={
             "class": cls,
@@ -176,10 +190,33 @@ def prediction_collapse(
             "prediction_shares": [round(float(x), 4) for x in labels.pred_shares],
             "label_shares": [round(float(x), 4) for x in labels.shares],
             "window": [w.start, w.end],
+            **({"class_weights": [round(float(x), 4) for x in weights]} if favoured else {}),
         },
         where={"class": cls, "steps": f"{w.start}-{w.end}"},
         first_step=w.start,
+        **({"fix": "Weight classes by inverse frequency (weight = total / (K * count)), not by frequency."} if favoured else {}),
     )
+
+
+def _impossible_loss(train: pd.DataFrame) -> bool:
+    """The loss went below zero under a loss kind that cannot be negative (NLL on raw
+    logits): its fall says nothing about learning."""
+    if "loss" not in train or "loss_kind" not in train:
+        return False
+    kinds = set(train["loss_kind"].dropna())
+    loss = pd.to_numeric(train["loss"], errors="coerce")
+    return bool(kinds) and "logged" not in kinds and bool((loss < 0).any())
+
+
+def _class_weights(steps: pd.DataFrame) -> np.ndarray | None:
+    """The per-class weights of the run's classification loss, when it had any."""
+    if "class_weight" not in steps:
+        return None
+    for value in reversed(steps["class_weight"].dropna().tolist()):
+        arr = np.asarray(value, dtype=float)
+        if arr.ndim == 1 and arr.size >= 2 and np.isfinite(arr).all():
+            return arr
+    return None
 
 
 @rule(

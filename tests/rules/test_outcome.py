@@ -185,3 +185,34 @@ def test_prediction_collapse_waits_while_the_loss_still_falls():
     assert list(collapse(falling)) == []
     flat = classification_run(300, acc=0.75, loss=0.56, noise=0.05, **shares)
     assert [f.id for f in collapse(flat)] == ["prediction-collapse"]
+
+
+def test_prediction_collapse_a_negative_nll_is_not_a_loss_that_learns():
+    """NLL fed raw logits falls without bound below zero: its fall is no excuse."""
+    shares = dict(label_shares=(0.31, 0.35, 0.34), pred_shares=(1.0, 0.0, 0.0))
+    unbounded = classification_run(300, acc=0.31, loss=np.linspace(-1, -35, 300), kind="nll", **shares)
+    assert [f.id for f in collapse(unbounded)] == ["prediction-collapse"]
+    valid = classification_run(300, acc=0.31, loss=np.linspace(1.5, 0.6, 300), kind="nll", noise=0.02, **shares)
+    assert list(collapse(valid)) == []
+
+
+def _with_class_weights(run, weights):
+    steps = run["steps"].copy()
+    steps["class_weight"] = [list(weights) if s % 10 == 0 else None for s in steps["step"]]
+    frames = dict(run.signals)
+    frames["steps"] = steps
+    return type(run)(meta=run.meta, signals=frames)
+
+
+def test_prediction_collapse_class_weights_that_favour_the_majority():
+    """Frequencies passed as class weights push a 95/5 task onto its majority: the 80 % cap
+    (a calibrated model may rightly predict that majority) no longer excuses it; inverse
+    weights, or a model that still predicts the minority now and then, stay quiet."""
+    shares = dict(label_shares=(0.95, 0.05), pred_shares=(1.0, 0.0))
+    run = classification_run(300, acc=0.95, loss=0.02, noise=0.002, **shares)
+    assert list(collapse(run)) == []  # no weights: the cap holds
+    (f,) = collapse(_with_class_weights(run, (0.95, 0.05)))
+    assert f.where["class"] == 0 and f.evidence["class_weights"] == [0.95, 0.05]
+    assert list(collapse(_with_class_weights(run, (0.53, 10.2)))) == []
+    mixed = classification_run(300, acc=0.95, loss=0.02, noise=0.002, label_shares=(0.95, 0.05), pred_shares=(0.96, 0.04))
+    assert list(collapse(_with_class_weights(mixed, (0.95, 0.05)))) == []
