@@ -220,6 +220,57 @@ def _gradient_vanished(run: Run, warmup_steps: int, factor: float = 1e-3) -> lis
     return sorted(both.index[both["late"] < factor * both["early"]])
 
 
+#: a learning rate below this fraction of its peak has, for practical purposes, stopped
+DECAYED_FRACTION = 1e-4
+#: ... for at least this share of the run's steps, through its end
+DECAYED_SHARE = 0.5
+
+
+def _schedule_decayed(run: Run, updates: pd.DataFrame, too_small_log10: float) -> Found | None:
+    """The learning rate fell below 1e-4 of its peak for the last half (or more) of the run,
+    the updates there moved the weights by less than 10^-5 of their size, and the loss did
+    not fall there: a scheduler stepped far more often than meant (per batch or micro-batch
+    instead of per epoch), or a gamma far too small. A schedule that anneals to zero in its
+    last steps, or that decays a thousandfold in steps, does not stay 10^4 below its peak
+    for half of the run."""
+    steps = run.train_steps()
+    if "lr" not in steps:
+        return None
+    lr = pd.to_numeric(steps["lr"], errors="coerce")
+    known = steps.loc[lr.notna() & np.isfinite(lr), "step"]
+    lr = lr[lr.notna() & np.isfinite(lr)]
+    if len(lr) < 20 or not (peak := float(lr.max())) > 0:
+        return None
+    low = (lr < peak * DECAYED_FRACTION).to_numpy()
+    high_after = np.flatnonzero(~low)
+    start_i = int(high_after[-1]) + 1 if len(high_after) else 0
+    if start_i >= len(lr) or (len(lr) - start_i) < DECAYED_SHARE * len(lr):
+        return None
+    start = int(known.iloc[start_i])
+    late = updates[(updates["ndim"] >= 2) & (updates["step"] >= start)]
+    ratio = pd.to_numeric(late["update_ratio"], errors="coerce").dropna()
+    if len(ratio) < 3 or float(ratio.median()) >= 10 ** too_small_log10:
+        return None
+    trend = loss_trend(steps.loc[steps["step"] >= start, "loss"]) if "loss" in steps else None
+    if trend is None or trend.falling:
+        return None
+    final = float(lr.iloc[-1])
+    return Found(
+        title=f"The learning rate decayed to {fmt(final)}, {fmt(peak / max(final, 1e-300), 2)}x below its peak, from step {start} on",
+        explanation=(
+            f"The learning rate peaked at {fmt(peak)} and has been below {fmt(peak * DECAYED_FRACTION)} since step {start} "
+            f"({len(lr) - start_i} of {len(lr)} steps). Updates there moved the weights by a median {fmt(float(ratio.median()))} "
+            "of their size and the loss stopped falling: the schedule, not the gradient, stopped training. "
+            "A scheduler meant per epoch but stepped per batch (or per micro-batch) does this."
+        ),
+        evidence={"peak_lr": peak, "final_lr": final, "decayed_from_step": start, "steps_decayed": int(len(lr) - start_i),
+                  "median_update_ratio_after": float(ratio.median()), "loss_rel_decrease_after": round(trend.rel_decrease, 4)},
+        where={"steps": f"{start}-{int(known.iloc[-1])}"},
+        first_step=start,
+        fix="Step the scheduler as often as its gamma/step size assume (once per epoch for an epoch schedule), or raise its floor (eta_min, a larger gamma).",
+    )
+
+
 @rule(
     "learning-rate-scale",
     Severity.WARNING,
@@ -253,6 +304,12 @@ def learning_rate_scale(
     measure the blow-up, not the rate; divergence and non-finite report it). "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
 
+    A schedule that stopped training is judged first, from the ``lr`` column: the rate below
+    1e-4 of its peak for the last half of the run or more, the updates there below 10^-5 and
+    the loss not falling there (a per-epoch scheduler stepped per batch or micro-batch). An
+    annealing schedule reaches such a floor only in its last steps, a step schedule rarely
+    goes 10^4 below its peak; neither holds it for half the run.
+
     Legitimate look-alikes: LBFGS, whose line-searched steps are large by design; one small
     matrix (a CRF's transition matrix) that a rate right for the rest barely moves; a
     converged or saturated model whose updates shrank with its gradient; a large embedding
@@ -261,8 +318,9 @@ def learning_rate_scale(
     -5, or below -4.5 with a known-flat loss, and drops every weight whose gradient fell a
     thousandfold after warm-up. Not told apart: a model that converged early, or whose
     schedule decayed the rate for most of the run, while its gradient stayed above a
-    thousandth of its start (the median over all steps after warm-up is read as the rate,
-    the flat loss counts as confirmation, the ``lr`` column is not read); and a sparsely
+    thousandth of its start, where the decay is less deep or shorter than above (the median
+    over all steps after warm-up is read as the rate, the flat loss counts as confirmation);
+    and a sparsely
     updated embedding that holds most of the weights.
 
     Why it matters: too small and training looks stuck; too large and it thrashes or
@@ -272,6 +330,10 @@ def learning_rate_scale(
     """
     params = run["updates"]
     if params.empty or "update_ratio" not in params:
+        return
+    decayed = _schedule_decayed(run, params, too_small_log10)
+    if decayed is not None:
+        yield decayed
         return
     # a quasi-Newton step (LBFGS: up to max_iter line-searched iterations per step) is sized by
     # the curvature, not by lr x gradient: its ratio says nothing about the rate; a rate too

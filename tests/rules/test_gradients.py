@@ -216,3 +216,31 @@ def test_learning_rate_scale_reads_only_the_updates_before_the_blow_up():
     assert list(lr_scale(make_run(steps=steps, updates=updates(1e-3, 0.9)))) == []
     (f,) = lr_scale(make_run(steps=steps, updates=updates(0.5, float("nan"))))
     assert "thrash" in f.title
+
+
+def _scheduled_run(lr, loss, ratio_of_lr=0.05):
+    """400 steps; updates every step for 20, then every 40 (the default schedule), each
+    ratio proportional to the step's learning rate (float32 rounds tiny ones to 0)."""
+    n = len(lr)
+    steps = [{"step": s, "mode": "train", "loss": float(loss[s]), "loss_kind": "cross_entropy", "lr": float(lr[s])} for s in range(n)]
+    upd = []
+    for s in [*range(1, 20), *range(40, n, 40)]:
+        r = ratio_of_lr * lr[s] / lr.max()
+        upd += [{"step": s, "param": p, "weight_norm": 1.0, "update_ratio": r if r > 1e-9 else 0.0, "numel": 256, "ndim": 2}
+                for p in ("rnn.weight_ih_l0", "rnn.weight_hh_l0")]
+    return make_run(steps=steps, updates=upd)
+
+
+def test_learning_rate_scale_a_schedule_stepped_per_micro_batch():
+    """ExponentialLR(0.95) meant per epoch, stepped on every micro-batch: the rate is 10^-4
+    of its peak by step ~180 and training stops there; annealing to zero at the end, or a
+    decay while the loss keeps falling, is not that."""
+    s = np.arange(400)
+    rng = np.random.default_rng(0)
+    flat = 1.0 + 0.02 * rng.standard_normal(400)
+    (f,) = lr_scale(_scheduled_run(0.04 * 0.95 ** (4 * s), flat))
+    assert "decayed" in f.title and f.evidence["decayed_from_step"] < 200
+    cosine = 0.04 * 0.5 * (1 + np.cos(np.pi * s / 399))
+    assert "decayed" not in " ".join(x.title for x in lr_scale(_scheduled_run(cosine, flat)))
+    falling = np.linspace(1.0, 0.2, 400) + 0.01 * rng.standard_normal(400)
+    assert "decayed" not in " ".join(x.title for x in lr_scale(_scheduled_run(0.04 * 0.95 ** (4 * s), falling)))
