@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
+from . import data as data_rules
 from ._common import blow_up_step, constant_inputs, horizon, mean_profile, second_half
 from .outcome import not_learning
 from .registry import Found, rule
@@ -71,6 +72,15 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
         )
 
 
+def labels_unrelated_to_inputs(run: Run) -> bool:
+    """The data rules show the targets are not a function of the inputs: identical inputs
+    carry different labels, or what decides an index's label is redrawn on every fetch (the
+    error, not the online-generation information)."""
+    if any(True for _ in data_rules.inconsistent_labels(run)):
+        return True
+    return any(f.severity is Severity.ERROR for f in data_rules.resampled_parameters(run))
+
+
 @rule(
     "vanishing-gradient-through-time",
     Severity.WARNING,
@@ -96,7 +106,10 @@ def vanishing_gradient_through_time(
     gradient stays at least 1 % of its peak — is under half the sequence length, and the run
     is not learning (stuck at the baseline, or loss down less than 10 %). Not judged where
     the profile cannot mean anything: an input that never varies (there is nothing to
-    assign credit to; constant-input) or a run whose loss blew up (divergence, non-finite).
+    assign credit to; constant-input), a run whose loss blew up (divergence, non-finite),
+    or targets that are not a function of the inputs (identical inputs with different
+    labels, or an index whose label changes when fetched again: inconsistent-labels,
+    resampled-parameters) — no horizon would let the model learn those.
 
     Legitimate look-alikes: a task whose answer depends only on recent inputs, where a short
     horizon is exactly what the model should learn; a healthy run that reads as not learning
@@ -121,6 +134,8 @@ def vanishing_gradient_through_time(
         return
     if blow_up_step(run) is not None:
         return  # a run that blew up has no meaningful profile: divergence/non-finite say it
+    if labels_unrelated_to_inputs(run):
+        return  # nothing to learn from any step back: the data rules say why
     own = tg[(tg["backward_step"] == tg["step"]) & (tg.get("packed", 0) == 0)]
     constant = constant_inputs(run)
     for module, rows in own.groupby("module", sort=False):

@@ -44,6 +44,20 @@ def test_vanishing_quiet_on_a_constant_input_or_a_blown_up_run():
     assert list(vanishing(with_signal(STUCK, steps=steps.to_dict("records"), time_grad=tg_rows(DECAYING)))) == []
 
 
+def test_vanishing_quiet_when_the_labels_are_not_a_function_of_the_inputs():
+    """Inputs and labels shuffled apart: the same inputs carry different labels, so no
+    horizon would let the model learn them; the same inputs with their own labels keep the
+    finding."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, 2000)
+
+    def samples(y):
+        return [{"step": 0, "mode": "train", "x1": float(a), "x2": float(a) * 2 + 1, "y": float(b)} for a, b in zip(x, y)]
+
+    assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(DECAYING), samples=samples(rng.integers(0, 2, 2000))))) == []
+    assert len(list(vanishing(with_signal(STUCK, time_grad=tg_rows(DECAYING), samples=samples(x % 2))))) == 1
+
+
 def test_vanishing_quiet_when_learning_or_gradient_reaches_back_or_packed():
     assert list(vanishing(with_signal(LEARNING, time_grad=tg_rows(DECAYING)))) == []
     assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(FLAT)))) == []
