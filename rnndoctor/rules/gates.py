@@ -11,7 +11,7 @@ from ..finding import Severity
 from ..run import Run
 from ..signals import SIGMOID_HIGH, SIGMOID_LOW, TANH_SATURATED
 from ._common import first_half, fmt, mean_profile
-from .outcome import not_learning
+from .outcome import not_learning, solved
 from .registry import Found, rule
 
 #: research-notes §6: "pinned" when >= 90 % of entries sit in a flat end of the sigmoid
@@ -158,12 +158,14 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fou
 
     Legitimate look-alikes: gates a trained model uses as switches: an input gate shut
     between rare events, a tanh RNN whose
-    units settle at ±1 to count or hold a bit. Told apart only by reading the first half of
-    the sampled steps (in a run of a thousand steps, only the three at its start), where
-    saturation comes from the inputs and the initial weights rather than from learning; ReLU
-    units are not judged (their zeros are not saturation). Not told apart: a long run that
-    learned such switches before its midpoint; the rule reads neither the biases nor whether
-    the run learns, and stays a warning.
+    units settle at ±1 to count or hold a bit; an initialisation that shuts gates on purpose
+    (chrono initialisation sets the input bias to minus the large forget bias). Told apart
+    by reading the first half of the sampled steps (in a run of a thousand steps, only the
+    three at its start), where saturation comes from the inputs and the initial weights
+    rather than from learning, and by the outcome: a run that solved its task (its loss at
+    most 5 % of the best input-independent predictor's) gets the finding as information; ReLU units
+    are not judged (their zeros are not saturation). Not told apart: a long run that learned
+    such switches before its midpoint and then stalled.
 
     Why it matters: saturated sigmoid/tanh units pass almost no gradient (σ' < 0.05 at
     0.05/0.95), so those gates stop learning — typically because inputs are far from unit
@@ -176,20 +178,26 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fou
     if g.empty:
         return
     g = g[~g["gate"].isin(KEEPING_GATES) & g["frac_saturated"].notna()]  # forget-gate-saturation's
+    learned = None  # read once, only when a gate is saturated
     for (module, layer, direction, gate), rows in g.groupby(["module", "layer", "direction", "gate"], sort=False):
         early = first_half(rows)
-        sat = float(early["frac_saturated"].mean())
-        if sat < share:
+        if early.empty or not float(early["frac_saturated"].mean()) >= share:
             continue
+        sat = float(early["frac_saturated"].mean())
         act = str(early["activation"].iloc[0]) if "activation" in early else "sigmoid"
         lo, hi = (-TANH_SATURATED, TANH_SATURATED) if act == "tanh" else (SIGMOID_LOW, SIGMOID_HIGH)
         text, units = pinned_units(early, lo, hi)
+        if learned is None:
+            learned = solved(run)
         yield Found(
             title=f"Gate '{gate}' of '{module}' layer {layer} is saturated for {sat:.0%} of entries",
             explanation=(
                 f"On the sampled steps of the first half of training {sat:.1%} of the '{gate}' gate's values sat in a flat end "
                 "of its sigmoid/tanh, where almost no gradient passes."
+                + (" The run solved its task anyway (its loss is under 5 % of an input-independent predictor's): "
+                   "how the model uses this gate, not why it fails." if learned else "")
             ),
+            severity=Severity.INFO if learned else None,
             evidence={"share_saturated": sat, "checks": int(len(early)), "mean": float(early["mean"].mean()),
                       **({"units_pinned": units} if units else {})},
             where=_where(module, layer, direction, str(gate), text),

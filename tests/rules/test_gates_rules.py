@@ -67,6 +67,18 @@ def test_gate_saturation():
     assert list(saturation(make_run(gates=gate_rows("i", 0.1, 0.2)))) == []
 
 
+def test_gate_saturation_of_a_run_that_solved_its_task_is_information():
+    """Chrono initialisation shuts the input gates on purpose; the model then solves its task
+    (loss 0.1 % of the label entropy): information. The same gates with a loss at chance,
+    or at 67 % of it (seed 003's pinned gates), stay a warning."""
+    gates = gate_rows("i", 0.57, 0.0)
+    for loss, severity in ((0.0015, Severity.INFO), (0.9, Severity.WARNING), (0.693, Severity.WARNING)):
+        acc = 1.0 if loss < 0.01 else 0.5
+        run = classification_run(300, acc=acc, loss=loss, noise=0.0001)
+        (f,) = saturation(with_signal(run, gates=gates))
+        assert f.severity is severity, loss
+
+
 def test_cell_state_growth():
     t = np.arange(1, 301)
     (f,) = growth(make_run(cell=cell_rows(1.5 * t, [10.0] * 32)))
