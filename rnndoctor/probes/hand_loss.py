@@ -46,6 +46,10 @@ def read(root: torch.Tensor, model_output: torch.Tensor | None = None) -> LossCa
     except (RuntimeError, AttributeError, IndexError, TypeError):  # saved tensors freed, odd graphs
         call = None
     if call is not None:
+        # the user's loss going NaN/Inf is what the record must show, whatever ours reads
+        value = root.detach().reshape(()).to(call.loss.dtype)
+        with torch.no_grad():
+            call.loss = torch.where(torch.isfinite(value), call.loss, value)
         return call
     value = root.detach().reshape(1)
     return LossCall("logged", value, value, value, {})
@@ -205,8 +209,9 @@ def _product(node: Any, model_output: torch.Tensor | None) -> LossCall | None:
         p = other_node._saved_self.detach()
         if p.shape != target.shape:
             return None
-        with torch.no_grad():
-            loss = F.binary_cross_entropy(p.clamp(0, 1), target.detach().clamp(0, 1))
+        with torch.no_grad():  # written out: F.binary_cross_entropy raises on NaN inputs
+            y = target.detach()
+            loss = -(y * p.log().clamp_min(-100) + (1 - y) * (1 - p).log().clamp_min(-100)).mean()
         return LossCall("bce", p, target.detach(), loss, {})
     return None
 

@@ -66,6 +66,21 @@ def test_binary_cross_entropy_written_out():
     assert call.kind == "bce_logits" and torch.equal(call.target, t)
 
 
+def test_a_non_finite_hand_loss_stays_non_finite():
+    """A sigmoid that rounds to 1.0 makes the user's ``(1 - y) * log(1 - p)`` NaN: the record
+    says NaN too, and NaN outputs are still read as a binary loss."""
+    z = torch.tensor([40.0, -1.0, 2.0, float("nan")], requires_grad=True)
+    t = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    p = torch.sigmoid(z)
+    call = hand_loss.read(-(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean())
+    assert call.kind == "bce" and torch.isnan(call.loss)
+    z = torch.tensor([0.3, -1.0], requires_grad=True)
+    p = torch.sigmoid(z)
+    t = torch.tensor([1.0, 0.0])
+    call = hand_loss.read(-(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean())
+    assert torch.isfinite(call.loss) and torch.allclose(call.loss, F.binary_cross_entropy(p, t))
+
+
 def test_squared_error_reads_the_targets_back_from_the_difference():
     x = torch.randn(B, 4)
     lin = nn.Linear(4, 1)
