@@ -47,9 +47,8 @@ def exploding_gradients(
     out, as an unclipped word-language model at lr 20 does in its first steps), or 100 x
     once; or its median doubles in each of 5 consecutive windows. Setbacks are measured from
     the loss before the spike, or from a tenth of the starting loss when it is lower, and
-    must exceed the noise of the two 10-step means (95 %). Without a recorded loss (a
-    hand-written loss not passed to ``run.log``) no setback can be read, and only spikes of
-    100 x and the growth test count.
+    must exceed the noise of the two 10-step means (95 %). Without a recorded loss no
+    setback can be read, and only spikes of 100 x and the growth test count.
 
     Legitimate look-alikes: the isolated spikes of healthy LSTM training, which the run
     shrugs off; a loop that already clips; a norm that grows because the task does (a
