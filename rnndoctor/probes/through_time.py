@@ -127,8 +127,20 @@ def attach_model_input(x: torch.Tensor, target_batch: "Callable[[], int | None]"
     gradient arrives, after the loss: the batch dimension is the one as long as the loss's
     targets (``target_batch``), else the declared layout."""
     leaf = x.detach().requires_grad_(True)
-    values = x.detach()
+    leaf.register_hook(_profile_hook(x.detach(), target_batch, batch_first, on_profile))
+    return leaf.clone()
 
+
+def attach_embedded(e: torch.Tensor, target_batch: "Callable[[], int | None]", batch_first: bool, on_profile: OnProfile) -> None:
+    """‖∂L/∂e_t‖ of an embedding's output ``[B, T, E]`` (or ``[T, B, E]``) for a model fed
+    token ids with no fused RNN: the ids carry no gradient, the vectors the loop slices do.
+    The output already requires grad, so a tensor hook on it is all it takes (nothing is
+    replaced); time and batch are told apart as in :func:`attach_model_input`."""
+    e.register_hook(_profile_hook(e.detach(), target_batch, batch_first, on_profile))
+
+
+def _profile_hook(values: torch.Tensor, target_batch: "Callable[[], int | None]", batch_first: bool,
+                  on_profile: OnProfile) -> Callable[[torch.Tensor], None]:
     def hook(grad: torch.Tensor) -> None:
         try:  # runs inside the user's backward(): never raise into it
             b, first = target_batch(), batch_first
@@ -138,5 +150,4 @@ def attach_model_input(x: torch.Tensor, target_batch: "Callable[[], int | None]"
         except Exception:
             pass
 
-    leaf.register_hook(hook)
-    return leaf.clone()
+    return hook

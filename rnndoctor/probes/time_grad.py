@@ -8,7 +8,9 @@ parameters) slices its input itself: the hook goes on the model's own float inpu
 first training pass of the step) a :class:`through_time.HostValueGuard` is active, so
 ``.numpy()``/``.item()`` on what it computes from the input behave as without us; it comes
 off at the step's loss, at latest at its end. Not done while another torch-function mode is
-active (a hand-cell observer, the user's own)."""
+active (a hand-cell observer, the user's own). A model fed token ids ``[B, T]`` has its first
+embedding's output ``[B, T, E]`` hooked instead, recorded under the embedding's name: ids
+carry no gradient, the vectors the loop slices do."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import compiled
 from . import data as data_probe
 from . import observing, through_time
 from .base import Context, Probe
@@ -37,10 +40,39 @@ class TimeGradProbe(Probe):
         #: the batch size of this step's first training loss (None until it is computed)
         self._target_batch: int | None = None
         self._guard: through_time.HostValueGuard | None = None
+        #: the step whose token-id input awaits its embedding's output (-1: none)
+        self._embedded_step = -1
         return []
+
+    def attach(self, ctx: Context) -> list[Any]:
+        """A forward hook on each embedding of a model without a fused RNN: token ids carry
+        no gradient, the embedded vectors its loop slices do (idle unless ``model_args``
+        saw token ids on a time-gradient step)."""
+        self._embedded_step = -1
+        if any(isinstance(m, nn.RNNBase) for _, m in ctx.model.recurrent):
+            return []
+        embeddings = [m for root in ctx.model.roots.values() for m in root.modules()
+                      if isinstance(m, nn.Embedding) and id(m) not in ctx.model.inside]
+        hook = compiled.outside_graph(observing.unobserved(self._on_embedding))
+        return [m.register_forward_hook(hook) for m in embeddings[:4]]
+
+    def _on_embedding(self, module: nn.Module, args: Any, output: Any) -> None:
+        step = self.ctx.step
+        if self._embedded_step != step or not isinstance(output, torch.Tensor) or output.dim() != 3 \
+                or not output.requires_grad or not torch.is_grad_enabled():
+            return
+        self._embedded_step = -1  # the first embedding after the model's call: its input
+        self._step = step
+        on_profile = functools.partial(self._on_profile, self.ctx.model.name(module), step, False)
+        through_time.attach_embedded(output, lambda: self._target_batch, self.ctx.model.batch_first, on_profile)
 
     def model_args(self, module: nn.Module, args: tuple[Any, ...]) -> "tuple[Any, ...] | None":
         x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and not x.is_complex() \
+                and torch.is_grad_enabled() and self._step != self.ctx.step and not self.ctx.model.inside:
+            self._embedded_step = self.ctx.step  # token ids [B, T]: the embedding's output is hooked
+            self._target_batch = None
+            return None
         if (not isinstance(x, torch.Tensor) or x.dim() != 3 or not x.is_floating_point() or x.requires_grad
                 or x.grad_fn is not None or not torch.is_grad_enabled() or self._step == self.ctx.step
                 or self.ctx.model.inside or through_time.modes_active()

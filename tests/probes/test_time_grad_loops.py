@@ -112,3 +112,39 @@ def test_a_fused_rnn_model_keeps_its_input_as_given(tmp_path):
 
     rows, _ = _train(tmp_path, Fused(), steps=4)
     assert not any(seen) and rows and {r["module"] for r in rows} == {"lstm"}
+
+
+class TokenCellLoop(nn.Module):
+    """Token ids -> Embedding -> nn.GRUCell over time: the ids carry no gradient."""
+
+    def __init__(self, vocab: int = 12, e: int = 8, h: int = 16, batch_first: bool = True) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, e)
+        self.cell = nn.GRUCell(e, h)
+        self.out = nn.Linear(h, 2)
+        self.batch_first = batch_first
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        e = self.embed(ids if self.batch_first else ids.t())  # [B, T, E]
+        h = torch.zeros(e.shape[0], self.cell.hidden_size)
+        for t in range(e.shape[1]):
+            h = self.cell(e[:, t], h)
+        return self.out(h)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_token_ids_get_the_profile_of_their_embedded_vectors(tmp_path, time_major):
+    torch.manual_seed(0)
+    model = TokenCellLoop(batch_first=not time_major)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True):
+        for _ in range(4):
+            ids = torch.randint(0, 12, (16, 20))
+            y = (ids[:, -1] > 5).long()
+            loss = F.cross_entropy(model(ids.t() if time_major else ids), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+    rows = [json.loads(line) for line in (tmp_path / "r" / "signals" / "time_grad.jsonl").read_text().splitlines()]
+    assert rows and {r["module"] for r in rows} == {"embed"}
+    p = _profile(rows[-1])
+    assert p.shape == (20,) and p[-1] > 10 * p[0]
+    assert not model.embed._forward_hooks  # nothing left on the user's module
