@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
 from synth import classification_run, make_run, param_rows, update_rows
 
@@ -244,3 +245,24 @@ def test_learning_rate_scale_a_schedule_stepped_per_micro_batch():
     assert "decayed" not in " ".join(x.title for x in lr_scale(_scheduled_run(cosine, flat)))
     falling = np.linspace(1.0, 0.2, 400) + 0.01 * rng.standard_normal(400)
     assert "decayed" not in " ".join(x.title for x in lr_scale(_scheduled_run(0.04 * 0.95 ** (4 * s), falling)))
+
+
+def test_exploding_gradients_a_setback_the_run_undoes_and_learns_past_is_texture():
+    """One 70x spike that more than doubles the loss for ten steps: a run that is back below
+    its pre-spike loss within 50 steps and ends far lower (an LSTM on its way to 0.002)
+    shrugged it off (information); the same spike in a run that stays set back, or that
+    recovers and is thrown back again by the end, is a warning."""
+    g = np.ones(300)
+    g[100] = 70.0
+    learning = np.linspace(0.7, 0.01, 300)
+    learning[100:110] *= 2.5
+    (f,) = exploding(_with_grad_norms(g, learning))
+    assert f.severity is Severity.INFO and f.evidence["recovered"] is True
+    stays = np.linspace(0.7, 0.01, 300)
+    stays[100:] = 0.9
+    (f,) = exploding(_with_grad_norms(g, stays))
+    assert f.severity is None or f.severity is not Severity.INFO
+    thrown_back = learning.copy()
+    thrown_back[250:] = 0.8  # recovered for a while, then the run ends above where the spike found it
+    (f,) = exploding(_with_grad_norms(g, thrown_back))
+    assert f.severity is not Severity.INFO
