@@ -303,10 +303,13 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
     and meant to be covered (lookup or memorisation tasks); a no-grad pass over the training
     data to measure training accuracy. Epochs are told apart when the data comes through a
     DataLoader over a map-style Dataset: distinct inputs are then compared with
-    ``len(dataset)``, not with the draws. Not told apart: epochs over in-memory tensors
-    sliced without a DataLoader (no dataset size is recorded), a small space covered on
-    purpose, and training-set evaluation, whose inputs count as evaluation inputs seen in
-    training (every no-grad pass is an evaluation); all stay warnings. An input that never
+    ``len(dataset)``, not with the draws, and fewer distinct inputs than the dataset claims is
+    a warning. Without a dataset size (in-memory tensors sliced or sampled with replacement,
+    generators, iterable datasets) repeats are what any epoch looks like, and the finding is
+    information: a generator whose space is small (seed 002) and a fixed list sampled with
+    replacement are not told apart. Not told apart either: a small space covered on purpose,
+    and training-set evaluation, whose inputs count as evaluation inputs seen in training
+    (every no-grad pass is an evaluation); leakage stays a warning. An input that never
     varies (every sample the same tensor) is constant-input's finding, and this rule stands
     aside.
 
@@ -332,8 +335,13 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
             explanation=(
                 f"{n} training samples were fingerprinted and only {unique} ({unique / n:.1%}) were distinct"
                 + (f", though the dataset claims {int(sizes.max())} samples" if not sizes.empty else "")
-                + ": the generator draws from a small space, so 'more data' is the same data again."
+                + (": the dataset holds fewer distinct samples than it claims (copies, a shard concatenated twice)."
+                   if not sizes.empty else
+                   ": if these are meant as fresh samples, the generator draws from a small space and 'more data' is "
+                   "the same data again; epochs or sampling with replacement over a fixed set look the same.")
             ),
+            # without a dataset size, repeats are what any epoch over in-memory data looks like
+            severity=None if not sizes.empty else Severity.INFO,
             evidence={"drawn": int(n), "distinct": int(unique), "distinct_share": unique / n,
                       "dataset_size": int(sizes.max()) if not sizes.empty else None},
             where={"data": "training inputs"},

@@ -59,9 +59,15 @@ def test_duplicate_samples_against_draws_and_dataset_size():
     small = rng.integers(0, 100, 2000)
     (f,) = duplicates(make_run(samples=sample_rows(small, small % 2)))
     assert f.evidence["distinct"] == 100 and f.evidence["drawn"] == 2000
+    # no dataset size: epochs over in-memory data look the same, so information
+    assert f.severity is Severity.INFO
     # 2000 draws over epochs of a 120-sample Dataset: repeats by design, quiet
     run = make_run(samples=sample_rows(small, small % 2), datasets=[{"step": 0, "dataset": "D", "size": 120, "map_style": 1}])
     assert list(duplicates(run)) == []
+    # a Dataset claiming 1000 samples that holds 100 distinct ones (copies): a warning
+    run = make_run(samples=sample_rows(small, small % 2), datasets=[{"step": 0, "dataset": "D", "size": 1000, "map_style": 1}])
+    (f,) = duplicates(run)
+    assert f.severity is None and f.evidence["dataset_size"] == 1000
     wide = rng.random(2000)
     assert list(duplicates(make_run(samples=sample_rows(wide, wide > 0.5)))) == []
 
