@@ -67,7 +67,7 @@ def test_duplicate_samples_against_draws_and_dataset_size():
     # a Dataset claiming 1000 samples that holds 100 distinct ones (copies): a warning
     run = make_run(samples=sample_rows(small, small % 2), datasets=[{"step": 0, "dataset": "D", "size": 1000, "map_style": 1}])
     (f,) = duplicates(run)
-    assert f.severity is None and f.evidence["dataset_size"] == 1000
+    assert f.severity is Severity.WARNING and f.evidence["dataset_size"] == 1000
     wide = rng.random(2000)
     assert list(duplicates(make_run(samples=sample_rows(wide, wide > 0.5)))) == []
 
