@@ -11,6 +11,7 @@ their logarithm. A short walk from the root (a few dozen Python attribute reads,
 backward frees them) finds the nearest of these shapes:
 
 - ``gather``/indexing of ``log_softmax`` (or ``log(softmax)``)  -> cross-entropy, labels
+- ``logsumexp(z) - z.gather(...)`` (the picked logit)           -> cross-entropy, labels
 - ``targets * log_softmax`` with targets outside the graph        -> cross-entropy, soft/one-hot labels
 - ``y * log(p)`` / ``y * logsigmoid(z)``                          -> binary cross-entropy
 - ``(pred - y) ** 2`` / ``(pred - y) * (pred - y)``               -> squared error, ``y = pred - diff``
@@ -101,6 +102,8 @@ def _as_loss(node: Any, model_output: torch.Tensor | None) -> LossCall | None:
         return _product(node, model_output)
     if name == "LogBackward0" and _name(_child(node, 0)) in ("GatherBackward0", "IndexBackward0"):
         return _selected_probs(_child(node, 0))
+    if name == "SubBackward0" and _name(_child(node, 0)) == "LogsumexpBackward0":
+        return _logsumexp_minus_picked(node)
     if name == "PowBackward0" and getattr(node, "_saved_exponent", None) == 2:
         return _squared(_child(node, 0), node._saved_self, model_output)
     return None
@@ -142,6 +145,29 @@ def _selected_probs(select: Any) -> LossCall | None:
     if _name(select) == "GatherBackward0":
         return _gathered_labels(logp, dim, select)
     return _indexed_labels(logp, dim, select)
+
+
+def _logsumexp_minus_picked(sub: Any) -> LossCall | None:
+    """``logsumexp(z, 1) - z.gather(1, y[:, None]).squeeze(1)`` (or ``z[arange(B), y]``):
+    cross-entropy written out on the logits."""
+    lse, picked = _child(sub, 0), _child(sub, 1)
+    for _ in range(4):  # look through the squeeze/view of the picked logits
+        if _name(picked) not in _ORDER_KEEPING:
+            break
+        picked = _child(picked, 0)
+    if _name(picked) not in ("GatherBackward0", "IndexBackward0") or _child(picked, 0) is not _child(lse, 0):
+        return None
+    z = lse._saved_self.detach()
+    dims = lse._saved_dim
+    dims = list(dims) if isinstance(dims, (tuple, list)) else [dims]
+    if len(dims) != 1:
+        return None
+    dim = _dim(dims[0], z.dim())
+    with torch.no_grad():
+        logp = F.log_softmax(z, dim)
+    if _name(picked) == "GatherBackward0":
+        return _gathered_labels(logp, dim, picked)
+    return _indexed_labels(logp, dim, picked)
 
 
 def _gathered(node: Any) -> LossCall | None:

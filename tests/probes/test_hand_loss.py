@@ -55,6 +55,17 @@ def test_log_of_picked_softmax_entries():
         assert torch.allclose(call.loss, F.cross_entropy(z, y), atol=1e-5)
 
 
+def test_logsumexp_minus_the_picked_logit():
+    z, y = _logits(), _labels()
+    for root in ((torch.logsumexp(z, dim=1) - z.gather(1, y[:, None]).squeeze(1)).mean(),
+                 (torch.logsumexp(z, 1) - z[torch.arange(B), y]).mean()):
+        call = hand_loss.read(root)
+        assert call.kind == "cross_entropy" and torch.equal(call.target, y)
+        assert torch.allclose(call.loss, F.cross_entropy(z, y), atol=1e-5)
+    other = torch.randn(B, K, requires_grad=True)  # the picked values come from another tensor
+    assert hand_loss.read((torch.logsumexp(z, 1) - other.gather(1, y[:, None]).squeeze(1)).mean()).kind == "logged"
+
+
 def test_binary_cross_entropy_written_out():
     z = torch.randn(B, requires_grad=True)
     t = (torch.rand(B) > 0.5).float()
