@@ -68,6 +68,8 @@ STEPS = Signal(
         "tgt_sqsum": "sum of squared targets",
         "tgt_min": "smallest target",
         "tgt_max": "largest target",
+        "tgt_chan_sqdev": "regression targets: sum of squared deviations from each channel's (last dim's) batch mean",
+        "tgt_l1_dev": "regression targets: sum of absolute deviations from each channel's batch median",
         "tgt_integral": "1 when every target is a whole number in [0, 15] (class labels)",
         "out_min": "smallest model output fed to the loss",
         "out_max": "largest model output fed to the loss",

@@ -40,6 +40,8 @@ REGRESSION_KINDS = frozenset({"mse", "l1", "smooth_l1", "huber"})
 #: regression targets that are whole numbers in [0, REGRESSION_CLASS_BINS) are treated as
 #: class labels (seed 002: 0/1 targets under MSE); predictions are rounded into these bins.
 REGRESSION_CLASS_BINS = 16
+#: a regression target's last dim up to this size is read as channels (per-channel spread)
+MAX_TARGET_CHANNELS = 256
 #: tolerance for "these outputs already are probabilities / log-probabilities"
 PROB_SUM_TOL = 1e-3
 
@@ -344,6 +346,14 @@ def _detail(kind: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, "torch.Ten
         "tgt_max": yf.max(),
         "tgt_integral": ((yf == yf.round()) & (yf >= 0) & (yf < REGRESSION_CLASS_BINS)).all(),
     }
+    if kind in REGRESSION_KINDS and yf.numel() > 1:
+        # the best input-independent predictor of several outputs predicts each output's own
+        # centre: spread within each channel (the last dim, when it is one of a few), around
+        # the mean (MSE) and the median (L1)
+        c = yf.shape[-1] if yf.dim() >= 2 and yf.shape[-1] <= MAX_TARGET_CHANNELS else 1
+        cols = yf.reshape(-1, c)
+        d["tgt_chan_sqdev"] = ((cols - cols.mean(0)) ** 2).sum()
+        d["tgt_l1_dev"] = (cols - cols.median(0).values).abs().sum()
     if kind in CLASSIFICATION_KINDS and xf.dim() >= 1:
         dim = 1 if xf.dim() > 1 else 0
         in_unit = (xf >= 0).all() & (xf <= 1).all()

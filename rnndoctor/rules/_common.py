@@ -203,6 +203,20 @@ def target_moments(run: Run, window: "Window | None" = None) -> tuple[float, flo
     return float(mean), float(max(ss / n - mean * mean, 0.0))
 
 
+def target_spread(run: Run, column: str, window: "Window | None" = None) -> float | None:
+    """Per-element spread of the targets around each channel's centre (``tgt_chan_sqdev``:
+    the mean predictor's MSE; ``tgt_l1_dev``: the median predictor's L1) over the steps with
+    loss details (in ``window``); None for records without it."""
+    d = detail_rows(run)
+    if window is not None and not d.empty:
+        d = window.select(d)
+    if d.empty or column not in d or "tgt_n" not in d:
+        return None
+    values = pd.to_numeric(d[column], errors="coerce")
+    n = pd.to_numeric(d.loc[values.notna(), "tgt_n"], errors="coerce").sum()
+    return float(values.sum() / n) if n > 0 else None
+
+
 @dataclass(frozen=True)
 class Reference:
     """What an input-independent predictor reaches, and the run's loss on the same steps."""
@@ -218,7 +232,9 @@ def reference_loss(run: Run, window: "Window | None" = None) -> Reference | None
 
     The loss decides the reference, not the targets: a classification loss is compared
     with the label entropy; MSE with the variance of the targets (0/1 labels under MSE
-    included: the mean predictor's MSE is their variance, and their entropy is not an MSE).
+    included: the mean predictor's MSE is their variance, and their entropy is not an MSE),
+    within each output channel when there are several; L1 with their mean absolute
+    deviation from each channel's median.
     The variance is read on the steps that carry target details, and the run's loss on
     those same steps, so a changing target distribution cannot fake a gap. None for other
     losses or when nothing was recorded."""
@@ -236,15 +252,23 @@ def reference_loss(run: Run, window: "Window | None" = None) -> Reference | None
         if labels is None or labels.total <= 0 or losses.empty:
             return None
         return Reference(labels.entropy, "label entropy", float(losses.mean()))
-    if kind == "mse":
-        moments = target_moments(run, window)
+    if kind in ("mse", "l1"):
         detail = detail_rows(run)
         if window is not None and not detail.empty:
             detail = window.select(detail)
         losses = finite(detail["loss"]) if not detail.empty else pd.Series(dtype=float)
-        if moments is None or losses.empty:
+        if losses.empty:
             return None
-        return Reference(moments[1], "target variance", float(losses.mean()))
+        if kind == "l1":
+            spread = target_spread(run, "tgt_l1_dev", window)
+            return Reference(spread, "target mean absolute deviation", float(losses.mean())) if spread is not None else None
+        moments = target_moments(run, window)
+        if moments is None:
+            return None
+        # several outputs: each predicted at its own mean (the pooled variance would count
+        # the differences between the channels' means as something to learn)
+        chan = target_spread(run, "tgt_chan_sqdev", window)
+        return Reference(min(moments[1], chan) if chan is not None else moments[1], "target variance", float(losses.mean()))
     return None
 
 
@@ -405,10 +429,12 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
             reference_loss_kind=ref_name,
         )
         return ev
-    ref = reference_loss(run, w) if kind == "mse" else None
+    ref = reference_loss(run, w) if kind in ("mse", "l1") else None
     if ref is None or ref.loss <= 0 or ref.run_loss < loss_fraction * ref.loss:
         return None
-    ev.update(reference_loss=ref.loss, reference_loss_kind="target variance (mean predictor)", baseline=None)
+    ev.update(reference_loss=ref.loss, baseline=None, loss_kind=kind,
+              reference_loss_kind="target variance (mean predictor)" if kind == "mse" else
+              "target mean absolute deviation (median predictor)")
     return ev
 
 

@@ -53,7 +53,7 @@ def stuck_at_chance(
     confidence not 10 % below, and that interval is narrower than ±15 %. A rise is no
     progress either. A loss too noisy for its steps to say that (batch size 1, a young run)
     is too early to tell and is not called stuck. For regression: MSE at the variance of the
-    targets.
+    targets (within each output channel), L1 at their mean absolute deviation from the median.
 
     Legitimate look-alikes: a young or noisy run (batch size 1) that has not yet moved; a
     model that did learn but whose accuracy is still near the majority share (weakly
@@ -99,10 +99,13 @@ def stuck_at_chance(
             "The model predicts no better than ignoring its input."
         )
     else:
-        title = f"MSE {fmt(ev['loss'])} is stuck at the target variance {fmt(ev['reference_loss'])}"
+        mse = ev.get("loss_kind", "mse") == "mse"
+        title = (f"MSE {fmt(ev['loss'])} is stuck at the target variance {fmt(ev['reference_loss'])}" if mse else
+                 f"L1 loss {fmt(ev['loss'])} is stuck at the targets' mean absolute deviation {fmt(ev['reference_loss'])}")
         expl = (
-            f"Over steps {w.start}-{w.end} the loss stayed at the variance of the targets: the model "
-            "predicts their mean and nothing else."
+            f"Over steps {w.start}-{w.end} the loss stayed at "
+            + ("the variance of the targets: the model predicts their mean and nothing else." if mse else
+               "the targets' mean absolute deviation: the model predicts their median and nothing else.")
         )
     yield Found(title=title, explanation=expl, evidence=ev, where={"steps": f"{w.start}-{w.end}"}, first_step=first)
 

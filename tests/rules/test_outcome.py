@@ -216,3 +216,39 @@ def test_prediction_collapse_class_weights_that_favour_the_majority():
     assert list(collapse(_with_class_weights(run, (0.53, 10.2)))) == []
     mixed = classification_run(300, acc=0.95, loss=0.02, noise=0.002, label_shares=(0.95, 0.05), pred_shares=(0.96, 0.04))
     assert list(collapse(_with_class_weights(mixed, (0.95, 0.05)))) == []
+
+
+def _regression_run(loss, *, kind="mse", pooled_var=1.0, chan_sqdev=None, l1_dev=None, n=300, noise=0.002, seed=0):
+    """Continuous targets (not labels): detail rows every 10th step carry the pooled moments
+    and, when given, the per-channel spreads (per element)."""
+    rng = np.random.default_rng(seed)
+    losses = np.broadcast_to(np.asarray(loss, float), (n,)) + noise * rng.standard_normal(n)
+    steps = []
+    for s in range(n):
+        row = {"step": s, "mode": "train", "loss": float(losses[s]), "loss_finite": 1, "loss_kind": kind, "loss_calls": 1, "lr": 0.01}
+        if s % 10 == 0:
+            row.update(out_min=-1.0, out_max=1.0, tgt_n=100, tgt_sum=0.0, tgt_sqsum=100 * pooled_var, tgt_min=-3.1, tgt_max=3.3,
+                       tgt_integral=0)
+            if chan_sqdev is not None:
+                row["tgt_chan_sqdev"] = 100 * chan_sqdev
+            if l1_dev is not None:
+                row["tgt_l1_dev"] = 100 * l1_dev
+        steps.append(row)
+    from synth import make_run
+    return make_run(steps=steps)
+
+
+def test_stuck_at_chance_several_outputs_are_judged_within_each_channel():
+    """Eight outputs with different means: the pooled variance (0.6) counts the gaps between
+    the channels' means, which predicting each channel's mean already closes (0.3). A run at
+    0.3 learned nothing from its input."""
+    assert list(stuck(_regression_run(0.30, pooled_var=0.6))) == []  # older record: pooled only
+    (f,) = stuck(_regression_run(0.30, pooled_var=0.6, chan_sqdev=0.3))
+    assert f.evidence["reference_loss"] == 0.3 and "MSE" in f.title
+    assert list(stuck(_regression_run(0.05, pooled_var=0.6, chan_sqdev=0.3))) == []
+
+
+def test_stuck_at_chance_under_l1_reads_the_median_predictor():
+    (f,) = stuck(_regression_run(0.637, kind="l1", l1_dev=0.636))
+    assert "L1" in f.title and f.evidence["reference_loss_kind"].startswith("target mean absolute deviation")
+    assert list(stuck(_regression_run(0.05, kind="l1", l1_dev=0.636))) == []
