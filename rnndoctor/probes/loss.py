@@ -174,6 +174,9 @@ def _fill_loss_values(row: Row, pred_row: Row | None, stats: list[LossStats]) ->
         row["loss"] = first.loss
     else:
         row["loss"] = torch.stack([_tensor(s.loss) for s in stats]).sum() / len(stats)
+    if first.spread is not None and len(stats) == 1:
+        # the mean and median predictors' losses on this batch (rules compare them with the loss)
+        row["tgt_elems"], row["tgt_spread_sq"], row["tgt_spread_abs"] = first.spread
     if not same:
         return
     keys = ("n_pred", "n_label", "correct", "total")

@@ -143,6 +143,10 @@ class LossStats:
     correct: "torch.Tensor | Part | None" = None
     total: "torch.Tensor | Part | None" = None
     detail: dict[str, "torch.Tensor | int"] | None = None
+    #: regression targets: (elements, squared deviations from each channel's mean, absolute
+    #: deviations from each channel's median) — the input-independent predictors' losses on
+    #: this very batch
+    spread: "tuple[int, torch.Tensor | Part, torch.Tensor | Part] | None" = None
 
 
 def class_count(kind: str, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -251,6 +255,10 @@ def _group_stats(calls: list[LossCall]) -> list[LossStats]:
     else:
         x, y = torch.stack([c.input.detach() for c in calls]), torch.stack([c.target.detach() for c in calls])
     stats = [LossStats(kind=kind, n_classes=0, loss=part) for part in batched_losses([c.loss for c in calls])]
+    if kind in REGRESSION_KINDS and y[0].numel() > 1:
+        sq, ab = target_spread(y)
+        for i, st in enumerate(stats):
+            st.spread = (int(y[0].numel()), Part(sq, i), Part(ab, i))
     cls = _class_view(kind, x, y, first.kwargs)
     if cls is None:
         return stats
@@ -272,6 +280,19 @@ def _group_stats(calls: list[LossCall]) -> list[LossStats]:
         s.n_classes = k
         s.n_pred, s.n_label, s.correct, s.total = Part(n_pred, i), Part(n_label, i), Part(correct, i), Part(total, i)
     return stats
+
+
+def target_spread(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per call (dim 0 of ``y``): the sum of squared deviations from each channel's mean and
+    of absolute deviations from each channel's median (channels: the last dim, when it is
+    one of a few, else one)."""
+    n = y.shape[0]
+    per = y[0]
+    c = per.shape[-1] if per.dim() >= 2 and per.shape[-1] <= MAX_TARGET_CHANNELS else 1
+    cols = as_stat(y).reshape(n, -1, c)
+    sq = ((cols - cols.mean(1, keepdim=True)) ** 2).sum((1, 2))
+    ab = (cols - cols.median(1, keepdim=True).values).abs().sum((1, 2))
+    return sq, ab
 
 
 def _class_view(
@@ -350,10 +371,8 @@ def _detail(kind: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, "torch.Ten
         # the best input-independent predictor of several outputs predicts each output's own
         # centre: spread within each channel (the last dim, when it is one of a few), around
         # the mean (MSE) and the median (L1)
-        c = yf.shape[-1] if yf.dim() >= 2 and yf.shape[-1] <= MAX_TARGET_CHANNELS else 1
-        cols = yf.reshape(-1, c)
-        d["tgt_chan_sqdev"] = ((cols - cols.mean(0)) ** 2).sum()
-        d["tgt_l1_dev"] = (cols - cols.median(0).values).abs().sum()
+        sq, ab = target_spread(yf.unsqueeze(0))
+        d["tgt_chan_sqdev"], d["tgt_l1_dev"] = sq[0], ab[0]
     if kind in CLASSIFICATION_KINDS and xf.dim() >= 1:
         dim = 1 if xf.dim() > 1 else 0
         in_unit = (xf >= 0).all() & (xf <= 1).all()

@@ -373,6 +373,28 @@ def horizon(profile: list[float] | np.ndarray, eps: float) -> int:
     return int(g.size - above[0])
 
 
+#: detail steps a paired comparison of the loss with the reference needs
+MIN_PAIRED_STEPS = 5
+
+
+def _paired_ratio(run: Run, w: Window, kind: str) -> tuple[float, float, int] | None:
+    """(mean, lower 95 % bound, steps) of the loss over the input-independent predictor's
+    loss on the same batch, over the class-count steps of ``w`` (every 4th): batch-to-batch
+    noise that hides a trend cancels in the ratio."""
+    column = "tgt_spread_sq" if kind == "mse" else "tgt_spread_abs"
+    d = run.train_steps()
+    if d.empty or column not in d or "tgt_elems" not in d:
+        return None
+    d = w.select(d.dropna(subset=[column]))
+    ref = pd.to_numeric(d[column], errors="coerce") / pd.to_numeric(d["tgt_elems"], errors="coerce")
+    ratio = (pd.to_numeric(d["loss"], errors="coerce") / ref.where(ref > 0)).replace([np.inf, -np.inf], np.nan).dropna()
+    if len(ratio) < MIN_PAIRED_STEPS:
+        return None
+    mean = float(ratio.mean())
+    half = 1.96 * float(ratio.std(ddof=1)) / math.sqrt(len(ratio))
+    return mean, mean - half, int(len(ratio))
+
+
 def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fraction: float = 0.9,
                    min_rel_decrease: float = 0.01) -> dict | None:
     """Evidence that window ``w`` sits at the input-independent baseline, or None (the
@@ -398,9 +420,17 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
     # a young or noisy run (batch size 1) is too early to tell. A loss at the reference with
     # batch-to-batch noise (a 93/7 batch of 28 holds 0-5 positives) is not known flat within
     # 5 %, but is known not to fall
-    if trend is None or trend.rel_decrease >= min_rel_decrease or not trend.known_not_falling:
-        return None
     kind = loss_kind(run)
+    if trend is None or trend.rel_decrease >= min_rel_decrease or not trend.known_not_falling:
+        # a regression loss too noisy between batches for its trend to say anything can
+        # still be compared, batch by batch, with what the mean (median) predictor scores on
+        # those same batches: at it throughout the window, and not known to fall, is stuck
+        paired = _paired_ratio(run, w, kind) if not labelled and kind in ("mse", "l1") else None
+        if trend is None or trend.falling or paired is None or paired[1] < loss_fraction:
+            return None
+        ev_paired = {"paired_ratio": paired[0], "paired_ratio_lower": paired[1], "paired_steps": paired[2]}
+    else:
+        ev_paired = {}
     ev: dict = {"window": [w.start, w.end], "loss": mean_loss, "loss_relative_decrease": trend.rel_decrease,
                 "loss_relative_decrease_upper": trend.rel_decrease_upper}
     if labelled:
@@ -432,6 +462,7 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
     ref = reference_loss(run, w) if kind in ("mse", "l1") else None
     if ref is None or ref.loss <= 0 or ref.run_loss < loss_fraction * ref.loss:
         return None
+    ev.update(ev_paired)
     ev.update(reference_loss=ref.loss, baseline=None, loss_kind=kind,
               reference_loss_kind="target variance (mean predictor)" if kind == "mse" else
               "target mean absolute deviation (median predictor)")

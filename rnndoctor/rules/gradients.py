@@ -286,7 +286,7 @@ def _schedule_decayed(run: Run, updates: pd.DataFrame, too_small_log10: float) -
             "of their size and the loss stopped falling: the schedule, not the gradient, stopped training. "
             "A scheduler meant per epoch but stepped per batch (or per micro-batch) does this."
         ),
-        evidence={"peak_lr": peak, "final_lr": final, "decayed_from_step": start, "steps_decayed": int(len(lr) - start_i),
+        evidence={"side": "small", "peak_lr": peak, "final_lr": final, "decayed_from_step": start, "steps_decayed": int(len(lr) - start_i),
                   "median_update_ratio_after": float(ratio.median()), "loss_rel_decrease_after": round(trend.rel_decrease, 4)},
         where={"steps": f"{start}-{int(known.iloc[-1])}"},
         first_step=start,
@@ -406,8 +406,15 @@ def learning_rate_scale(
                 f"The update-to-weight ratio of {len(sel)} weight matrix(es) sits at 10^{value:.1f} per step; "
                 "a healthy run is near 10^-3."
             ),
-            evidence={"median_log10_update_ratio": {k: round(float(v), 3) for k, v in sel.items()}, "band": [too_small_log10, too_large_log10]},
+            evidence={"median_log10_update_ratio": {k: round(float(v), 3) for k, v in sel.items()}, "band": [too_small_log10, too_large_log10],
+                      "side": side},
             where={"param": worst},
             first_step=int(p["step"].min()),
             fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
         )
+
+
+def rate_too_small(run: Run) -> bool:
+    """learning-rate-scale's reading that the weights barely moved (too small a rate, or a
+    schedule that decayed it away): the run's gradient profiles are its initial weights'."""
+    return any(f.evidence.get("side") == "small" for f in learning_rate_scale(run))

@@ -10,6 +10,7 @@ import pandas as pd
 from ..finding import Severity
 from ..run import Run
 from . import data as data_rules
+from .gradients import rate_too_small
 from ._common import blow_up_step, constant_inputs, horizon, mean_profile, second_half
 from .outcome import not_learning
 from .registry import Found, rule
@@ -109,7 +110,9 @@ def vanishing_gradient_through_time(
     assign credit to; constant-input), a run whose loss blew up (divergence, non-finite),
     or targets that are not a function of the inputs (identical inputs with different
     labels, or an index whose label changes when fetched again: inconsistent-labels,
-    resampled-parameters) — no horizon would let the model learn those.
+    resampled-parameters) — no horizon would let the model learn those — or weights that
+    barely moved (learning-rate-scale's "too small"): the profile is then the initial
+    weights', not what training made of them.
 
     Legitimate look-alikes: a task whose answer depends only on recent inputs, where a short
     horizon is exactly what the model should learn; a healthy run that reads as not learning
@@ -136,6 +139,8 @@ def vanishing_gradient_through_time(
         return  # a run that blew up has no meaningful profile: divergence/non-finite say it
     if labels_unrelated_to_inputs(run):
         return  # nothing to learn from any step back: the data rules say why
+    if rate_too_small(run):
+        return  # the weights barely moved: the profile is the initial weights', learning-rate-scale says why
     own = tg[(tg["backward_step"] == tg["step"]) & (tg.get("packed", 0) == 0)]
     constant = constant_inputs(run)
     for module, rows in own.groupby("module", sort=False):

@@ -252,3 +252,25 @@ def test_stuck_at_chance_under_l1_reads_the_median_predictor():
     (f,) = stuck(_regression_run(0.637, kind="l1", l1_dev=0.636))
     assert "L1" in f.title and f.evidence["reference_loss_kind"].startswith("target mean absolute deviation")
     assert list(stuck(_regression_run(0.05, kind="l1", l1_dev=0.636))) == []
+
+
+def test_stuck_at_chance_a_noisy_regression_loss_is_compared_batch_by_batch():
+    """Sensor windows in physical units: the per-batch MSE scatters 0.06-0.75, too much for a
+    trend, but on every class-count step it equals what each channel's batch mean scores on
+    that batch: stuck. A model at a fifth of it on the same batches learned."""
+    rng = np.random.default_rng(1)
+    spread = rng.uniform(0.05, 0.8, 300)  # the mean predictor's MSE on each batch
+
+    def run(ratio):
+        r = _regression_run(0.0, pooled_var=0.6, chan_sqdev=0.3)
+        steps = r["steps"].copy()
+        steps["loss"] = spread * ratio * (1 + 0.02 * rng.standard_normal(300))
+        every4 = steps["step"] % 4 == 0
+        steps.loc[every4, "tgt_elems"] = 100
+        steps.loc[every4, "tgt_spread_sq"] = 100 * spread[every4.to_numpy()]
+        from synth import make_run
+        return make_run(steps=steps)
+
+    (f,) = stuck(run(1.0))
+    assert f.evidence["paired_ratio_lower"] > 0.9 and f.evidence["paired_steps"] == 25
+    assert list(stuck(run(0.2))) == []

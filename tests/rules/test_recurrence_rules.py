@@ -58,6 +58,17 @@ def test_vanishing_quiet_when_the_labels_are_not_a_function_of_the_inputs():
     assert len(list(vanishing(with_signal(STUCK, time_grad=tg_rows(DECAYING), samples=samples(x % 2))))) == 1
 
 
+def test_vanishing_quiet_when_the_weights_barely_moved():
+    """A learning rate left at 1e-5: the weights move 1e-7 of their size per step, so the
+    profile is the initial weights' (learning-rate-scale names the rate); the same profile
+    with healthy updates keeps the finding."""
+    from synth import param_rows, update_rows
+    frozen = with_signal(STUCK, time_grad=tg_rows(DECAYING), updates=update_rows(param_rows(300, update_ratio=1e-7)))
+    assert list(vanishing(frozen)) == []
+    moving = with_signal(STUCK, time_grad=tg_rows(DECAYING), updates=update_rows(param_rows(300, update_ratio=1e-3)))
+    assert len(list(vanishing(moving))) == 1
+
+
 def test_vanishing_quiet_when_learning_or_gradient_reaches_back_or_packed():
     assert list(vanishing(with_signal(LEARNING, time_grad=tg_rows(DECAYING)))) == []
     assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(FLAT)))) == []
