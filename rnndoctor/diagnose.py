@@ -18,7 +18,8 @@ def diagnose(run: Run, *, strict: bool = False, options: Mapping[str, Mapping[st
     skipped: list[Skipped] = []
     options = options or {}
     for spec in all_rules():
-        missing = [s for s in spec.signals if not run.has(s)]
+        # "a|b": either signal will do (a rule reading torch RNNs' or hand-written cells' record)
+        missing = [s for s in spec.signals if not any(run.has(alt) for alt in s.split("|"))]
         if missing:
             skipped.append(Skipped(spec.id, f"no {', '.join(missing)} recorded"))
             continue

@@ -315,3 +315,46 @@ def test_our_own_hooks_ops_never_enter_the_cells_op_log(tmp_path):
         muls = [src for kind, _, src in ops if kind == "mul"]
         # per call of the chunked cell: f * c, i * g, o * tanh(c): three, none of them x * x
         assert len(muls) == 3 * T and not any(a is b for a, b in muls)
+
+
+class _GRUStyleCell(nn.Module):
+    def __init__(self, f: int, h: int) -> None:
+        super().__init__()
+        self.zr = nn.Linear(f + h, 2 * h)
+        self.n = nn.Linear(f + h, h)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        z, r = torch.sigmoid(self.zr(torch.cat([x, h], 1))).chunk(2, 1)
+        n = torch.tanh(self.n(torch.cat([x, r * h], 1)))
+        return (1 - z) * n + z * h
+
+
+class _Loop(nn.Module):
+    def __init__(self, fed_back: bool) -> None:
+        super().__init__()
+        self.cell, self.out, self.fed_back = _GRUStyleCell(2, 12), nn.Linear(12, 2), fed_back
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(x.shape[0], 12)
+        last = h
+        for t in range(x.shape[1]):
+            last = self.cell(x[:, t], h)
+            if self.fed_back:
+                h = last
+        return self.out(last)
+
+
+@pytest.mark.parametrize("fed_back", [False, True])
+def test_a_hand_cell_whose_state_is_never_fed_back_is_no_recurrence(tmp_path, fed_back):
+    """``h_new = cell(x_t, h)`` with ``h`` never reassigned: every call gets the same zero
+    state. Its twin passes the state back and is read as a GRU-style cell."""
+    torch.manual_seed(0)
+    model = _Loop(fed_back)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
+        for _ in range(6):
+            x = torch.randn(16, 10, 2)
+            loss = F.cross_entropy(model(x), (x[:, 0, 0] > 0).long())
+            opt.zero_grad(); loss.backward(); opt.step()
+    ids = run.diagnosis.ids()
+    assert ("no-recurrence" in ids) is not fed_back

@@ -82,6 +82,11 @@ class GatesProbe(Probe):
         self._observer_hooks = []
         if isinstance(obs, hand_cells.FeedbackDetector):
             self._feedback = obs.found
+            for name, abs_max in obs.stateless().items():
+                # the same initial state on every call, never the module's own output: its
+                # size says whether anything could be carried (no-recurrence reads it)
+                self.ctx.recorder.add("hand_cells", {"step": self.ctx.step, "module": name, "read": -1,
+                                                     "state_fed_back": 0, "state_abs_max": abs_max})
             return None
         if obs is not None:
             obs.__exit__(None, None, None)

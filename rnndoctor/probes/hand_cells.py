@@ -138,14 +138,40 @@ class FeedbackDetector:
     def __init__(self) -> None:
         self.found: set[str] = set()
         self._last: dict[str, list[weakref.ref[Tensor]]] = {}
+        #: module -> (calls, the state-shaped inputs of its first call still passed on every
+        #: call, with the largest |value| of each, read when first seen)
+        self._held: dict[str, tuple[int, list[tuple[weakref.ref[Tensor], Tensor]]]] = {}
+        self._args: dict[str, list[Tensor]] = {}
 
     def enter(self, name: str, args: Any) -> None:
         last = self._last.get(name)
-        if last and any(r() is x for x in tensors_in(args) for r in last):
+        inputs = list(tensors_in(args))
+        if last and any(r() is x for x in inputs for r in last):
             self.found.add(name)
+        self._args[name] = inputs
 
     def leave(self, name: str, module: nn.Module, output: Any) -> None:
-        self._last[name] = [weakref.ref(t) for t in tensors_in(output)]
+        outputs = list(tensors_in(output))
+        self._last[name] = [weakref.ref(t) for t in outputs]
+        # inputs shaped like an output: a state the call was given
+        inputs = self._args.pop(name, [])
+        shapes = {tuple(t.shape) for t in outputs}
+        states = [t for t in inputs if tuple(t.shape) in shapes and not t.requires_grad]
+        calls, held = self._held.get(name, (0, None))
+        if held is None:
+            with torch.no_grad():
+                held = [(weakref.ref(t), t.detach().abs().max()) for t in states if t.numel()]
+        else:  # keep only the tensors passed again, the same object, on this call too
+            held = [(r, m) for r, m in held if any(r() is t for t in states)]
+        self._held[name] = (calls + 1, held)
+
+    def stateless(self, min_calls: int = 3) -> dict[str, Tensor]:
+        """Modules called at least ``min_calls`` times in the step that were never fed back
+        their own output and got the very same state tensor (one that needs no grad: an
+        initial state) on every call: a cell whose new state is never passed back in
+        (``h_new = cell(x_t, h)``). Module -> that state's largest |value| (a device scalar)."""
+        return {name: held[0][1] for name, (calls, held) in self._held.items()
+                if calls >= min_calls and name not in self.found and held}
 
 
 def _last_dim_slice(whole: Any, key: Any) -> slice | None:

@@ -19,7 +19,7 @@ from .registry import Found, rule
 @rule(
     "no-recurrence",
     Severity.ERROR,
-    signals=("rnn_inputs",),
+    signals=("rnn_inputs|hand_cells",),
     fix="Call the RNN on the whole sequence (lstm(x), x: [B, T, F]), or carry the returned state into the next call.",
     plots=("inputs",),
 )
@@ -29,7 +29,10 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
     What it detects: every sampled training call of a recurrent module (at least 5) was a
     sequence of length 1 with no initial state or an all-zero one. A training call is one
     whose output a gradient reached: a ``generate()`` loop run between steps with grad
-    enabled carries its state, but it is inference, not what the model learns from.
+    enabled carries its state, but it is inference, not what the model learns from. A
+    hand-written cell (any module called once per time step) counts when, on at least two
+    sampled training steps, every call received the very same all-zero state tensor and
+    never the module's own output (``h_new = cell(x_t, h)`` with ``h`` never reassigned).
 
     Legitimate look-alikes: a ``generate()`` loop that feeds one element at a time with grad
     enabled; a training loop that steps the RNN by hand and passes the state back in; an RNN
@@ -47,6 +50,7 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
     or, stepping manually, pass the returned state back in (``out, state = lstm(x_t, state)``)
     and backpropagate through the loop before the optimizer step.
     """
+    yield from _stateless_hand_cells(run)
     r = run["rnn_inputs"]
     if r.empty or "hx_given" not in r:
         return
@@ -70,6 +74,31 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
             evidence={"calls": int(len(rows)), "seq_len": 1, "state_passed": bool((rows["hx_given"] == 1).any())},
             where={"module": module},
             first_step=int(rows["step"].min()),
+        )
+
+
+def _stateless_hand_cells(run: Run, min_steps: int = 2) -> Iterator[Found]:
+    """Hand-written cells called once per time step with the same all-zero state every time."""
+    cells = run["hand_cells"]
+    if cells.empty or "state_fed_back" not in cells:
+        return
+    fed = set(cells.loc[pd.to_numeric(cells.get("read"), errors="coerce") >= 0, "module"]) if "read" in cells else set()
+    rows = cells[pd.to_numeric(cells["state_fed_back"], errors="coerce") == 0]
+    for module, r in rows.groupby("module", sort=False):
+        zero = pd.to_numeric(r["state_abs_max"], errors="coerce") == 0
+        if module in fed or len(r) < min_steps or not zero.all():
+            continue  # fed back on some step, or a state that carries something (a fixed context)
+        yield Found(
+            title=f"'{module}' is called once per time step but never given its own output back",
+            explanation=(
+                f"On {len(r)} sampled training steps every call of '{module}' received the same all-zero state "
+                "tensor and never the state its previous call returned: the new state is computed and dropped, "
+                "so nothing is carried from one element to the next."
+            ),
+            evidence={"steps_sampled": int(len(r)), "state_fed_back": False, "state_abs_max": 0.0},
+            where={"module": str(module)},
+            first_step=int(r["step"].min()),
+            fix="Assign the cell's output back to the state it reads (h = cell(x_t, h)).",
         )
 
 

@@ -11,7 +11,8 @@ The contract of a rule:
           yield Found(title=..., explanation=..., evidence=ev, where=where, first_step=step)
 
   ``id`` is the finding id (a public contract: stable, unique); ``severity`` the default
-  severity; ``signals`` the recorded signals it reads (it is skipped when one is missing);
+  severity; ``signals`` the recorded signals it reads (it is skipped when one is missing;
+  ``"a|b"`` is satisfied by either);
   ``fix`` the default one-line fix; ``plots`` every plot a finding of it may ask for (names
   in ``rnndoctor.report.plots.PLOTS``), in the order the report shows them.
 * It is a function ``(run, **thresholds) -> Iterator[Found]``. Its keyword-only parameters
