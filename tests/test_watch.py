@@ -468,37 +468,35 @@ class FunctionalDropout(nn.Module):
         return self.head(h)
 
 
-@pytest.mark.parametrize("fixed", [False, True])
-def test_functional_dropout_left_on_during_evaluation(tmp_path, fixed):
+def _train_and_evaluate(tmp_path, model, steps, evaluate):
+    """One training step, then ``evaluate(model)`` in eval() mode under no_grad, ``steps`` times."""
     torch.manual_seed(0)
-    model = FunctionalDropout(fixed)
-    original = F.dropout
     with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
-        for s in range(4):
+        for _ in range(steps):
             model.train()
             train(model, 1)
             model.eval()
             with torch.no_grad():
-                F.cross_entropy(model(batch()[0]), batch()[1])
+                evaluate(model)
+    return run, rnndoctor.load_run(tmp_path / "r")["eval_passes"]
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_functional_dropout_left_on_during_evaluation(tmp_path, fixed):
+    original = F.dropout
+    run, ev = _train_and_evaluate(tmp_path, FunctionalDropout(fixed), 4, lambda m: F.cross_entropy(m(batch()[0]), batch()[1]))
     assert F.dropout is original
-    ev = rnndoctor.load_run(tmp_path / "r")["eval_passes"]
     assert len(ev) == 4 and (ev["dropout_active"] == (0 if fixed else 1)).all()
     assert ("eval-in-train-mode" in {f.id for f in run.findings}) is not fixed
 
 
 def test_an_evaluation_that_bypasses_forward_is_an_evaluation_pass(tmp_path):
     """``model.decode(x)`` under no_grad: the root's forward never runs, its RNN does."""
-    torch.manual_seed(0)
-    model = FunctionalDropout(fixed=False)
-    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
-        for s in range(3):
-            model.train()
-            train(model, 1)
-            model.eval()
-            with torch.no_grad():
-                h = model.lstm(batch()[0])[0][:, -1]
-                model.head(F.dropout(h, 0.3))
-    ev = rnndoctor.load_run(tmp_path / "r")["eval_passes"]
+    def decode(model):
+        h = model.lstm(batch()[0])[0][:, -1]
+        model.head(F.dropout(h, 0.3))
+
+    run, ev = _train_and_evaluate(tmp_path, FunctionalDropout(fixed=False), 3, decode)
     assert len(ev) == 3 and (ev["dropout_active"] == 1).all() and set(ev["module"]) == {"lstm"}
     assert "eval-in-train-mode" in {f.id for f in run.findings}
 

@@ -94,10 +94,8 @@ def _child(node: Any, i: int) -> Any:
 
 def _as_loss(node: Any, model_output: torch.Tensor | None) -> LossCall | None:
     name = _name(node)
-    if name == "GatherBackward0":
-        return _gathered(node)
-    if name == "IndexBackward0":
-        return _indexed(node)
+    if name in ("GatherBackward0", "IndexBackward0"):
+        return _picked(node)
     if name == "MulBackward0":
         return _product(node, model_output)
     if name == "LogBackward0" and _name(_child(node, 0)) in ("GatherBackward0", "IndexBackward0"):
@@ -142,9 +140,7 @@ def _selected_probs(select: Any) -> LossCall | None:
     with torch.no_grad():
         logp = soft._saved_result.detach().clamp_min(torch.finfo(soft._saved_result.dtype).tiny).log()
     dim = _dim(soft._saved_dim, logp.dim())
-    if _name(select) == "GatherBackward0":
-        return _gathered_labels(logp, dim, select)
-    return _indexed_labels(logp, dim, select)
+    return _picked_labels(logp, dim, select)
 
 
 def _logsumexp_minus_picked(sub: Any) -> LossCall | None:
@@ -165,17 +161,20 @@ def _logsumexp_minus_picked(sub: Any) -> LossCall | None:
     dim = _dim(dims[0], z.dim())
     with torch.no_grad():
         logp = F.log_softmax(z, dim)
-    if _name(picked) == "GatherBackward0":
-        return _gathered_labels(logp, dim, picked)
-    return _indexed_labels(logp, dim, picked)
+    return _picked_labels(logp, dim, picked)
 
 
-def _gathered(node: Any) -> LossCall | None:
-    """``logp.gather(dim, y.unsqueeze(dim))``: the index is the labels."""
+def _picked(node: Any) -> LossCall | None:
+    """``logp.gather(dim, y.unsqueeze(dim))`` or ``logp[torch.arange(B), y]`` on log-probabilities."""
     found = _log_probs(_child(node, 0))
-    if found is None:
-        return None
-    return _gathered_labels(*found, node)
+    return _picked_labels(*found, node) if found is not None else None
+
+
+def _picked_labels(logp: torch.Tensor, dim: int, node: Any) -> LossCall | None:
+    """The labels a gather (its index) or an indexing (its last index) picked from ``logp``."""
+    if _name(node) == "GatherBackward0":
+        return _gathered_labels(logp, dim, node)
+    return _indexed_labels(logp, dim, node)
 
 
 def _gathered_labels(logp: torch.Tensor, dim: int, node: Any) -> LossCall | None:
@@ -188,15 +187,8 @@ def _gathered_labels(logp: torch.Tensor, dim: int, node: Any) -> LossCall | None
     return _classification(logp, dim, target)
 
 
-def _indexed(node: Any) -> LossCall | None:
-    """``logp[torch.arange(B), y]``: the last index is the labels."""
-    found = _log_probs(_child(node, 0))
-    if found is None:
-        return None
-    return _indexed_labels(*found, node)
-
-
 def _indexed_labels(logp: torch.Tensor, dim: int, node: Any) -> LossCall | None:
+    """``logp[torch.arange(B), y]``: the last index is the labels."""
     indices = [i for i in node._saved_indices if i is not None]
     if logp.dim() != 2 or dim != 1 or len(indices) != 2:
         return None
