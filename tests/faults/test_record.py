@@ -237,9 +237,11 @@ def test_a_script_with_its_own_watch_under_diagnose(cli: Cli) -> None:
 
 
 def test_no_loss_captured_is_said_plainly(cli: Cli) -> None:
-    """6. A hand-written loss: the summary says no loss was captured, which rules could not
-    judge, and how to record one; never "nothing looks wrong", and no rule crashes."""
-    cli.script(T_PY.replace("l=F.cross_entropy(f(r(x)[0][:,-1]),y)", "l=((f(r(x)[0][:,-1])[:,0]-y)**2).mean()"))
+    """6. A loss the capture cannot read (per-sample losses back-propagated as a vector with
+    ``backward(ones)``): the summary says no loss was captured, which rules could not judge,
+    and how to record one; never "nothing looks wrong", and no rule crashes."""
+    cli.script(T_PY.replace("l=F.cross_entropy(f(r(x)[0][:,-1]),y);o.zero_grad();l.backward()",
+                            "l=(f(r(x)[0][:,-1])[:,0]-y)**2;o.zero_grad();l.backward(torch.ones_like(l))"))
     r = cli.run("diagnose", "t.py", "--out", "run", "--quiet")
     assert r.returncode == 0, r.output
     assert "nothing in this run looks wrong" not in r.stderr
@@ -250,3 +252,13 @@ def test_no_loss_captured_is_said_plainly(cli: Cli) -> None:
     assert "stuck-at-chance" in " ".join(data["notes"])
     html = (cli.cwd / "run" / "report.html").read_text()
     assert "no loss was captured" in html and "data-healthy" not in html
+
+
+def test_a_hand_written_scalar_loss_is_captured(cli: Cli) -> None:
+    """6b. A cross-entropy written out by hand and back-propagated as a scalar is read from
+    its graph: a loss and an accuracy, nothing unjudged."""
+    cli.script(T_PY.replace("l=F.cross_entropy(f(r(x)[0][:,-1]),y)", "l=-torch.log_softmax(f(r(x)[0][:,-1]),1).gather(1,y[:,None]).mean()"))
+    r = cli.run("diagnose", "t.py", "--out", "run", "--quiet")
+    assert r.returncode == 0, r.output
+    assert "no loss was captured" not in r.stderr
+    assert cli.findings("run")["unjudged"] == []
