@@ -247,7 +247,6 @@ class Conductor:
         if captured or self.logged_explicitly or root.numel() != 1 or not self.roots:
             return
         self.record_loss(hand_loss.read(root, self._last_output), grad=True)
-        self._losses_since_backward = 0
 
     def _keep_output(self, module: nn.Module, args: Any, output: Any) -> None:
         """The root's latest output: the prediction a hand-written squared error subtracts

@@ -174,9 +174,13 @@ def _fill_loss_values(row: Row, pred_row: Row | None, stats: list[LossStats]) ->
         row["loss"] = first.loss
     else:
         row["loss"] = torch.stack([_tensor(s.loss) for s in stats]).sum() / len(stats)
-    if first.spread is not None and len(stats) == 1:
-        # the mean and median predictors' losses on this batch (rules compare them with the loss)
-        row["tgt_elems"], row["tgt_spread_sq"], row["tgt_spread_abs"] = first.spread
+    spreads = [s.spread for s in stats if s.spread is not None]
+    if spreads:
+        # the mean and median predictors' losses on this step's batches (rules compare them with the loss)
+        row["tgt_elems"] = sum(n for n, _, _ in spreads)
+        row["tgt_spread_sq"], row["tgt_spread_abs"] = (
+            spreads[0][1:] if len(spreads) == 1 else
+            (torch.stack([_tensor(sq) for _, sq, _ in spreads]).sum(), torch.stack([_tensor(ab) for _, _, ab in spreads]).sum()))
     if not same:
         return
     keys = ("n_pred", "n_label", "correct", "total")

@@ -367,12 +367,6 @@ def _detail(kind: str, x: torch.Tensor, y: torch.Tensor) -> dict[str, "torch.Ten
         "tgt_max": yf.max(),
         "tgt_integral": ((yf == yf.round()) & (yf >= 0) & (yf < REGRESSION_CLASS_BINS)).all(),
     }
-    if kind in REGRESSION_KINDS and yf.numel() > 1:
-        # the best input-independent predictor of several outputs predicts each output's own
-        # centre: spread within each channel (the last dim, when it is one of a few), around
-        # the mean (MSE) and the median (L1)
-        sq, ab = target_spread(yf.unsqueeze(0))
-        d["tgt_chan_sqdev"], d["tgt_l1_dev"] = sq[0], ab[0]
     if kind in CLASSIFICATION_KINDS and xf.dim() >= 1:
         dim = 1 if xf.dim() > 1 else 0
         in_unit = (xf >= 0).all() & (xf <= 1).all()

@@ -203,18 +203,36 @@ def target_moments(run: Run, window: "Window | None" = None) -> tuple[float, flo
     return float(mean), float(max(ss / n - mean * mean, 0.0))
 
 
-def target_spread(run: Run, column: str, window: "Window | None" = None) -> float | None:
-    """Per-element spread of the targets around each channel's centre (``tgt_chan_sqdev``:
-    the mean predictor's MSE; ``tgt_l1_dev``: the median predictor's L1) over the steps with
-    loss details (in ``window``); None for records without it."""
+#: loss kind -> the column holding its input-independent predictor's loss x elements
+SPREAD_COLUMNS = {"mse": "tgt_spread_sq", "l1": "tgt_spread_abs"}
+
+
+def _spread_rows(d: pd.DataFrame, kind: str) -> tuple[pd.DataFrame, pd.Series, pd.Series] | None:
+    """The rows of ``d`` that carry the targets' spread for ``kind``, with its sum and the
+    elements it is over."""
+    column = SPREAD_COLUMNS[kind]
+    if d.empty or column not in d or "tgt_elems" not in d:
+        return None
+    d = d.dropna(subset=[column])
+    return d, pd.to_numeric(d[column], errors="coerce"), pd.to_numeric(d["tgt_elems"], errors="coerce")
+
+
+def target_spread(run: Run, kind: str, window: "Window | None" = None) -> tuple[float, float] | None:
+    """(per-element spread of the targets around each channel's centre, the run's mean loss
+    on the same steps): the mean predictor's MSE (``kind`` "mse") or the median predictor's
+    L1 ("l1"), over the steps with loss details (in ``window``) that carry it; None for
+    records without it."""
     d = detail_rows(run)
     if window is not None and not d.empty:
         d = window.select(d)
-    if d.empty or column not in d or "tgt_n" not in d:
+    rows = _spread_rows(d, kind)
+    if rows is None:
         return None
-    values = pd.to_numeric(d[column], errors="coerce")
-    n = pd.to_numeric(d.loc[values.notna(), "tgt_n"], errors="coerce").sum()
-    return float(values.sum() / n) if n > 0 else None
+    d, total, n = rows
+    losses = finite(d["loss"])
+    if n.sum() <= 0 or losses.empty:
+        return None
+    return float(total.sum() / n.sum()), float(losses.mean())
 
 
 @dataclass(frozen=True)
@@ -259,16 +277,17 @@ def reference_loss(run: Run, window: "Window | None" = None) -> Reference | None
         losses = finite(detail["loss"]) if not detail.empty else pd.Series(dtype=float)
         if losses.empty:
             return None
+        spread = target_spread(run, kind, window)
         if kind == "l1":
-            spread = target_spread(run, "tgt_l1_dev", window)
-            return Reference(spread, "target mean absolute deviation", float(losses.mean())) if spread is not None else None
+            return Reference(spread[0], "target mean absolute deviation", spread[1]) if spread is not None else None
         moments = target_moments(run, window)
         if moments is None:
             return None
         # several outputs: each predicted at its own mean (the pooled variance would count
         # the differences between the channels' means as something to learn)
-        chan = target_spread(run, "tgt_chan_sqdev", window)
-        return Reference(min(moments[1], chan) if chan is not None else moments[1], "target variance", float(losses.mean()))
+        if spread is not None and spread[0] < moments[1]:
+            return Reference(spread[0], "target variance", spread[1])
+        return Reference(moments[1], "target variance", float(losses.mean()))
     return None
 
 
@@ -381,12 +400,12 @@ def _paired_ratio(run: Run, w: Window, kind: str) -> tuple[float, float, int] | 
     """(mean, lower 95 % bound, steps) of the loss over the input-independent predictor's
     loss on the same batch, over the class-count steps of ``w`` (every 4th): batch-to-batch
     noise that hides a trend cancels in the ratio."""
-    column = "tgt_spread_sq" if kind == "mse" else "tgt_spread_abs"
-    d = run.train_steps()
-    if d.empty or column not in d or "tgt_elems" not in d:
+    train = run.train_steps()
+    rows = _spread_rows(w.select(train), kind) if not train.empty else None
+    if rows is None:
         return None
-    d = w.select(d.dropna(subset=[column]))
-    ref = pd.to_numeric(d[column], errors="coerce") / pd.to_numeric(d["tgt_elems"], errors="coerce")
+    d, total, n = rows
+    ref = total / n
     ratio = (pd.to_numeric(d["loss"], errors="coerce") / ref.where(ref > 0)).replace([np.inf, -np.inf], np.nan).dropna()
     if len(ratio) < MIN_PAIRED_STEPS:
         return None

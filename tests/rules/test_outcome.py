@@ -229,10 +229,12 @@ def _regression_run(loss, *, kind="mse", pooled_var=1.0, chan_sqdev=None, l1_dev
         if s % 10 == 0:
             row.update(out_min=-1.0, out_max=1.0, tgt_n=100, tgt_sum=0.0, tgt_sqsum=100 * pooled_var, tgt_min=-3.1, tgt_max=3.3,
                        tgt_integral=0)
+            if chan_sqdev is not None or l1_dev is not None:
+                row["tgt_elems"] = 100
             if chan_sqdev is not None:
-                row["tgt_chan_sqdev"] = 100 * chan_sqdev
+                row["tgt_spread_sq"] = 100 * chan_sqdev
             if l1_dev is not None:
-                row["tgt_l1_dev"] = 100 * l1_dev
+                row["tgt_spread_abs"] = 100 * l1_dev
         steps.append(row)
     from synth import make_run
     return make_run(steps=steps)
@@ -262,7 +264,7 @@ def test_stuck_at_chance_a_noisy_regression_loss_is_compared_batch_by_batch():
     spread = rng.uniform(0.05, 0.8, 300)  # the mean predictor's MSE on each batch
 
     def run(ratio):
-        r = _regression_run(0.0, pooled_var=0.6, chan_sqdev=0.3)
+        r = _regression_run(0.0, pooled_var=0.6)  # the spreads: every 4th step, below
         steps = r["steps"].copy()
         steps["loss"] = spread * ratio * (1 + 0.02 * rng.standard_normal(300))
         every4 = steps["step"] % 4 == 0
