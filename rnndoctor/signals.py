@@ -224,12 +224,14 @@ HAND_CELLS = Signal(
     "hand_cells",
     keys=("step", "module"),
     values={"read": "1 when its calls read as LSTM- or GRU-style gates (then judged as gates/cell rows); "
-                    "-1 for a module called repeatedly with the same state and never fed back its output",
+                    "-1 for a module called repeatedly with the same state and never fed back its output, or "
+                    "a loop inside a forward whose steps hand nothing on",
             "reason": "why not, when not read (the gate rules do not judge it)",
             "state_fed_back": "0: every call of the step got the same state tensor, never the module's own output",
             "state_abs_max": "largest |value| of that state (0: an all-zero initial state on every call)"},
-    when="the first gates step on which a module fed back its own output is observed (once per module); "
-         "every gates step on which a repeatedly called module was never fed back",
+    when="the first gates step on which a module fed back its own output, or a forward with a loop inside "
+         "(module: that forward's), is observed (once per module); every gates step on which a repeatedly "
+         "called module was never fed back, or a loop's steps handed nothing on",
 )
 
 ACTIVATIONS = Signal(

@@ -251,9 +251,11 @@ def _observer_active() -> bool:
     return any(isinstance(torch._C._get_function_stack_at(i), hand_cells.CellObserver) for i in range(n))
 
 
-def test_a_model_without_recurrence_never_runs_under_our_mode(tmp_path):
-    """The op log is for cells: a feed-forward model is only looked at with hooks (which
-    module is fed back its own output?), never through a TorchFunctionMode."""
+def test_a_model_without_recurrence_is_not_observed_after_the_loop_search(tmp_path):
+    """The op log is for cells: a feed-forward model is first looked at with hooks alone
+    (which module is fed back its own output?); with none, two sampled steps look for a loop
+    inside its forward (which has no module to hook), and then it never runs under the mode
+    again."""
     seen = []
 
     class MLP(nn.Module):
@@ -274,7 +276,7 @@ def test_a_model_without_recurrence_never_runs_under_our_mode(tmp_path):
             opt.zero_grad()
             loss.backward()
             opt.step()
-    assert len(seen) == 5 and not any(seen)
+    assert len(seen) == 5 and seen == [False, True, True, False, False]
 
 
 def test_a_cell_runs_under_the_mode_only_on_observed_steps(tmp_path):
@@ -358,3 +360,82 @@ def test_a_hand_cell_whose_state_is_never_fed_back_is_no_recurrence(tmp_path, fe
             opt.zero_grad(); loss.backward(); opt.step()
     ids = run.diagnosis.ids()
     assert ("no-recurrence" in ids) is not fed_back
+
+
+class InlineLSTM(nn.Module):
+    """The time loop written inside the model's own forward over raw parameters: no cell
+    module at all (the recurrence is only in the forward's dataflow)."""
+
+    def __init__(self, carry: bool = True) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(F_IN, 4 * H) / F_IN ** 0.5)
+        self.U = nn.Parameter(torch.randn(H, 4 * H) / H ** 0.5)
+        self.b_i, self.b_f, self.b_g, self.b_o = (nn.Parameter(torch.zeros(H)) for _ in range(4))
+        self.out = nn.Linear(H, 1)
+        self.carry = carry
+
+    def forward(self, x):
+        h = c = h0 = x.new_zeros(x.shape[0], H)
+        for t in range(x.shape[1]):
+            zi, zf, zg, zo = (x[:, t] @ self.W + (h if self.carry else h0) @ self.U).chunk(4, dim=1)
+            f = torch.sigmoid(zf + self.b_f)
+            i = torch.sigmoid(zi + self.b_i)
+            o = torch.sigmoid(zo + self.b_o)
+            c = f * (c if self.carry else h0) + i * torch.tanh(zg + self.b_g)
+            h = o * torch.tanh(c)
+        return self.out(h).squeeze(-1)
+
+
+class InlineGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates = nn.Linear(F_IN + H, 2 * H)
+        self.cand = nn.Linear(F_IN + H, H)
+        self.out = nn.Linear(H, 1)
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], H)
+        for t in range(x.shape[1]):
+            z, r = torch.sigmoid(self.gates(torch.cat([x[:, t], h], 1))).chunk(2, 1)
+            n = torch.tanh(self.cand(torch.cat([x[:, t], r * h], 1)))
+            h = (1 - z) * n + z * h
+        return self.out(h).squeeze(-1)
+
+
+def test_a_loop_inside_the_forward_is_read_as_a_cell(tmp_path):
+    torch.manual_seed(0)
+    model = InlineLSTM()
+    with torch.no_grad():
+        model.b_f.fill_(-8.0)  # the keeping gate pinned shut
+    w = train(model, tmp_path / "r")
+    found = w.assert_found("forget-gate-saturation", "error")
+    assert found.where["module"] == "InlineLSTM" and found.evidence["mostly"] == "closed"
+    assert abs(found.evidence["mean_abs_forget_bias"] - 8.0) < 0.1  # read from b_f, not guessed
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert set(rec["gates"]["gate"]) == {"i", "f", "g", "o"}
+    assert rec["hand_cells"][["module", "read"]].to_dict("records") == [{"module": "InlineLSTM", "read": 1}]
+    assert len(rec["cell"].iloc[0]["c_norm"]) == T - 1  # the steps after the first, one each
+
+
+@pytest.mark.parametrize("style", [InlineLSTM, InlineGRU], ids=lambda c: c.__name__)
+def test_a_healthy_loop_inside_the_forward_is_quiet(tmp_path, style):
+    torch.manual_seed(0)
+    w = train(style(), tmp_path / "r")
+    for rule in GATE_RULES:
+        w.assert_not_found(rule)
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert rec["hand_cells"][["module", "read"]].to_dict("records") == [{"module": style.__name__, "read": 1}]
+    assert set(rec["gates"]["gate"]) == ({"i", "f", "g", "o"} if style is InlineLSTM else {"r", "z", "n"})
+
+
+def test_a_loop_that_carries_nothing_is_no_recurrence(tmp_path):
+    """Each step reads the zero initial state instead of the one the step before made."""
+    torch.manual_seed(0)
+    w = train(InlineLSTM(carry=False), tmp_path / "r")
+    found = w.assert_found("no-recurrence", "error")
+    assert found.where["module"] == "InlineLSTM"
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert not rec.has("gates")
+    cells = rec["hand_cells"]
+    assert set(cells["read"]) == {-1} and len(cells) >= 2 and (cells["state_abs_max"] == 0).all()
+    assert "no state is carried" in cells["reason"].iloc[0]

@@ -44,6 +44,9 @@ class GatesProbe(Probe):
         self._cells_told: set[str] = set()
         #: modules seen fed back their own output (the only ones observed)
         self._feedback: set[str] = set()
+        #: gates steps left on which to look for a loop inside a forward (no module fed back
+        #: its output); kept up once such a loop is read
+        self._inline_tries = 0
         return []
 
     def model_call(self, module: nn.Module, args: Any) -> None:
@@ -57,7 +60,10 @@ class GatesProbe(Probe):
         self._observed_step = self.ctx.step
         # first look for a module fed back its own output (hooks, weak references); observe
         # the ops of such modules (and what they call) on the gates steps after that
-        watcher: Watcher = hand_cells.CellObserver() if self._feedback else hand_cells.FeedbackDetector()
+        # a model with no such module: look for a loop inside a forward (every op's dataflow)
+        inline = not self._feedback and self._inline_tries > 0
+        watcher: Watcher = (hand_cells.CellObserver(inline=inline) if self._feedback or inline
+                            else hand_cells.FeedbackDetector())
         handles = []
         for root in self.ctx.model.roots.values():
             for m in root.modules():
@@ -69,6 +75,8 @@ class GatesProbe(Probe):
         self._observer_hooks = handles
         if isinstance(watcher, hand_cells.CellObserver):
             watcher.__enter__()
+            if inline:  # this call's own pre-hook has run: open it by hand
+                watcher.enter(self.ctx.model.names.get(id(module), "model"), args)
         self._observer = watcher
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
@@ -82,7 +90,10 @@ class GatesProbe(Probe):
         self._observer_hooks = []
         if isinstance(obs, hand_cells.FeedbackDetector):
             self._feedback = obs.found
-            for name, abs_max in obs.stateless().items():
+            stateless = obs.stateless()
+            if not obs.found and not stateless:
+                self._inline_tries = 2
+            for name, abs_max in stateless.items():
                 # the same initial state on every call, never the module's own output: its
                 # size says whether anything could be carried (no-recurrence reads it)
                 self.ctx.recorder.add("hand_cells", {"step": self.ctx.step, "module": name, "read": -1,
@@ -145,7 +156,17 @@ class GatesProbe(Probe):
 
     def _read_hand_cells(self, step: int, obs: hand_cells.CellObserver) -> None:
         with torch.no_grad():
-            for cell in hand_cells.recognise(obs):
+            cells = hand_cells.recognise(obs)
+            if obs.inline:
+                inline = hand_cells.inline_cells(obs)
+                self._inline_tries = 10 ** 9 if inline else self._inline_tries - 1
+                cells += inline
+            for cell in cells:
+                if cell.held_state is not None:  # nothing carried, the same state read each step
+                    self.ctx.recorder.add("hand_cells", {"step": step, "module": cell.module, "read": -1,
+                                                         "state_fed_back": 0, "state_abs_max": cell.held_state,
+                                                         "reason": cell.reason})
+                    continue
                 if cell.module not in self._cells_told:  # read or not: said once per module
                     self._cells_told.add(cell.module)
                     self.ctx.recorder.add("hand_cells", {"step": step, "module": cell.module,

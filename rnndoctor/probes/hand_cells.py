@@ -20,7 +20,9 @@ The gates of the step's calls are stacked over t and returned as a :class:`gates
 state back but does not fit the pattern is not read, never guessed. Only sampled steps pay: on the first, :class:`FeedbackDetector` looks for a module
 fed back its own output with hooks and weak references alone; only when there is one are later
 gates steps observed, with the mode logging only inside those modules' calls (a model with no
-recurrence never has a mode in its forward, nor any tensor of it kept).
+recurrence never has a mode in its forward, nor any tensor of it kept). A model with no
+such module has two gates steps observed for a loop written inside a forward
+(:func:`inline_cells`), and none after unless one is found.
 """
 
 from __future__ import annotations
@@ -60,13 +62,21 @@ class _Call:
     outputs: list[Tensor] = field(default_factory=list)
     start: int = 0  # index of the first op logged inside the call
     end: int = 0  # one past the last
+    flow_start: int = 0  # the same, in ``CellObserver.flow``
+    flow_end: int = 0
 
 
 class CellObserver(TorchFunctionMode):
     """The op log of one observed forward pass (a training step's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, inline: bool = False) -> None:
         super().__init__()
+        #: also log every op's dataflow (``flow``), so a loop written inside one call can be
+        #: cut into its time steps (:func:`inline_cells`)
+        self.inline = inline
+        #: ((op name, output shapes), outputs, tensor inputs, ``len(ops)`` before the op,
+        #: whether it is a gate's nonlinearity, whether a sigmoid)
+        self.flow: list[tuple[tuple[Any, ...], tuple[Tensor, ...], tuple[Tensor, ...], int, bool, bool]] = []
         #: (kind, output, inputs): kind in sigmoid | tanh | mul | one_minus | add | biased
         #: (inputs: the bias) | split (output: the whole, inputs: its pieces)
         self.ops: list[tuple[str, Tensor, tuple[Any, ...]]] = []
@@ -89,6 +99,8 @@ class CellObserver(TorchFunctionMode):
         if not self._open or self.paused:  # outside the cells' calls, or our own hooks' ops
             return out
         try:
+            if self.inline:
+                self._log_flow(func, args, kwargs, out)
             if isinstance(out, Tensor):
                 if func in _SIGMOID:
                     self.ops.append(("sigmoid", out, tuple(args[:1])))
@@ -114,9 +126,18 @@ class CellObserver(TorchFunctionMode):
             pass
         return out
 
+    def _log_flow(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
+        outs = tuple(tensors_in(out))
+        if not outs:
+            return
+        ins = tuple(tensors_in(args)) + (tuple(tensors_in(kwargs)) if kwargs else ())
+        name = getattr(func, "__name__", str(func))
+        gate = func in _SIGMOID or func in _TANH
+        self.flow.append(((name, tuple(tuple(t.shape) for t in outs)), outs, ins, len(self.ops), gate, func in _SIGMOID))
+
     # module boundaries (forward pre-hook / forward hook of every submodule)
     def enter(self, name: str, args: Any) -> None:
-        call = _Call(name, list(tensors_in(args)), start=len(self.ops))
+        call = _Call(name, list(tensors_in(args)), start=len(self.ops), flow_start=len(self.flow))
         self._open.append(call)
 
     def leave(self, name: str, module: nn.Module, output: Any) -> None:
@@ -125,6 +146,7 @@ class CellObserver(TorchFunctionMode):
         call = self._open.pop()
         call.outputs = list(tensors_in(output))
         call.end = len(self.ops)
+        call.flow_end = len(self.flow)
         self.calls.append(call)
         if isinstance(module, nn.Linear) and isinstance(output, Tensor):
             self.linear_out[id(output)] = module
@@ -200,6 +222,9 @@ class Recognised:
     module: str
     replay: gates_mod.Replay | None = None
     reason: str = ""
+    #: a loop that carries nothing but reads the same state-shaped tensor on every step
+    #: (``h0`` where ``h`` was meant): that tensor's largest |value|
+    held_state: Tensor | None = None
 
 
 def recognise(obs: CellObserver) -> list[Recognised]:
@@ -216,6 +241,145 @@ def recognise(obs: CellObserver) -> list[Recognised]:
         rep = _read_cell(obs, calls)
         found.append(Recognised(name, rep) if isinstance(rep, gates_mod.Replay) else Recognised(name, reason=rep))
     return found
+
+
+#: time steps (windows) an inline loop needs before it is read: a middle one to place the
+#: step boundary at, and one on each side
+MIN_INLINE_STEPS = 3
+
+
+def inline_cells(obs: CellObserver) -> list[Recognised]:
+    """Loops written inside one call: a model's forward that steps through time over raw
+    parameters, with no cell module to be fed back its output. The call's ops (``flow``)
+    repeat with a period, one time step each; the step boundary is placed where the fewest
+    tensors cross into the next step, none of them a gate (:func:`_time_steps`), and the
+    tensors that do cross are the state. The steps are then read as a cell's calls. The
+    innermost call holding such a loop is read, once per module (its first call)."""
+    if not obs.inline or not obs.flow:
+        return []
+    first: dict[str, _Call] = {}
+    for call in obs.calls:
+        if call.module not in first or call.start < first[call.module].start:
+            first[call.module] = call
+    found: list[Recognised] = []
+    taken: list[tuple[int, int]] = []
+    for call in sorted(first.values(), key=lambda c: c.flow_end - c.flow_start):
+        if any(call.flow_start <= a and b <= call.flow_end for a, b in taken):
+            continue  # holds a loop already read
+        steps = _time_steps(obs, call)
+        if steps is None:
+            continue
+        taken.append((call.flow_start, call.flow_end))
+        if isinstance(steps, _Held):
+            found.append(Recognised(call.module, reason=f"a loop inside its forward: {steps.reason}",
+                                    held_state=steps.abs_max))
+            continue
+        rep = _read_cell(obs, steps) if isinstance(steps, list) else steps
+        found.append(Recognised(call.module, rep) if isinstance(rep, gates_mod.Replay)
+                     else Recognised(call.module, reason=f"a loop inside its forward: {rep}"))
+    return found
+
+
+@dataclass
+class _Held:
+    """A loop whose steps hand nothing on; ``abs_max``: the state-shaped tensor every step
+    reads instead (None: none)."""
+
+    reason: str
+    abs_max: Tensor | None
+
+
+def _time_steps(obs: CellObserver, call: _Call) -> list[_Call] | _Held | str | None:
+    """The time steps of a loop inside ``call``, as calls whose inputs are the state the step
+    before handed on; a reason when the ops repeat but carry nothing; None without a loop
+    that has sigmoids in it."""
+    flow = obs.flow[call.flow_start:call.flow_end]
+    sig = [f[0] for f in flow]
+    sigmoids = [j for j, f in enumerate(flow) if f[5]]
+    period = _period(sig, sigmoids)
+    if period is None:
+        return None
+    P = period
+    # the stretch over which the ops repeat with that period
+    s, e = sigmoids[0], sigmoids[0] + P
+    while e < len(sig) and sig[e] == sig[e - P]:
+        e += 1
+    while s > 0 and s - 1 >= sigmoids[0] - P and sig[s - 1] == sig[s - 1 + P]:
+        s -= 1
+    produced = {id(t): j for j in range(s, e) for t in flow[j][1]}
+    best: tuple[int, list[int], list[tuple[int, int]]] | None = None
+    for offset in range(P):
+        bounds = list(range(s + offset, e - P + 1, P))
+        if len(bounds) < MIN_INLINE_STEPS:
+            continue
+        b = bounds[len(bounds) // 2]
+        crossing = _crossing(flow, produced, b, P)
+        if any(flow[j][4] for j, _ in crossing):
+            continue  # a gate used in the step after its own: not a step boundary
+        if best is None or len(crossing) < len(best[2]):
+            best = (offset, bounds, crossing)
+    if best is None:
+        return None
+    _, bounds, crossing = best
+    if not crossing:
+        return _Held("its time steps hand nothing on to the next (no state is carried)",
+                     _held_state(flow, bounds, P))
+    # the state, latest made first (an LSTM's h after the c it is made from)
+    roles = sorted(((j - (bounds[len(bounds) // 2] - P), k) for j, k in crossing), reverse=True)
+
+    def state_at(start: int) -> list[Tensor]:
+        return [flow[start + r][1][k] for r, k in roles]
+
+    steps = []
+    base = call.flow_start
+    for prev, cur in zip(bounds, bounds[1:]):
+        end = cur + P
+        steps.append(_Call(call.module, state_at(prev), state_at(cur), start=flow[cur][3],
+                           end=flow[end][3] if end < len(flow) else call.end,
+                           flow_start=base + cur, flow_end=base + end))
+    return steps[:MAX_CALLS]
+
+
+def _held_state(flow: list[Any], bounds: list[int], P: int) -> Tensor | None:
+    """The largest |value| of a tensor made before the loop, needing no gradient (an initial
+    state, not a weight or the input's slices), that every step reads at the same place and
+    that is shaped like the step's gates: the state each step starts from afresh."""
+    gate_shapes = {tuple(t.shape) for j in range(bounds[0], bounds[0] + P) if flow[j][4] for t in flow[j][1]}
+    first = bounds[0]
+    for r in range(P):
+        for t in flow[first + r][2]:
+            if t.requires_grad or tuple(t.shape) not in gate_shapes:
+                continue
+            if all(j + r < len(flow) and any(u is t for u in flow[j + r][2]) for j in bounds):
+                return t.detach().abs().max()
+    return None
+
+
+def _period(sig: list[Any], sigmoids: list[int]) -> int | None:
+    """The number of ops in one time step: the sigmoids come in groups of ``k`` a fixed
+    distance apart, and the ops between repeat exactly, at least ``MIN_INLINE_STEPS`` times."""
+    n = len(sigmoids)
+    for k in range(1, n // MIN_INLINE_STEPS + 1):
+        P = sigmoids[k] - sigmoids[0]
+        reps = n // k
+        if P <= 0 or any(sigmoids[m * k] != sigmoids[0] + m * P for m in range(reps)):
+            continue
+        start, last = sigmoids[0], sigmoids[reps * k - 1]  # through the last step's last sigmoid
+        if all(sig[j] == sig[j + P] for j in range(start, last - P + 1)):
+            return P
+    return None
+
+
+def _crossing(flow: list[Any], produced: dict[int, int], b: int, P: int) -> list[tuple[int, int]]:
+    """(op, output index) of the tensors made in the step before boundary ``b`` and used in
+    the step after it."""
+    out: set[tuple[int, int]] = set()
+    for j in range(b, min(b + P, len(flow))):
+        for t in flow[j][2]:
+            p = produced.get(id(t))
+            if p is not None and b - P <= p < b:
+                out.add((p, next(k for k, o in enumerate(flow[p][1]) if o is t)))
+    return sorted(out)
 
 
 def _feeds_back(calls: list[_Call]) -> bool:

@@ -32,7 +32,10 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
     enabled carries its state, but it is inference, not what the model learns from. A
     hand-written cell (any module called once per time step) counts when, on at least two
     sampled training steps, every call received the very same all-zero state tensor and
-    never the module's own output (``h_new = cell(x_t, h)`` with ``h`` never reassigned).
+    never the module's own output (``h_new = cell(x_t, h)`` with ``h`` never reassigned);
+    so does a loop written inside a forward whose time steps hand no tensor on to the next
+    and all read the very same all-zero state-shaped tensor (``h0 @ U`` where ``h @ U`` was
+    meant).
 
     Legitimate look-alikes: a ``generate()`` loop that feeds one element at a time with grad
     enabled; a training loop that steps the RNN by hand and passes the state back in; an RNN
@@ -78,7 +81,8 @@ def no_recurrence(run: Run, *, min_calls: int = 5) -> Iterator[Found]:
 
 
 def _stateless_hand_cells(run: Run, min_steps: int = 2) -> Iterator[Found]:
-    """Hand-written cells called once per time step with the same all-zero state every time."""
+    """Hand-written cells called once per time step (or the steps of a loop inside a forward)
+    with the same all-zero state every time."""
     cells = run["hand_cells"]
     if cells.empty or "state_fed_back" not in cells:
         return
@@ -91,8 +95,8 @@ def _stateless_hand_cells(run: Run, min_steps: int = 2) -> Iterator[Found]:
         yield Found(
             title=f"'{module}' is called once per time step but never given its own output back",
             explanation=(
-                f"On {len(r)} sampled training steps every call of '{module}' received the same all-zero state "
-                "tensor and never the state its previous call returned: the new state is computed and dropped, "
+                f"On {len(r)} sampled training steps every time step of '{module}' read the same all-zero state "
+                "tensor and never the state the step before returned: the new state is computed and dropped, "
                 "so nothing is carried from one element to the next."
             ),
             evidence={"steps_sampled": int(len(r)), "state_fed_back": False, "state_abs_max": 0.0},
