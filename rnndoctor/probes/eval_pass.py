@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Context, Probe
+from .patches import Removal, SharedPatch
 
 #: how a functional dropout is named among the active dropouts
 FUNCTIONAL = "F.dropout"
@@ -77,40 +78,25 @@ class EvalPassProbe(Probe):
 
 
 DropoutListener = Callable[[Any, Any], None]
-_listeners: list[DropoutListener] = []
-_original: list[Callable[..., Any]] = []
 
 
-class _Removal:
-    def __init__(self, listener: DropoutListener) -> None:
-        self._listener: DropoutListener | None = listener
+def _wrap_dropout(original: Callable[..., Any]) -> Callable[..., Any]:
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if not torch.is_grad_enabled():
+            for fn in _DROPOUT.active():
+                try:
+                    fn(p, training)
+                except Exception:  # never the user's problem
+                    pass
+        return original(input, p, training, inplace)
 
-    def remove(self) -> None:
-        if self._listener is None:
-            return
-        _listeners.remove(self._listener)
-        self._listener = None
-        if not _listeners and _original:
-            F.dropout = _original.pop()  # type: ignore[assignment]
+    return functools.wraps(original)(dropout)
 
 
-def watch_functional_dropout(listener: DropoutListener) -> _Removal:
-    """Call ``listener(p, training)`` on every ``F.dropout`` until the handle is removed (the
-    wrapper is installed by the first watch and removed with the last)."""
-    if not _listeners:
-        original = F.dropout
-        _original.append(original)
+_DROPOUT: SharedPatch[DropoutListener] = SharedPatch([(F, "dropout", _wrap_dropout)])
 
-        @functools.wraps(original)
-        def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
-            if not torch.is_grad_enabled():
-                for fn in list(_listeners):
-                    try:
-                        fn(p, training)
-                    except Exception:  # never the user's problem
-                        pass
-            return original(input, p, training, inplace)
 
-        F.dropout = dropout  # type: ignore[assignment]
-    _listeners.append(listener)
-    return _Removal(listener)
+def watch_functional_dropout(listener: DropoutListener) -> Removal[DropoutListener]:
+    """Call ``listener(p, training)`` on every ``F.dropout`` run without grad until the handle
+    is removed (the wrapper is installed by the first watch and removed with the last)."""
+    return _DROPOUT.add(listener)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..recorder import Part
+from .patches import SharedPatch
 from .precision import as_stat, wide
 
 #: functional name -> loss kind recorded in the ``steps`` signal
@@ -57,70 +58,59 @@ class LossCall:
 
 LossListener = Callable[[LossCall], None]
 BackwardListener = Callable[[torch.Tensor], None]
-_listeners: list[LossListener] = []
-_backward_listeners: list[BackwardListener] = []
-_originals: dict[str, Callable[..., Any]] = {}
 _in_loss = False
 
 
 def _wrap_backward(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
     def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-        if _backward_listeners and isinstance(tensors, torch.Tensor) and tensors.requires_grad:
-            for listener in list(_backward_listeners):
+        listeners = _BACKWARD.active()
+        if listeners and isinstance(tensors, torch.Tensor) and tensors.requires_grad:
+            for listener in listeners:
                 listener(tensors)
         return original(tensors, *args, **kwargs)
 
-    backward.__rnndoctor_original__ = original  # type: ignore[attr-defined]
-    return backward
+    return functools.wraps(original)(backward)
 
 
-def _wrap(name: str, kind: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def wrapper(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
-        global _in_loss
-        if _in_loss or not _listeners:
-            return original(input, target, *args, **kwargs)
-        _in_loss = True
-        try:
-            loss = original(input, target, *args, **kwargs)
-        finally:
-            _in_loss = False
-        if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(loss, torch.Tensor):
-            call = LossCall(kind, input, target, loss, kwargs)
-            for listener in list(_listeners):  # nested watches: each records the loss
-                listener(call)
-        return loss
+def _wrap(name: str, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(input: Any, target: Any, *args: Any, **kwargs: Any) -> Any:
+            global _in_loss
+            listeners = _LOSSES.active()
+            if _in_loss or not listeners:
+                return original(input, target, *args, **kwargs)
+            _in_loss = True
+            try:
+                loss = original(input, target, *args, **kwargs)
+            finally:
+                _in_loss = False
+            if isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and isinstance(loss, torch.Tensor):
+                call = LossCall(kind, input, target, loss, kwargs)
+                for listener in listeners:  # nested watches: each records the loss
+                    listener(call)
+            return loss
 
-    wrapper.__rnndoctor_original__ = original  # type: ignore[attr-defined]
-    return wrapper
+        return functools.wraps(original)(wrapper)
+
+    return make
+
+
+_LOSSES: SharedPatch[LossListener] = SharedPatch([(F, name, _wrap(name, kind)) for name, kind in LOSS_FUNCTIONS.items()])
+_BACKWARD: SharedPatch[BackwardListener] = SharedPatch([(torch.autograd, "backward", _wrap_backward)])
 
 
 @contextlib.contextmanager
 def capture_losses(listener: LossListener, on_backward: BackwardListener | None = None) -> Iterator[None]:
     """Route every functional loss computed inside the block to ``listener``, and every
     tensor back-propagated to ``on_backward``."""
-    if not _listeners:
-        for name, kind in LOSS_FUNCTIONS.items():
-            original = getattr(F, name)
-            _originals[name] = original
-            setattr(F, name, _wrap(name, kind, original))
-        _originals["backward"] = torch.autograd.backward
-        torch.autograd.backward = _wrap_backward(torch.autograd.backward)
-    _listeners.append(listener)
+    handles = [_LOSSES.add(listener)]
     if on_backward is not None:
-        _backward_listeners.append(on_backward)
+        handles.append(_BACKWARD.add(on_backward))
     try:
         yield
     finally:
-        _listeners.remove(listener)
-        if on_backward is not None:
-            _backward_listeners.remove(on_backward)
-        if not _listeners:
-            torch.autograd.backward = _originals.pop("backward")
-            for name, original in _originals.items():
-                setattr(F, name, original)
-            _originals.clear()
+        for h in handles:
+            h.remove()
 
 
 #: loss calls whose output has at most this many elements are copied and reduced together
