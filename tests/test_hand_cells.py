@@ -439,3 +439,76 @@ def test_a_loop_that_carries_nothing_is_no_recurrence(tmp_path):
     cells = rec["hand_cells"]
     assert set(cells["read"]) == {-1} and len(cells) >= 2 and (cells["state_abs_max"] == 0).all()
     assert "no state is carried" in cells["reason"].iloc[0]
+
+
+class MGU(nn.Module):
+    """A minimal gated unit (one gate, no r): h' = (1 - f) * h + f * tanh(W x + U (f * h))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(F_IN + H, H)
+        self.cand_x, self.cand_h = nn.Linear(F_IN, H), nn.Linear(H, H, bias=False)
+
+    def forward(self, x, h):
+        f = torch.sigmoid(self.gate(torch.cat([x, h], 1)))
+        return (1 - f) * h + f * torch.tanh(self.cand_x(x) + self.cand_h(f * h))
+
+
+class MaskedLoop(nn.Module):
+    """The state updated only where a sequence has not ended (``torch.where``): the cell is
+    never fed back its own output, so the loop is read from the forward's dataflow."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell, self.out = cell, nn.Linear(H, 1)
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], H)
+        lengths = torch.full((x.shape[0],), x.shape[1] - 1)
+        for t in range(x.shape[1]):
+            h = torch.where((t < lengths).unsqueeze(1), self.cell(x[:, t], h), h)
+        return self.out(h).squeeze(-1)
+
+
+@pytest.mark.parametrize("bias, pinned", [(-10.0, True), (0.0, False)])
+def test_a_minimal_gated_unit_is_read_with_its_one_gate(tmp_path, bias, pinned):
+    torch.manual_seed(0)
+    model = MaskedLoop(MGU())
+    with torch.no_grad():
+        model.cell.gate.bias.fill_(bias)  # -10: the state is never updated
+    w = train(model, tmp_path / "r")
+    if pinned:
+        found = w.assert_found("forget-gate-saturation")
+        assert found.evidence["mostly"] == "open"  # z = 1 - f: all of the old state kept
+        assert abs(found.evidence["mean_abs_forget_bias"] - 10.0) < 0.1
+    else:
+        for rule in GATE_RULES:
+            w.assert_not_found(rule)
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert set(rec["gates"]["gate"]) == {"z", "n"}
+
+
+class InlineElman(nn.Module):
+    def __init__(self, carry: bool) -> None:
+        super().__init__()
+        self.W, self.U = nn.Parameter(torch.randn(F_IN, H) / F_IN ** 0.5), nn.Parameter(torch.randn(H, H) / H ** 0.5)
+        self.out, self.carry = nn.Linear(H, 1), carry
+
+    def forward(self, x):
+        h = h0 = x.new_zeros(x.shape[0], H)
+        outs = []
+        for t in range(x.shape[1]):
+            h_t = torch.tanh(x[:, t] @ self.W + (h if self.carry else h0) @ self.U)
+            h = h_t if self.carry else h
+            outs.append(h_t)
+        return self.out(outs[-1]).squeeze(-1)
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_an_inline_elman_loop_that_drops_its_state_is_no_recurrence(tmp_path, carry):
+    torch.manual_seed(0)
+    w = train(InlineElman(carry), tmp_path / "r")
+    if carry:
+        w.assert_not_found("no-recurrence")
+    else:
+        assert w.assert_found("no-recurrence", "error").where["module"] == "InlineElman"

@@ -252,9 +252,10 @@ def inline_cells(obs: CellObserver) -> list[Recognised]:
     """Loops written inside one call: a model's forward that steps through time over raw
     parameters, with no cell module to be fed back its output. The call's ops (``flow``)
     repeat with a period, one time step each; the step boundary is placed where the fewest
-    tensors cross into the next step, none of them a gate (:func:`_time_steps`), and the
+    tensors cross into the next step, none of them a sigmoid gate (:func:`_time_steps`), and the
     tensors that do cross are the state. The steps are then read as a cell's calls. The
-    innermost call holding such a loop is read, once per module (its first call)."""
+    innermost call holding such a loop is read, once per module (its first call). A loop of
+    tanh alone (an Elman RNN) is found the same way; it has no gates to read."""
     if not obs.inline or not obs.flow:
         return []
     first: dict[str, _Call] = {}
@@ -291,20 +292,20 @@ class _Held:
 
 def _time_steps(obs: CellObserver, call: _Call) -> list[_Call] | _Held | str | None:
     """The time steps of a loop inside ``call``, as calls whose inputs are the state the step
-    before handed on; a reason when the ops repeat but carry nothing; None without a loop
-    that has sigmoids in it."""
+    before handed on; what was seen when the ops repeat but carry nothing; None without a
+    loop that has a sigmoid or tanh in it."""
     flow = obs.flow[call.flow_start:call.flow_end]
     sig = [f[0] for f in flow]
-    sigmoids = [j for j, f in enumerate(flow) if f[5]]
-    period = _period(sig, sigmoids)
+    anchors = [j for j, f in enumerate(flow) if f[4]]  # sigmoids and tanh
+    period = _period(sig, anchors)
     if period is None:
         return None
     P = period
     # the stretch over which the ops repeat with that period
-    s, e = sigmoids[0], sigmoids[0] + P
+    s, e = anchors[0], anchors[0] + P
     while e < len(sig) and sig[e] == sig[e - P]:
         e += 1
-    while s > 0 and s - 1 >= sigmoids[0] - P and sig[s - 1] == sig[s - 1 + P]:
+    while s > 0 and s - 1 >= anchors[0] - P and sig[s - 1] == sig[s - 1 + P]:
         s -= 1
     produced = {id(t): j for j in range(s, e) for t in flow[j][1]}
     best: tuple[int, list[int], list[tuple[int, int]]] | None = None
@@ -314,8 +315,8 @@ def _time_steps(obs: CellObserver, call: _Call) -> list[_Call] | _Held | str | N
             continue
         b = bounds[len(bounds) // 2]
         crossing = _crossing(flow, produced, b, P)
-        if any(flow[j][4] for j, _ in crossing):
-            continue  # a gate used in the step after its own: not a step boundary
+        if any(flow[j][5] for j, _ in crossing):
+            continue  # a sigmoid gate used in the step after its own: not a step boundary
         if best is None or len(crossing) < len(best[2]):
             best = (offset, bounds, crossing)
     if best is None:
@@ -356,8 +357,9 @@ def _held_state(flow: list[Any], bounds: list[int], P: int) -> Tensor | None:
 
 
 def _period(sig: list[Any], sigmoids: list[int]) -> int | None:
-    """The number of ops in one time step: the sigmoids come in groups of ``k`` a fixed
-    distance apart, and the ops between repeat exactly, at least ``MIN_INLINE_STEPS`` times."""
+    """The number of ops in one time step: the anchors (``sigmoids``: the sigmoid and tanh
+    ops) come in groups of ``k`` a fixed distance apart, and the ops between repeat exactly,
+    at least ``MIN_INLINE_STEPS`` times."""
     n = len(sigmoids)
     for k in range(1, n // MIN_INLINE_STEPS + 1):
         P = sigmoids[k] - sigmoids[0]
@@ -474,6 +476,10 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
         # GRU-style with r * h: the update gate is the one that also appears as 1 - z
         complemented = [g for g, _, _ in state_gates if any(src is g for src in origin.values())]
         state_gates = [sg for sg in state_gates if any(sg[0] is c for c in complemented)]
+        # one gate both ways (a minimal gated unit: h' = (1 - f) * h + f * tanh(W x + U (f * h))):
+        # the interpolation, through 1 - f, is what keeps the state
+        if len(state_gates) > 1 and all(sg[0] is state_gates[0][0] for sg in state_gates):
+            state_gates = [next((sg for sg in state_gates if sg[2]), state_gates[0])]
     if len(state_gates) != 1:
         return ("no sigmoid gate multiplies the state it carries" if not state_gates
                 else f"{len(state_gates)} sigmoid gates multiply the state it carries")
@@ -488,7 +494,7 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
         if g is not None and any(g is t for t in tanhs):
             found["g"] = g
         return "LSTM", found, state, _bias_of(obs, ops, keeper)
-    if len(others) != 1:
+    if len(others) > 1:
         return f"{len(others)} sigmoid gate(s) besides the one that keeps its state (a GRU has 1)"
     if not tanhs:
         return "no tanh candidate"
@@ -496,7 +502,8 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
     # written the other way round (h' = z * n + (1 - z) * h) keeps 1 - z, biased by -b
     bias = _bias_of(obs, ops, keeper)
     z = 1 - keeper if flipped else keeper
-    return "GRU", {"r": others[0], "z": z, "n": tanhs[0]}, None, (-bias if flipped and bias is not None else bias)
+    found = {"r": others[0], "z": z, "n": tanhs[0]} if others else {"z": z, "n": tanhs[0]}  # no r: a minimal gated unit
+    return "GRU", found, None, (-bias if flipped and bias is not None else bias)
 
 
 def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gate: Tensor) -> Tensor | None:
