@@ -151,7 +151,11 @@ _INPUT_STATS = {
 INPUTS = Signal(
     "inputs",
     keys=("step", "mode", "module"),
-    values=_INPUT_STATS,
+    values={**_INPUT_STATS,
+            "seq_len": "a 3-D training input of a model without a fused RNN: its dimension 1 (read batch-first)",
+            "length_hist": "as rnn_inputs' length_hist, read batch-first", "interior_zero": "as rnn_inputs', read batch-first",
+            "seq_len_tb": "the same, read time-first (dimension 0)", "length_hist_tb": "read time-first",
+            "interior_zero_tb": "read time-first"},
     when=f"the model's first argument, on the data schedule ({DEFAULT_DATA})",
 )
 

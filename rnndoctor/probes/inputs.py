@@ -71,6 +71,8 @@ class InputsProbe(Probe):
                 stats = data_probe.input_stats(x)
                 self._last_input_stats = (x, stats)
                 row.update(stats)
+                if x.dim() == 3 and mode == "train" and not any(isinstance(m, nn.RNNBase) for _, m in self.ctx.model.recurrent):
+                    row.update(_lengths_both_ways(x))  # a loop of the model's own slices this input
                 self.ctx.recorder.add("inputs", row, finalize=data_probe.with_all_zero)
 
     def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str, *, either_way: bool = False) -> bool:
@@ -187,6 +189,17 @@ class InputsProbe(Probe):
         row["backward"] = flag
         for t in outs:
             t.register_hook(functools.partial(_mark_backward, flag))
+
+
+def _lengths_both_ways(x: torch.Tensor) -> dict[str, Any]:
+    """Lengths of a [B, T, F] input read batch-first and of a [T, B, F] one read time-first
+    (``_tb``): with no fused RNN nothing says which it is until the gradient profile over
+    time (``time_grad``) shows how long the loop was."""
+    row: dict[str, Any] = {}
+    for suffix, batch_first in (("", True), ("_tb", False)):
+        t, hist, interior = data_probe.padded_lengths(x, batch_first)
+        row.update({f"seq_len{suffix}": t, f"length_hist{suffix}": hist, f"interior_zero{suffix}": interior})
+    return row
 
 
 def _mark_backward(flag: torch.Tensor, grad: torch.Tensor) -> None:

@@ -460,9 +460,15 @@ def stuck_evidence(run: Run, w: Window, *, acc_floor_tol: float = 0.02, loss_fra
         acc = float(correct / total) if total else float("nan")
         k = labels.n_classes
         _, baseline = labels.majority
-        balanced = abs(baseline - 1.0 / k) < 0.02
         tol = max(acc_floor_tol, 3 * math.sqrt(baseline * (1 - baseline) / max(total, 1.0)))
-        if not (abs(acc - baseline) <= tol):
+        # the window's majority share overstates a balanced task's by its sampling noise
+        balanced = abs(baseline - 1.0 / k) <= max(0.02, tol)
+        # an input-independent predictor scores anywhere between the rarest and the most
+        # frequent class's share (it may spread its guesses): below the rarest is not learning
+        # either (a class seen in the labels counts, one never seen does not)
+        seen = labels.shares[labels.counts > 0]
+        least = float(seen.min()) if len(seen) >= k else 0.0
+        if not (least - tol <= acc <= baseline + tol):
             return None
         ref = reference_loss(run, w)
         ref_loss, ref_name = (ref.loss, ref.kind) if ref is not None else (float("nan"), "")

@@ -46,8 +46,10 @@ def stuck_at_chance(
 ) -> Iterator[Found]:
     """Accuracy and loss sit at what an input-independent predictor would reach.
 
-    What it detects: over the last window after warm-up, accuracy is within noise of the
-    best input-independent rate (1/K for balanced labels, the majority share otherwise),
+    What it detects: over the last window after warm-up, accuracy is within noise of what
+    an input-independent predictor scores (1/K for balanced labels; with skewed labels
+    anywhere from the rarest class's share, guesses spread over the classes, to the
+    majority share),
     the loss is at least 0.9 x the label entropy (or the target variance for MSE), and the
     loss is known not to fall: its second half is less than 1 % below its first, at 95 %
     confidence not 10 % below, and that interval is narrower than ±15 %. A rise is no

@@ -347,14 +347,15 @@ ZERO_STEPS_ARE_DATA = 0.01
 @rule(
     "padding-not-masked",
     Severity.WARNING,
-    signals=("rnn_inputs", "time_grad"),
+    signals=("rnn_inputs|inputs", "time_grad"),
     fix="Pack the batch with pack_padded_sequence(..., enforce_sorted=False) and use h_n, or gather output at lengths - 1; or pre-pad.",
     plots=("time_grad",),
 )
 def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad: float = 0.05, min_sequences: int = 200) -> Iterator[Found]:
     """Padded variable-length sequences are fed whole and the answer is read after the padding.
 
-    What it detects: in a padded (not packed) recurrent input, at least 20 % of the
+    What it detects: in a padded (not packed) recurrent input (with no fused RNN, the
+    model's own 3-D input that its loop slices), at least 20 % of the
     sequences end (last non-zero step) before the padded length (by half of it when
     all-zero steps also occur inside sequences, so that a zero step may be data), and at least 5 % of
     the input gradient lands on the trailing padding — the loss reads an output computed
@@ -377,36 +378,72 @@ def padding_not_masked(run: Run, *, min_padded_share: float = 0.2, min_pad_grad:
     enforce_sorted=False)``) and read ``h_n``, or gather the output at ``lengths - 1``;
     otherwise pre-pad so the real data ends at the last step.
     """
-    ri = run["rnn_inputs"]
     tg = run["time_grad"]
-    if ri.empty or tg.empty or "pad_grad_share" not in tg or "length_hist" not in ri:
+    if tg.empty or "pad_grad_share" not in tg:
         return
-    ri = ri[(ri["packed"] == 0) & ri["length_hist"].notna()]
-    for module, rows in ri.groupby("module", sort=False):
-        t = int(rows["seq_len"].mode().iloc[0])
-        hists = [np.asarray(h, float) for h in rows["length_hist"] if len(h) == t + 1]
-        if not hists:
+    tg = tg[tg["packed"] == 0]
+    ri = run["rnn_inputs"]
+    if not ri.empty and "length_hist" in ri:
+        ri = ri[(ri["packed"] == 0) & ri["length_hist"].notna()]
+        for module, rows in ri.groupby("module", sort=False):
+            yield from _padding_read_after(module, rows, "", tg[tg["module"] == module], min_padded_share,
+                                           min_pad_grad, min_sequences)
+    # a model without a fused RNN: its own 3-D input, sliced by its loop, read the way round
+    # whose length matches the loop's (the gradient profile's, on the steps that have both)
+    inputs = run["inputs"]
+    if inputs.empty or "length_hist" not in inputs:
+        return
+    inputs = inputs[(inputs["mode"] == "train") & inputs["length_hist"].notna()]
+    for module, rows in inputs.groupby("module", sort=False):
+        grads = tg[tg["module"] == module]
+        profile_len = {int(s): len(p) for s, p in zip(grads["step"], grads["grad_norm"])}
+        both = rows[rows["step"].isin(profile_len)]
+        lengths = both["step"].map(profile_len)
+        as_bf, as_tb = int((both["seq_len"] == lengths).sum()), int((both["seq_len_tb"] == lengths).sum())
+        if max(as_bf, as_tb):
+            yield from _padding_read_after(module, rows, "" if as_bf >= as_tb else "_tb", grads, min_padded_share,
+                                           min_pad_grad, min_sequences)
+
+
+def _padding_read_after(module: str, rows: pd.DataFrame, suffix: str, grads: pd.DataFrame,
+                        min_padded_share: float, min_pad_grad: float, min_sequences: int) -> Iterator[Found]:
+    """The padding judgement for one module's padded inputs (``rows``' columns
+    ``seq_len{suffix}``, ``length_hist{suffix}``, ``interior_zero{suffix}``; each batch at
+    its own padded width) and its gradient profiles."""
+    col = f"interior_zero{suffix}"
+    interior = pd.to_numeric(rows[col], errors="coerce") if col in rows else pd.Series(dtype=float)
+    zeros_are_data = interior.empty or not (interior.dropna() <= ZERO_STEPS_ARE_DATA).all()
+    total = padded_n = 0.0
+    widths = []
+    for t, h in zip(rows[f"seq_len{suffix}"], rows[f"length_hist{suffix}"]):
+        hist, t = np.asarray(h, float), int(t)
+        if len(hist) != t + 1:
             continue
-        hist = np.sum(hists, axis=0)
-        total = hist.sum()
-        interior = pd.to_numeric(rows["interior_zero"], errors="coerce") if "interior_zero" in rows else pd.Series(dtype=float)
-        zeros_are_data = interior.empty or not (interior.dropna() <= ZERO_STEPS_ARE_DATA).all()
         end = int(PADDED_BEFORE * t) + 1 if zeros_are_data else t
-        padded = hist[1:end].sum() / total if total else 0.0  # sequences with trailing padding
-        grads = tg[(tg["module"] == module) & (tg["packed"] == 0)]["pad_grad_share"].dropna()
-        if total < min_sequences or padded < min_padded_share or grads.empty:
-            continue
-        pad_grad = float(grads.mean())
-        if pad_grad < min_pad_grad:
-            continue
-        yield Found(
-            title=f"'{module}' is fed padded sequences unpacked, and {pad_grad:.0%} of its input gradient lands on padding",
-            explanation=(
-                f"{padded:.0%} of the sequences end by step {end - 1} of the padded length {t}, yet "
-                f"{pad_grad:.0%} of ‖∂L/∂x‖ sits on their trailing padding: the answer is read after the padding "
-                "(e.g. output[:, -1]), so the network must carry it across the padded steps."
-            ),
-            evidence={"padded_length": t, "padded_share": float(padded), "gradient_on_padding": pad_grad, "sequences": int(total)},
-            where={"module": module},
-            first_step=int(rows["step"].min()),
-        )
+        total += hist.sum()
+        padded_n += hist[1:end].sum()  # sequences with trailing padding
+        widths.append(t)
+    if not widths:
+        return
+    t = int(pd.Series(widths).mode().iloc[0])
+    end = int(PADDED_BEFORE * t) + 1 if zeros_are_data else t
+    padded = padded_n / total if total else 0.0
+    shares = grads["pad_grad_share"].dropna()
+    if total < min_sequences or padded < min_padded_share or shares.empty:
+        return
+    pad_grad = float(shares.mean())
+    if pad_grad < min_pad_grad:
+        return
+    varied = len(set(widths)) > 1
+    yield Found(
+        title=f"'{module}' is fed padded sequences unpacked, and {pad_grad:.0%} of its input gradient lands on padding",
+        explanation=(
+            f"{padded:.0%} of the sequences end {'before half ' if zeros_are_data else 'before the end '}of their batch's "
+            f"padded length ({'mostly ' if varied else ''}{t}), yet "
+            f"{pad_grad:.0%} of ‖∂L/∂x‖ sits on their trailing padding: the answer is read after the padding "
+            "(e.g. output[:, -1]), so the network must carry it across the padded steps."
+        ),
+        evidence={"padded_length": t, "padded_share": float(padded), "gradient_on_padding": pad_grad, "sequences": int(total)},
+        where={"module": module},
+        first_step=int(rows["step"].min()),
+    )

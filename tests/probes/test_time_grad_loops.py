@@ -148,3 +148,44 @@ def test_token_ids_get_the_profile_of_their_embedded_vectors(tmp_path, time_majo
     p = _profile(rows[-1])
     assert p.shape == (20,) and p[-1] > 10 * p[0]
     assert not model.embed._forward_hooks  # nothing left on the user's module
+
+
+class PaddedElman(nn.Module):
+    """An Elman loop over post-padded sequences; ``masked`` keeps each sequence's state
+    once it has ended (``torch.where``), else the answer is read after the padding."""
+
+    def __init__(self, masked: bool) -> None:
+        super().__init__()
+        self.w, self.u = nn.Parameter(torch.randn(3, 16) * 0.3), nn.Parameter(torch.randn(16, 16) * 0.1)
+        self.out, self.masked = nn.Linear(16, 2), masked
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lengths = (x.abs().sum(-1) > 0).sum(1)
+        h = x.new_zeros(x.shape[0], 16)
+        for t in range(x.shape[1]):
+            new = torch.tanh(x[:, t] @ self.w + h @ self.u)
+            h = torch.where((t < lengths).unsqueeze(1), new, h) if self.masked else new
+        return self.out(h)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_padding_read_after_a_hand_written_loop_is_found(tmp_path, masked):
+    """No fused RNN: the model's own input gives the lengths (read the way round the loop's
+    gradient profile says), and the profile how much gradient lands on the padding."""
+    torch.manual_seed(0)
+    model = PaddedElman(masked)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as w:
+        for _ in range(30):
+            lengths = torch.randint(3, 12, (32,))
+            x = torch.randn(32, 24, 3) * (torch.arange(24) < lengths[:, None]).unsqueeze(-1)
+            y = (x[torch.arange(32), lengths - 1, 0] > 0).long()
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    if masked:
+        w.assert_not_found("padding-not-masked")
+    else:
+        found = w.assert_found("padding-not-masked")
+        assert found.where["module"] == "PaddedElman" and found.evidence["padded_length"] == 24
