@@ -376,16 +376,20 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
     padded length T (trailing zeros; for packed inputs, T is the width of the padded batch
     the model was given, and lengths are exact), no sequence among at least 200 reached T
     and the longest reached T - 1: the range stops exactly one short, the mark of an
-    exclusive upper bound. Sequences that all stop well short of T are padded to a fixed
-    width (a tutorial's MAX_LENGTH), a choice rather than a range bug.
+    exclusive upper bound; or none reached even T / 2: something cuts every sequence short
+    (a text truncated to a number of characters where tokens were meant). Sequences that
+    stop short of T but past its half are padded to a fixed width (a tutorial's
+    MAX_LENGTH), a choice rather than a range bug.
 
     Legitimate look-alikes: padding to the longest sequence of each batch; a fixed pad width
     well above the data (a tutorial's MAX_LENGTH); a width exactly one above the longest
     sequence on purpose (room for an end token added later, inputs shifted by one for
     next-step prediction but padded to the full length). The first two are told apart: a
     batch padded to its own longest has a sequence reaching T, and a gap of more than one
-    step reads as a fixed width. Not told apart: the deliberate one-step gap, which looks
-    exactly like an exclusive upper bound.
+    step but less than half the width reads as a fixed width. Not told apart: the
+    deliberate one-step gap, which looks exactly like an exclusive upper bound, and a fixed
+    width more than twice the longest sequence the data holds (then the warning says the
+    recurrence runs through that much padding).
 
     Why it matters: the intended range is not what is generated — seed 001 draws lengths
     with ``randint(1, bits)``, whose upper bound is exclusive, so a string of ``bits`` bits
@@ -413,9 +417,13 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
             padded_share = hist[:t].sum() / total
             nonzero = np.nonzero(hist)[0]
             longest = int(nonzero.max()) if len(nonzero) else 0
-            if padded_share < min_padded_share or longest != t - 1 or longest == 0:
-                continue  # (all-zero input is constant-input's finding; a wider gap is a fixed pad width)
+            if padded_share < min_padded_share or longest == 0:
+                continue  # (an all-zero input is constant-input's finding)
             shortest = int(nonzero.min())
+            if longest != t - 1:
+                if longest * 2 < t:  # not one sequence reaches half the width
+                    yield _never_half(module, t, longest, shortest, total, hist, int(same_t["step"].min()))
+                continue  # a gap short of that is a fixed pad width (a tutorial's MAX_LENGTH)
             yield Found(
                 title=f"Sequences fed to '{module}' are padded to {t} but never longer than {longest}",
                 explanation=(
@@ -429,6 +437,25 @@ def length_range_bug(run: Run, *, min_sequences: int = 200, min_padded_share: fl
                 first_step=int(same_t["step"].min()),
                 fix=f"Draw lengths with randint(1, {t} + 1) if {t} is meant to occur; pack padded batches with pack_padded_sequence.",
             )
+
+
+def _never_half(module: str, t: int, longest: int, shortest: int, total: float, hist: np.ndarray, step: int) -> Found:
+    return Found(
+        title=f"Sequences fed to '{module}' are padded to {t} but never longer than {longest}",
+        explanation=(
+            f"Of {int(total)} sequences none uses even half of the padded length {t}: lengths run "
+            f"{shortest}..{longest}. Something shortens them before padding (a text cut to a number of "
+            "characters where tokens were meant, a window or maximum set too small), or the width is far "
+            "larger than the data: either way the part of each sequence that the task may need is not there, "
+            f"or the recurrence runs through at least {t - longest} padding steps."
+        ),
+        evidence={"padded_length": t, "longest_seen": longest, "shortest_seen": shortest, "sequences": int(total),
+                  "length_histogram": [int(v) for v in hist]},
+        where={"module": module},
+        first_step=step,
+        fix=(f"Check where sequences are cut to {longest} or less (truncate after tokenising, to the number of "
+             f"tokens meant); if {longest} is all the data has, pad to the batch's longest and pack."),
+    )
 
 
 def _widened(hist: object, t: int) -> np.ndarray:

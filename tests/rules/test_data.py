@@ -138,6 +138,17 @@ def test_length_range_bug_exclusive_upper_bound():
     assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=wide, t=10)))) == []
 
 
+def test_length_range_bug_when_no_sequence_uses_half_the_padded_width():
+    """Reviews cut to 48 characters where 48 tokens were meant: 8-12 tokens of 48. A width
+    a little above the data (4-6 of 10, a tutorial's MAX_LENGTH) stays quiet (above)."""
+    cut = [0] * 8 + [60, 60, 60, 60, 60] + [0] * 36
+    (f,) = lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=cut, t=48)))
+    assert f.evidence["longest_seen"] == 12 and f.evidence["padded_length"] == 48
+    assert "half" in f.explanation
+    half = [0] * 20 + [60, 60, 60, 60, 60] + [0] * 24  # lengths 20..24 of 48: past its half
+    assert list(lengths(make_run(rnn_inputs=rnn_rows(0.5, hist=half, t=48)))) == []
+
+
 def test_length_range_bug_on_packed_batches_against_the_padded_width():
     """Packed, the RNN sees only each batch's longest (4 here): the width the model was given
     (5) is what the lengths fall one short of. Batches padded to their own longest reach it."""
