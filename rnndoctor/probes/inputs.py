@@ -18,6 +18,9 @@ from .outputs import LossCall
 #: samples fingerprinted on every step until this many are recorded (then on the data
 #: schedule): a batch-size-1 program needs far more steps than a batch of 64 to show a repeat
 SAMPLE_BUDGET = 2048
+#: evaluation samples fingerprinted whatever the schedule: an evaluation every few epochs
+#: rarely falls on a data step, and its inputs are what leakage is judged on
+EVAL_SAMPLE_BUDGET = 2048
 
 
 class InputsProbe(Probe):
@@ -32,7 +35,8 @@ class InputsProbe(Probe):
         self._fingerprint = data_probe.Fingerprinter()
         #: the data and targets of the group being seen (a step, or an evaluation batch)
         self._sample = data_probe.StepSample(self._fingerprint)
-        self._fingerprinted = 0
+        self._fingerprinted = 0  # training samples fingerprinted
+        self._eval_fingerprinted = 0
         #: the last data tensor fingerprinted (the model's input often is the RNN's)
         self._last_data: torch.Tensor | None = None
         #: shape of the model's last input: the padded batch a packed RNN input came from
@@ -54,15 +58,17 @@ class InputsProbe(Probe):
         self._model_input_shape = tuple(x.shape) if isinstance(x, torch.Tensor) else None
         due = self.ctx.due("data")
         mode = "train" if torch.is_grad_enabled() else "eval"  # before no_grad below
+        if self._sample.mode not in (None, mode):
+            self._emit()  # a pass of the other kind closes the group, fingerprinted or not
         if isinstance(x, data_probe.PackedSequence):
-            if due or self._fingerprinted < SAMPLE_BUDGET:
+            if due or self._under_budget(mode):
                 with torch.no_grad():
                     self._model_fed |= self._add_packed(x, mode)
             return
         if not isinstance(x, torch.Tensor) or x.dim() < 1:
             return
         with torch.no_grad():
-            if due or self._fingerprinted < SAMPLE_BUDGET:
+            if due or self._under_budget(mode):
                 # the model may transpose its input before a sequence-first RNN (or take
                 # token ids [T, B]): both orientations, the group keeps the one its targets fit
                 self._model_fed |= self._add_data(x, self.ctx.model.batch_first, mode, either_way=True)
@@ -74,6 +80,12 @@ class InputsProbe(Probe):
                 if x.dim() == 3 and mode == "train" and not any(isinstance(m, nn.RNNBase) for _, m in self.ctx.model.recurrent):
                     row.update(_lengths_both_ways(x))  # a loop of the model's own slices this input
                 self.ctx.recorder.add("inputs", row, finalize=data_probe.with_all_zero)
+
+    def _under_budget(self, mode: str) -> bool:
+        """Samples of ``mode`` are still fingerprinted off the data schedule."""
+        if mode == "eval":
+            return self._eval_fingerprinted < EVAL_SAMPLE_BUDGET
+        return self._fingerprinted < SAMPLE_BUDGET
 
     def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str, *, either_way: bool = False) -> bool:
         """Fingerprint ``x`` into the sample being seen, when it is data (no ``grad_fn``: not
@@ -124,7 +136,10 @@ class InputsProbe(Probe):
         self._model_fed = False
         if taken is not None:
             mode, x, y, label_size = taken
-            self._fingerprinted += x.shape[0]
+            if mode == "eval":
+                self._eval_fingerprinted += x.shape[0]
+            else:
+                self._fingerprinted += x.shape[0]
             self.ctx.recorder.add("samples", {"step": self.ctx.step if step is None else step, "mode": mode,
                                               "x1": x[:, 0], "x2": x[:, 1], "y": y,
                                               "label_size": label_size})
@@ -136,8 +151,8 @@ class InputsProbe(Probe):
         # data fed straight to the RNN (its container is never called with it); once the
         # model's input is in the group, what reaches the RNN is the model's own activation
         # (an embedding's output has no grad_fn under no_grad)
-        if not self._model_fed and (due or self._fingerprinted < SAMPLE_BUDGET):
-            mode = "train" if torch.is_grad_enabled() else "eval"
+        mode = "train" if torch.is_grad_enabled() else "eval"
+        if not self._model_fed and (due or self._under_budget(mode)):
             with torch.no_grad():
                 if isinstance(x, data_probe.PackedSequence):
                     self._add_packed(x, mode)

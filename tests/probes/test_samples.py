@@ -336,3 +336,27 @@ def test_an_accuracy_only_evaluation_is_compared_with_training(tmp_path, leaks):
     assert len(ev) >= 150 and ev["y"].isna().all()
     leak = [f for f in w.diagnosis.findings if f.id == "duplicate-samples" and "evaluation" in f.title]
     assert bool(leak) == leaks
+
+
+def test_an_evaluation_off_the_data_schedule_is_still_compared_with_training(tmp_path):
+    """Evaluating every few epochs rarely lands on a data step, and by then the training
+    samples' budget is spent: evaluation inputs have a budget of their own, and the training
+    loss after an evaluation never joins the evaluation's group."""
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(50, (300, 12), generator=g)
+    torch.manual_seed(0)
+    model = TokenClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with rnndoctor.watch(model, out=tmp_path, summary=False) as w:
+        for step in range(160):
+            batch = train[torch.randint(300, (32,), generator=g)]  # 2048 samples by step 64
+            loss = F.cross_entropy(model(batch), batch[:, 0] % 2)
+            opt.zero_grad(); loss.backward(); opt.step()
+            if step in (99, 159):  # off the schedule (first 50, then every 100)
+                model.eval()
+                with torch.no_grad():
+                    hits = sum(int((model(train[i:i + 64]).argmax(1) == train[i:i + 64, 0] % 2).sum()) for i in (0, 64))
+                model.train()
+    ev = rnndoctor.load_run(tmp_path)["samples"].query("mode == 'eval'")
+    assert len(ev) == 256 and ev["y"].isna().all()
+    assert [f for f in w.diagnosis.findings if f.id == "duplicate-samples" and "evaluation" in f.title]
