@@ -291,7 +291,8 @@ def constant_input(run: Run) -> Iterator[Found]:
     fix="Enumerate the input space and split it into disjoint train/validation/test sets, or enlarge it.",
     plots=("samples",),
 )
-def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float = 0.5, max_eval_overlap: float = 0.1) -> Iterator[Found]:
+def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float = 0.5, max_eval_overlap: float = 0.1,
+                      max_first_pass_share: float = 0.9) -> Iterator[Found]:
     """Far fewer distinct samples than samples drawn, or evaluation samples seen in training.
 
     What it detects: among the training inputs fingerprinted (at least 500), fewer than half
@@ -305,9 +306,11 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
     DataLoader over a map-style Dataset: distinct inputs are then compared with
     ``len(dataset)``, not with the draws, and fewer distinct inputs than the dataset claims is
     a warning. Without a dataset size (in-memory tensors sliced or sampled with replacement,
-    generators, iterable datasets) repeats are what any epoch looks like, and the finding is
-    information: a generator whose space is small (seed 002) and a fixed list sampled with
-    replacement are not told apart. Not told apart either: a small space covered on purpose,
+    generators, iterable datasets) epochs show in the order of the draws: a fixed set of
+    distinct samples (at least 20) is drawn once (90 % of as many first draws distinct)
+    before anything repeats, and is not reported. Repeats within that first pass are information: a
+    generator whose space is small (seed 002) and a fixed list sampled with replacement are
+    not told apart. Not told apart either: a small space covered on purpose,
     and training-set evaluation, whose inputs count as evaluation inputs seen in training
     (every no-grad pass is an evaluation); leakage stays a warning. An input that never
     varies (every sample the same tensor) is constant-input's finding, and this rule stands
@@ -329,7 +332,13 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
         else pd.Series(dtype=float)  # an IterableDataset has no length
     # epochs over a finite dataset repeat samples by design: compare with the dataset size
     pool = min(n, int(sizes.max())) if not sizes.empty else n
-    if n >= min_drawn and unique < max_unique_share * pool:
+    # without a size, epochs over a fixed set of distinct samples draw each once before any
+    # repeats: the first ``unique`` draws are (nearly) all distinct, where a small space
+    # sampled at random (seed 002), or a set holding copies, repeats within them
+    first_pass = train["x"].iloc[:unique].nunique() if sizes.empty else 0
+    epochs_only = sizes.empty and unique >= 20 and first_pass >= max_first_pass_share * unique  # (a shorter
+    # first pass cannot tell: 20 random draws from 20 give about 13 distinct)
+    if n >= min_drawn and unique < max_unique_share * pool and not epochs_only:
         yield Found(
             title=f"Only {unique} distinct inputs among {n} training samples drawn",
             explanation=(

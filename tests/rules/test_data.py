@@ -105,10 +105,22 @@ def test_constant_input_one_value_per_call_that_changes_is_data():
 
 
 def test_duplicate_samples_with_an_iterable_dataset_that_has_no_size():
-    x = np.arange(1000) % 20
+    x = np.random.default_rng(0).integers(0, 20, 1000)  # a stream drawing from a small space
     run = make_run(samples=sample_rows(x, x % 2), datasets=[{"dataset": "Stream", "size": None, "map_style": 0}])
     (f,) = duplicates(run)
     assert f.evidence["distinct"] == 20 and f.evidence["dataset_size"] is None
+
+
+def test_duplicate_samples_tells_epochs_over_distinct_samples_from_a_small_space():
+    """No dataset size: 800 distinct windows drawn in shuffled epochs (each once before any
+    repeats) are a training set, not a small space; the same 800 drawn at random with
+    replacement repeat within the first pass (seed 002's shape) and stay information."""
+    rng = np.random.default_rng(0)
+    epochs = np.concatenate([rng.permutation(800) for _ in range(3)])
+    assert list(duplicates(make_run(samples=sample_rows(epochs, epochs % 2)))) == []
+    drawn = rng.integers(0, 800, 2400)
+    (f,) = duplicates(make_run(samples=sample_rows(drawn, drawn % 2)))
+    assert f.severity.value == "info" and f.evidence["distinct"] <= 800
 
 
 def test_duplicate_samples_stands_aside_when_the_input_never_varies():
