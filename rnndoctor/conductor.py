@@ -275,4 +275,5 @@ class Conductor:
         if self.deferred:
             self.deferred.drain()
         if self.clock.ready():
+            self._last_output = None  # the step is over: its output is not held into the next
             self.clock.close()

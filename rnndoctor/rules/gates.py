@@ -181,9 +181,9 @@ def gate_saturation(run: Run, *, share: float = SATURATED_SHARE) -> Iterator[Fou
     learned = None  # read once, only when a gate is saturated
     for (module, layer, direction, gate), rows in g.groupby(["module", "layer", "direction", "gate"], sort=False):
         early = first_half(rows)
-        if early.empty or not float(early["frac_saturated"].mean()) >= share:
+        sat = float(early["frac_saturated"].mean()) if not early.empty else float("nan")
+        if not sat >= share:  # (NaN: nothing sampled)
             continue
-        sat = float(early["frac_saturated"].mean())
         act = str(early["activation"].iloc[0]) if "activation" in early else "sigmoid"
         lo, hi = (-TANH_SATURATED, TANH_SATURATED) if act == "tanh" else (SIGMOID_LOW, SIGMOID_HIGH)
         text, units = pinned_units(early, lo, hi)
