@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import WARMUP_MIN_STEPS, before_blow_up, fmt, loss_trend
+from ._common import WARMUP_MIN_STEPS, before_blow_up, fmt, judgement_window, loss_trend, reference_loss
 from .registry import Found, rule
 
 #: optimizers whose step is sized by a line search and curvature, not by lr x gradient
@@ -307,6 +307,7 @@ def learning_rate_scale(
     too_small_log10: float = -5.0,  # research-notes §6: median log10(|dw|/|w|) < -5: nothing moves
     too_large_log10: float = -1.0,  # ... > -1: thrashing (CS231n target ~ -3; TDC band [-4, -1])
     slow_log10: float = -4.5,  # below TDC's -4 edge, with a known-flat loss: too slow to learn
+    tdc_log10: float = -4.0,  # TDC's lower edge, with a final loss no better than ignoring the input
     warmup_steps: int = WARMUP_MIN_STEPS,
     min_updates: int = 5,  # a run that crashed after its first update says nothing about the rate
 ) -> Iterator[Found]:
@@ -320,7 +321,9 @@ def learning_rate_scale(
     transitions, that a rate right for the rest barely moves is not a learning-rate problem);
     a bulk below -4.5 is too small too when the training loss is known flat (its 95 %
     interval within ±5 %: Adam at 1e-6 moves weights by ~1e-5 of their size and the loss
-    does not move). A weight whose gradient fell a thousandfold after warm-up (saturated
+    does not move), and a bulk below -4 (TDC's edge) when the loss over the last window is
+    still no better than the best input-independent predictor's (SGD at Adam's 1e-3: the
+    loss creeps down but the model has not yet learned even the label frequencies). A weight whose gradient fell a thousandfold after warm-up (saturated
     units: Adam's update then shrinks with it) is not judged too slow: its rate is not what
     stopped it. A parameter needs at least 5 recorded finite updates (one update of a run that
     crashed at step 1 says nothing), taken before the loss blew up (NaN or overflowing weights
@@ -387,6 +390,8 @@ def learning_rate_scale(
     if typical < slow_log10 and (trend := loss_trend(run.train_steps().get("loss", pd.Series(dtype=float)))) is not None \
             and trend.known_flat:
         small_edge = slow_log10
+    elif typical < tdc_log10 and _no_better_than_ignoring_input(run):
+        small_edge = tdc_log10  # below TDC's edge and, at the end, no better than ignoring the input
     low = med[med < small_edge] if typical < small_edge else med.iloc[:0]
     low = low.drop(_gradient_vanished(run, warmup_steps), errors="ignore")
     high = med[med > too_large_log10] if judge_large else med.iloc[:0]
@@ -412,6 +417,14 @@ def learning_rate_scale(
             first_step=int(p["step"].min()),
             fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
         )
+
+
+def _no_better_than_ignoring_input(run: Run) -> bool:
+    """Over the last window the loss is still at or above what the best input-independent
+    predictor scores (the label entropy, the targets' variance): nothing learned yet."""
+    w = judgement_window(len(run.train_steps()))
+    ref = reference_loss(run, w) if w is not None else None
+    return ref is not None and ref.loss > 0 and ref.run_loss >= ref.loss
 
 
 def rate_too_small(run: Run) -> bool:

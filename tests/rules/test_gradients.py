@@ -4,7 +4,7 @@ import numpy as np
 
 from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
-from synth import classification_run, make_run, param_rows, update_rows
+from synth import classification_run, make_run, param_rows, update_rows, with_signal
 
 exploding = get_rule("exploding-gradients")
 dead = get_rule("dead-parameters")
@@ -184,6 +184,19 @@ def test_learning_rate_scale_a_slow_bulk_with_a_flat_loss_is_too_small():
     assert list(lr_scale(make_run(updates=ups, steps=falling))) == []
     healthy = update_rows(param_rows(100, update_ratio=10 ** -3.3))
     assert list(lr_scale(make_run(updates=healthy, steps=flat))) == []
+
+
+def test_learning_rate_scale_below_tdc_edge_while_no_better_than_ignoring_the_input():
+    """SGD kept Adam's lr=1e-3 (a POS tagger): the bulk moves ~1e-4.4 per step and the loss
+    creeps down, yet it ends above the label entropy (not even the tag frequencies learned).
+    The same ratio with a loss well below the entropy is a slow rate that works."""
+    ups = update_rows(param_rows(300, update_ratio=10 ** -4.4))
+    creeping = np.linspace(0.80, 0.70, 300)  # ln 2 = 0.693: still above it
+    stuck = with_signal(classification_run(300, acc=0.5, loss=creeping), updates=ups)
+    (f,) = lr_scale(stuck)
+    assert f.evidence["side"] == "small"
+    learned = with_signal(classification_run(300, acc=0.9, loss=np.linspace(0.7, 0.3, 300)), updates=ups)
+    assert list(lr_scale(learned)) == []
 
 
 def test_learning_rate_scale_a_vanished_gradient_is_not_a_slow_rate():
