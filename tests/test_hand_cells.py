@@ -512,3 +512,27 @@ def test_an_inline_elman_loop_that_drops_its_state_is_no_recurrence(tmp_path, ca
         w.assert_not_found("no-recurrence")
     else:
         assert w.assert_found("no-recurrence", "error").where["module"] == "InlineElman"
+
+
+class DeepTanhMLP(nn.Module):
+    """Eight identical tanh layers, each with weights of its own: its ops repeat like a loop's,
+    and each layer hands its output to the next, but nothing is shared: not a recurrence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(F_IN * T, H)
+        self.layers = nn.ParameterList([nn.Parameter(torch.randn(H, H) / H ** 0.5) for _ in range(8)])
+        self.out = nn.Linear(H, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x.flatten(1)))
+        for w in self.layers:
+            h = torch.tanh(h @ w)
+        return self.out(h).squeeze(-1)
+
+
+def test_a_stack_of_layers_with_their_own_weights_is_not_read_as_a_loop(tmp_path):
+    w = train(DeepTanhMLP(), tmp_path / "r")
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert not rec.has("hand_cells") and not rec.has("gates")
+    assert not [n for n in w.diagnosis.notes if "not recognised" in n]

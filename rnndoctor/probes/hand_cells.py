@@ -251,8 +251,9 @@ MIN_INLINE_STEPS = 3
 def inline_cells(obs: CellObserver) -> list[Recognised]:
     """Loops written inside one call: a model's forward that steps through time over raw
     parameters, with no cell module to be fed back its output. The call's ops (``flow``)
-    repeat with a period, one time step each; the step boundary is placed where the fewest
-    tensors cross into the next step, none of them a sigmoid gate (:func:`_time_steps`), and the
+    repeat with a period, one time step each, and every step uses the very same weights (a
+    stack of identical layers has its own in each); the step boundary is placed where the
+    fewest tensors cross into the next step, none of them a sigmoid gate (:func:`_time_steps`), and the
     tensors that do cross are the state. The steps are then read as a cell's calls. The
     innermost call holding such a loop is read, once per module (its first call). A loop of
     tanh alone (an Elman RNN) is found the same way; it has no gates to read."""
@@ -322,6 +323,8 @@ def _time_steps(obs: CellObserver, call: _Call) -> list[_Call] | _Held | str | N
     if best is None:
         return None
     _, bounds, crossing = best
+    if not _same_weights_each_step(flow, bounds, P):
+        return None  # repeated layers with weights of their own (a deep MLP): not a recurrence
     if not crossing:
         return _Held("its time steps hand nothing on to the next (no state is carried)",
                      _held_state(flow, bounds, P))
@@ -339,6 +342,17 @@ def _time_steps(obs: CellObserver, call: _Call) -> list[_Call] | _Held | str | N
                            end=flow[end][3] if end < len(flow) else call.end,
                            flow_start=base + cur, flow_end=base + end))
     return steps[:MAX_CALLS]
+
+
+def _same_weights_each_step(flow: list[Any], bounds: list[int], P: int) -> bool:
+    """Every step uses the very same trained tensors (what makes a loop a recurrence, where a
+    stack of identical layers has weights of its own in each)."""
+    def weights(start: int) -> set[int]:
+        return {id(t) for j in range(start, min(start + P, len(flow))) for t in flow[j][2] if t.is_leaf and t.requires_grad}
+
+    middle = len(bounds) // 2
+    w = weights(bounds[middle])
+    return bool(w) and all(weights(b) == w for b in bounds[max(0, middle - 1):middle + 2])
 
 
 def _held_state(flow: list[Any], bounds: list[int], P: int) -> Tensor | None:
