@@ -42,7 +42,8 @@ def exploding_gradients(
     """Gradient norm spikes far above its running median, or grows steadily.
 
     What it detects: the global gradient norm (before any clipping done by the optimizer)
-    exceeds 10 x its running median (from 5 steps of history) at least 3 times with the
+    exceeds 10 x its running median (from 5 steps of history; before that, 100 x the median
+    of the steps so far) at least 3 times with the
     loss set back after each (mean loss over the 10 steps after it > 10 % above the 10
     before it), or once with the loss set back by half again (> 50 %: the spike threw the weights
     out, as an unclipped word-language model at lr 20 does in its first steps), or 100 x
@@ -85,7 +86,12 @@ def exploding_gradients(
     if len(g) <= min_history:
         return
     median = g.rolling(median_window, min_periods=min_history).median().shift(1)
+    # before 5 steps of history, the steps so far are the median, and only a 100x spike counts
+    # (a ReLU RNN without clipping can blow up at its second step)
+    young = median.isna()
+    median = median.fillna(g.expanding().median().shift(1))
     ratio = g / median
+    ratio[young & (ratio < huge_spike_factor)] = np.nan
     loss = pd.to_numeric(steps["loss"], errors="coerce")[ok].reset_index(drop=True) if "loss" in steps else None
     spikes = ratio[ratio > spike_factor]
     severe = spikes.iloc[:0]
@@ -325,7 +331,8 @@ def learning_rate_scale(
     still no better than the best input-independent predictor's (SGD at Adam's 1e-3: the
     loss creeps down but the model has not yet learned even the label frequencies). A weight whose gradient fell a thousandfold after warm-up (saturated
     units: Adam's update then shrinks with it) is not judged too slow: its rate is not what
-    stopped it. A parameter needs at least 5 recorded finite updates (one update of a run that
+    stopped it. "Too large" is not judged in a run whose loss fell to a tenth of where it
+    started (the rate evidently works). A parameter needs at least 5 recorded finite updates (one update of a run that
     crashed at step 1 says nothing), taken before the loss blew up (NaN or overflowing weights
     measure the blow-up, not the rate; divergence and non-finite report it). "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
@@ -394,7 +401,9 @@ def learning_rate_scale(
         small_edge = tdc_log10  # below TDC's edge and, at the end, no better than ignoring the input
     low = med[med < small_edge] if typical < small_edge else med.iloc[:0]
     low = low.drop(_gradient_vanished(run, warmup_steps), errors="ignore")
-    high = med[med > too_large_log10] if judge_large else med.iloc[:0]
+    # a run whose loss fell to a tenth of its start is not thrashing, whatever one small
+    # matrix's ratio (an RMSprop head of 32 weights moving 10 % per step while the loss falls 95 %)
+    high = med[med > too_large_log10] if judge_large and not _loss_fell_tenfold(run) else med.iloc[:0]
     for side, sel in (("small", low), ("large", high)):
         if sel.empty:
             continue
@@ -417,6 +426,17 @@ def learning_rate_scale(
             first_step=int(p["step"].min()),
             fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
         )
+
+
+def _loss_fell_tenfold(run: Run) -> bool:
+    """The loss over the last tenth of the run is at most a tenth of the first tenth's."""
+    loss = pd.to_numeric(run.train_steps().get("loss", pd.Series(dtype=float)), errors="coerce")
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 20:
+        return False
+    k = max(1, len(loss) // 10)
+    first, last = float(loss.iloc[:k].mean()), float(loss.iloc[-k:].mean())
+    return first > 0 and last <= 0.1 * first
 
 
 def _no_better_than_ignoring_input(run: Run) -> bool:

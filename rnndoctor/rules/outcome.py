@@ -276,13 +276,21 @@ def label_imbalance(
     )
 
 
-def _first_nonfinite_param(params: pd.DataFrame, column: str) -> pd.Series | None:
+def _first_nonfinite_param(params: pd.DataFrame, column: str, first_bad_loss: int | None = None) -> pd.Series | None:
+    """The first row whose ``column`` norm is non-finite. A norm of +inf at step s with the
+    loss finite through step s + 1 is not a non-finite value: a float32 norm overflows for
+    finite elements beyond ~1e19 (the forward on those weights, or on weights updated with
+    that gradient, stayed finite), and the values are merely huge (divergence says so)."""
     if params.empty or column not in params:
         return None
     values = pd.to_numeric(params[column], errors="coerce")
     bad = params[~np.isfinite(values) & ~values.isna()] if column == "grad_norm" else params[~np.isfinite(values)]
     if column == "grad_norm" and "grad_none" in params:
         bad = bad[bad["grad_none"] != 1]
+    if not bad.empty:
+        v = pd.to_numeric(bad[column], errors="coerce")
+        overflow = (v == np.inf) & ((bad["step"] + 1 < first_bad_loss) if first_bad_loss is not None else True)
+        bad = bad[~overflow]
     if bad.empty:
         return None
     return bad.sort_values("step").iloc[0]
@@ -311,7 +319,10 @@ def non_finite(run: Run) -> Iterator[Found]:
     with ``masked_fill(mask, float('-inf'))``, the softmax applied outside it), and a loop
     that notices a NaN loss, skips that batch and trains on. Non-finite values already in
     the data are told apart from a module that produced them (a module is named only when
-    its inputs were finite). Not told apart: both look-alikes; one non-finite module output,
+    its inputs were finite). A gradient or weight norm of +inf followed by a finite loss is
+    a float32 norm that overflowed on huge finite values (beyond ~1e19 per element), not a
+    non-finite value (with no later non-finite loss, or one more than a step later). Not
+    told apart: both look-alikes; one non-finite module output,
     loss, gradient or parameter is an error whether or not the loss ever saw it and whether
     or not the run recovered.
 
@@ -332,9 +343,9 @@ def non_finite(run: Run) -> Iterator[Found]:
         if not bad.empty:
             first_loss = int(bad["step"].min())
             candidates.append((first_loss, "loss"))
-    grad = _first_nonfinite_param(params, "grad_norm")
+    grad = _first_nonfinite_param(params, "grad_norm", first_loss)
     updates = run["updates"]
-    weight = _first_nonfinite_param(updates, "weight_norm")
+    weight = _first_nonfinite_param(updates, "weight_norm", first_loss)
     if grad is not None:
         candidates.append((int(grad["step"]), "gradient"))
     if weight is not None:

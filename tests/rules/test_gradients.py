@@ -279,3 +279,25 @@ def test_exploding_gradients_a_setback_the_run_undoes_and_learns_past_is_texture
     thrown_back[250:] = 0.8  # recovered for a while, then the run ends above where the spike found it
     (f,) = exploding(_with_grad_norms(g, thrown_back))
     assert f.severity is Severity.WARNING
+
+
+def test_exploding_gradients_a_blow_up_before_any_history():
+    """A ReLU RNN without clipping: 595 at step 0, ~1e13 from step 2 on (step 1's norm
+    overflowed). Before 5 steps of history the steps so far are the median, and only a
+    100x spike counts; a 20x rise there does not."""
+    g = np.r_[595.0, np.inf, np.geomspace(1.9e13, 4.8e13, 198)]
+    (f,) = exploding(_with_grad_norms(g, np.geomspace(9.4, 5e26, 200)))
+    assert f.evidence["worst_step"] == 2 and f.first_step == 2
+    mild = np.r_[1.0, 20.0, np.full(198, 20.0)]
+    assert list(exploding(_with_grad_norms(mild, np.linspace(0.7, 0.1, 200)))) == []
+
+
+def test_learning_rate_scale_not_too_large_where_the_loss_fell_tenfold():
+    """An RMSprop head of 32 weights moving ~10 % per step while the loss falls from 0.22 to
+    0.013: the rate works. The same ratios on a loss that stays put thrash."""
+    ups = update_rows(param_rows(100, update_ratio=10 ** -0.9))
+    falling = [{"step": s, "mode": "train", "loss": 0.22 * np.exp(-s / 30)} for s in range(100)]
+    flat = [{"step": s, "mode": "train", "loss": 1.1 + 0.05 * np.sin(s)} for s in range(100)]
+    assert list(lr_scale(make_run(updates=ups, steps=falling))) == []
+    (f,) = lr_scale(make_run(updates=ups, steps=flat))
+    assert f.evidence["side"] == "large"

@@ -276,3 +276,17 @@ def test_stuck_at_chance_a_noisy_regression_loss_is_compared_batch_by_batch():
     (f,) = stuck(run(1.0))
     assert f.evidence["paired_ratio_lower"] > 0.9 and f.evidence["paired_steps"] == 25
     assert list(stuck(run(0.2))) == []
+
+
+def test_non_finite_an_overflowed_norm_of_finite_weights_is_not_non_finite():
+    """Weights beyond ~1e19 per element are finite, but their float32 norm is inf: with the
+    loss still finite on the next steps the values were huge, not NaN/Inf. The same inf
+    norm followed at once by a non-finite loss is a non-finite parameter."""
+    weight = {"lstm.weight_hh_l0": [5.0] + [float("inf")] * 9, "lstm.bias_hh_l0": [1.0] * 10, "out.weight": [1.0] * 10}
+    rows = param_rows(10, weight_norm=weight)
+    huge = with_signal(classification_run(10, loss=[0.7] + [1e26] * 9), params=grad_rows(rows), updates=update_rows(rows))
+    assert list(non_finite(huge)) == []
+    blown = with_signal(classification_run(10, loss=[0.7, 0.7] + [float("nan")] * 8), params=grad_rows(rows),
+                        updates=update_rows(rows))
+    (f,) = non_finite(blown)
+    assert f.evidence["first_nonfinite_parameter"]["step"] == 1
