@@ -293,7 +293,9 @@ def reference_loss(run: Run, window: "Window | None" = None) -> Reference | None
 
 def constant_inputs(run: Run, min_calls: int = 3) -> dict[str, pd.DataFrame]:
     """Module -> its input rows, for every module whose input never varied: standard
-    deviation 0 in each of at least ``min_calls`` sampled calls, and the same mean in all of
+    deviation 0 (or every feature constant over batch and time of a sequence: one fixed
+    vector, which training may move between steps) in each of at least ``min_calls`` sampled
+    calls, and, for the former, the same mean in all of
     them (a loop stepping a batch of one, one value per call, has std 0 in every call while
     its values change); recurrent modules' inputs, or the model's own training input when
     there is no torch recurrent module (a hand-written cell)."""
@@ -306,13 +308,31 @@ def constant_inputs(run: Run, min_calls: int = 3) -> dict[str, pd.DataFrame]:
     level = "mean" if "mean" in r else "abs_mean"  # records before the signed mean: |x|
     out = {}
     for module, rows in r.groupby("module", sort=False):
-        if len(rows) < min_calls or not (pd.to_numeric(rows["std"], errors="coerce") == 0).all():
+        if len(rows) < min_calls:
             continue
+        fixed = _one_fixed_vector(rows)
+        if not ((pd.to_numeric(rows["std"], errors="coerce") == 0).all() or fixed):
+            continue
+        # one value per call may still change between calls (a batch of one stepped one
+        # element at a time); a whole sequence that is one vector throughout says nothing of
+        # its data, even where training moves that vector between steps
         values = pd.to_numeric(rows[level], errors="coerce") if level in rows else pd.Series([0.0])
-        if values.isna().any() or values.nunique() > 1:
+        if not fixed and (values.isna().any() or values.nunique() > 1):
             continue
         out[str(module)] = rows
     return out
+
+
+def _one_fixed_vector(rows: pd.DataFrame) -> bool:
+    """Every feature constant over batch and time in every call (a per-channel constant, as a
+    convolution of a constant gives): one fixed vector, whatever differs between features.
+    Read only on sequences (more than one row per call; a batch of one stepped one element
+    at a time has a single row, whose per-feature spread is 0 by construction)."""
+    if "feature_std_max" not in rows or "seq_len" not in rows:
+        return False
+    spread = pd.to_numeric(rows["feature_std_max"], errors="coerce")
+    steps = pd.to_numeric(rows["seq_len"], errors="coerce")
+    return bool(((spread == 0) & (steps > 1)).all())
 
 
 def finite(series: pd.Series) -> pd.Series:

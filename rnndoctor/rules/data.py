@@ -252,7 +252,10 @@ def constant_input(run: Run) -> Iterator[Found]:
     """The recurrent layer's input never varies (all zeros, or one constant).
 
     What it detects: every sampled call of a recurrent module received a sequence input with
-    zero standard deviation over batch, time and features, and the same value in all of them; for a model without an nn.RNN /
+    zero standard deviation over batch, time and features (or over batch and time within
+    every feature: one fixed vector, as a convolution of a constant gives, even where
+    training moves that vector between steps), and the same value in all of them; for a
+    model without an nn.RNN /
     LSTM / GRU module (a hand-written cell), every sampled training call of the model itself.
 
     Legitimate look-alikes: a decoder or generator fed zeros at every step and driven by a
@@ -271,14 +274,16 @@ def constant_input(run: Run) -> Iterator[Found]:
     """
     for module, rows in constant_inputs(run).items():
         zero = bool((rows["all_zero"] == 1).all())
-        value = "all zeros" if zero else f"constant {fmt(float(rows['abs_mean'].iloc[0]))}"
+        flat = bool((pd.to_numeric(rows["std"], errors="coerce") == 0).all())
+        value = "all zeros" if zero else f"constant {fmt(float(rows['abs_mean'].iloc[0]))}" if flat else "one fixed vector"
         yield Found(
             title=f"The input of '{module}' is {value} in every sampled call",
             explanation=(
-                f"Across {len(rows)} sampled calls the sequence fed to '{module}' had standard deviation 0: the "
-                "recurrent layer never sees the data."
+                f"Across {len(rows)} sampled calls the sequence fed to '{module}' had standard deviation 0"
+                + ("" if flat else " within every feature (each feature one value over batch and time)")
+                + ": the recurrent layer never sees the data."
             ),
-            evidence={"calls": int(len(rows)), "all_zero": zero, "std": 0.0},
+            evidence={"calls": int(len(rows)), "all_zero": zero, "std": 0.0 if flat else None, "feature_std_max": 0.0},
             where={"module": module},
             first_step=int(rows["step"].min()),
         )

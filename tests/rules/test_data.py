@@ -93,6 +93,20 @@ def test_constant_input():
     assert list(constant(make_run(rnn_inputs=rnn_rows(0.5)))) == []
 
 
+def test_constant_input_one_fixed_vector_per_sequence():
+    """LayerNorm over a single feature returns its bias, and a convolution of that constant
+    gives each channel its own constant: std across features > 0, but every feature is one
+    value over batch and time, while training moves those values between steps."""
+    rows = [dict(r, fstd=None, feature_std_max=0.0, mean=0.03 + 0.001 * r["step"]) for r in rnn_rows(0.06, t=40)]
+    (f,) = constant(make_run(rnn_inputs=rows))
+    assert "one fixed vector" in f.title
+    # a batch of one stepped one element at a time: one row per call, spread 0 by construction
+    single = [dict(r, feature_std_max=0.0, mean=0.1 * r["step"]) for r in rnn_rows(0.06, t=1)]
+    assert list(constant(make_run(rnn_inputs=single))) == []
+    varying = [dict(r, feature_std_max=0.4) for r in rnn_rows(0.06, t=40)]
+    assert list(constant(make_run(rnn_inputs=varying))) == []
+
+
 def test_constant_input_one_value_per_call_that_changes_is_data():
     """A batch of one stepped one bit per call: every call's std is 0, its values are not
     the same. The same value in every call is constant."""
