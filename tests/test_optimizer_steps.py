@@ -108,3 +108,37 @@ def test_a_loop_that_trains_in_eval_mode_still_trains(tmp_path):
     # nothing tells these passes apart from training: they count with the next step, as before
     assert len(train) == 6 and [r["loss_calls"] for r in train] == [1, 1, 4, 1, 4, 1]
     assert not [r for r in rows if r["mode"] == "eval"]
+
+
+def _head_swap_run(tmp_path, build_after: bool):
+    """An LSTM classifier whose head is replaced (a new class count) after the optimizer was
+    built: the new head gets gradients that no optimizer applies."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.head = nn.LSTM(3, 16, batch_first=True), nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    model = Net()
+    opt = None if build_after else torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.head = nn.Linear(16, 3)
+    opt = opt or torch.optim.Adam(model.parameters(), lr=1e-2)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False) as w:
+        for _ in range(30):
+            x = torch.randn(32, 10, 3)
+            loss = nn.functional.cross_entropy(model(x), (x[:, :, 0].sum(1) > 0).long() + (x[:, 0, 1] > 1).long())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return w
+
+
+def test_a_layer_replaced_after_the_optimizer_was_built_is_never_updated(tmp_path):
+    f = _head_swap_run(tmp_path / "a", build_after=False).assert_found("learning-rate-scale")
+    assert f.evidence["never_updated"] == ["head.weight", "head.bias"]
+    healthy = _head_swap_run(tmp_path / "b", build_after=True)
+    assert not [x for x in healthy.diagnosis.findings if "never_updated" in x.evidence]

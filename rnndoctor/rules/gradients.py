@@ -337,6 +337,10 @@ def learning_rate_scale(
     measure the blow-up, not the rate; divergence and non-finite report it). "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
 
+    Parameters that receive a gradient on every recorded step (at least 5) and are never
+    changed by an optimizer step are reported too: no optimizer holds them (built before a
+    layer was replaced), or their group's rate is 0.
+
     A schedule that stopped training is judged first, from the ``lr`` column: the rate below
     1e-4 of its peak for the last half of the run or more, the updates there below 10^-5 and
     the loss not falling there (a per-epoch scheduler stepped per batch or micro-batch). An
@@ -377,6 +381,7 @@ def learning_rate_scale(
     params = before_blow_up(run, params)
     if params.empty:
         return
+    yield from _never_updated(run, params, min_updates)
     p = params[(params["ndim"] >= 2) & (params["step"] >= min(warmup_steps, params["step"].max() // 2))]
     r = pd.to_numeric(p["update_ratio"], errors="coerce")
     p = p.assign(log_r=np.log10(r.where((r > 0) & np.isfinite(r))))
@@ -426,6 +431,36 @@ def learning_rate_scale(
             first_step=int(p["step"].min()),
             fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
         )
+
+
+def _never_updated(run: Run, updates: pd.DataFrame, min_updates: int) -> Iterator[Found]:
+    """Parameters that receive a gradient on every recorded step and are never changed by
+    a step: no optimizer holds them (one built before the layer was replaced), or their
+    group's rate is 0."""
+    grads = run["params"]
+    if grads.empty or "grad_norm" not in grads:
+        return
+    ratio = pd.to_numeric(updates["update_ratio"], errors="coerce")
+    still = updates.assign(r=ratio).groupby("param")["r"].agg(lambda r: len(r) >= min_updates and bool((r == 0).all()))
+    g = grads.assign(g=pd.to_numeric(grads["grad_norm"], errors="coerce"))
+    fed = g.groupby("param")["g"].agg(lambda v: len(v) >= min_updates and bool((np.isfinite(v) & (v > 0)).all()))
+    stuck = sorted((name for name in still.index[still] if bool(fed.get(name, False))), key=lambda n: n.endswith("bias"))
+    if not stuck:
+        return
+    first = updates[updates["param"].isin(stuck)]["step"]
+    yield Found(
+        title=f"'{stuck[0]}' gets a gradient at every step but is never updated"
+              + (f" (and {len(stuck) - 1} more)" if len(stuck) > 1 else ""),
+        explanation=(
+            f"{len(stuck)} parameter(s) received a non-zero gradient on every recorded step, yet no optimizer step "
+            "changed them: they are not in any optimizer's parameter groups (an optimizer built before the layer "
+            "was replaced holds the old one's tensors), or their group's learning rate is 0."
+        ),
+        evidence={"never_updated": stuck, "side": "none"},
+        where={"param": stuck[0]},
+        first_step=int(first.min()),
+        fix="Build the optimizer after the model is final (or add the new parameters: optimizer.add_param_group).",
+    )
 
 
 def _loss_fell_tenfold(run: Run) -> bool:
