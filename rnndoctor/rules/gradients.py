@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import WARMUP_MIN_STEPS, before_blow_up, fmt, judgement_window, loss_trend, reference_loss
+from ._common import WARMUP_MIN_STEPS, before_blow_up, blow_up_step, fmt, judgement_window, loss_trend, reference_loss
 from .registry import Found, rule
 
 #: optimizers whose step is sized by a line search and curvature, not by lr x gradient
@@ -334,7 +334,9 @@ def learning_rate_scale(
     stopped it. "Too large" is not judged in a run whose loss fell to a tenth of where it
     started (the rate evidently works). A parameter needs at least 5 recorded finite updates (one update of a run that
     crashed at step 1 says nothing), taken before the loss blew up (NaN or overflowing weights
-    measure the blow-up, not the rate; divergence and non-finite report it). "Too large" is not judged for LBFGS, whose steps are sized by its line
+    measure the blow-up, not the rate; divergence and non-finite report it). A loss that
+    blew up before 5 updates is read from the two or more it had: if those moved the bulk of
+    the weights by more than a tenth of their size per step, the rate threw them out. "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
 
     Parameters that receive a gradient on every recorded step (at least 5) and are never
@@ -388,6 +390,8 @@ def learning_rate_scale(
     by_param = p.dropna(subset=["log_r"]).groupby("param")["log_r"]
     med = by_param.median()[by_param.count() >= min_updates]
     if med.empty:
+        if judge_large and blow_up_step(run) is not None:
+            yield from _thrashed_into_blow_up(params, too_large_log10)
         return
     # too large on any weight thrashes it; too small is a learning-rate problem only when it
     # holds the bulk of the weights (the median by element count), not one small matrix (a
@@ -431,6 +435,40 @@ def learning_rate_scale(
             first_step=int(p["step"].min()),
             fix=f"Multiply the learning rate by about {fmt(factor, 2)} (aim for |Δw|/|w| ≈ 1e-3).",
         )
+
+
+def _thrashed_into_blow_up(before: pd.DataFrame, edge: float, min_updates: int = 2) -> Iterator[Found]:
+    """A loss that blew up within its first few updates, each of which moved the bulk of the
+    weights by more than a tenth of their size: the rate threw them out. (One update before a
+    crash says nothing, as ever; two or more that thrash before the blow-up do.)"""
+    p = before[before["ndim"] >= 2]
+    r = pd.to_numeric(p["update_ratio"], errors="coerce")
+    p = p.assign(log_r=np.log10(r.where((r > 0) & np.isfinite(r)))).dropna(subset=["log_r"])
+    by_param = p.groupby("param")["log_r"]
+    med = by_param.median()[by_param.count() >= min_updates]
+    if med.empty:
+        return
+    numel = p.groupby("param")["numel"].max().reindex(med.index).fillna(1).to_numpy(float)
+    order = np.argsort(med.to_numpy())
+    cum = np.cumsum(numel[order]) / numel.sum()
+    bulk = float(med.to_numpy()[order][min(np.searchsorted(cum, 0.5), len(order) - 1)])
+    if bulk <= edge:
+        return
+    worst = med.idxmax()
+    steps = int(p["step"].nunique())
+    yield Found(
+        title=f"Updates thrash the weights before the loss blows up: median |Δw|/|w| = {fmt(10 ** float(med[worst]))} for '{worst}'",
+        explanation=(
+            f"In the {steps} update(s) before the loss blew up, the bulk of the weights moved by 10^{bulk:.1f} of "
+            "their size per step (a healthy run is near 10^-3): the rate threw the weights out, and the blow-up "
+            "followed."
+        ),
+        evidence={"median_log10_update_ratio": {k: round(float(v), 3) for k, v in med.items()}, "side": "large",
+                  "before_blow_up": steps},
+        where={"param": worst},
+        first_step=int(p["step"].min()),
+        fix=f"Multiply the learning rate by about {fmt(10 ** (-3 - bulk), 2)} (aim for |Δw|/|w| ≈ 1e-3), and clip gradients.",
+    )
 
 
 def _never_updated(run: Run, updates: pd.DataFrame, min_updates: int) -> Iterator[Found]:

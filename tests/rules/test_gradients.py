@@ -301,3 +301,18 @@ def test_learning_rate_scale_not_too_large_where_the_loss_fell_tenfold():
     assert list(lr_scale(make_run(updates=ups, steps=falling))) == []
     (f,) = lr_scale(make_run(updates=ups, steps=flat))
     assert f.evidence["side"] == "large"
+
+
+def test_learning_rate_scale_two_thrashing_updates_before_a_blow_up():
+    """SGD at 0.2 on a predator-prey LSTM: the first two updates move the weights by their
+    own size and more, and the loss blows up at step 2. One such update before a crash says
+    nothing; two that thrash before the blow-up name the rate. Small updates before a
+    blow-up do not."""
+    blown = [{"step": s, "mode": "train", "loss": 0.74 * 100.0 ** s} for s in range(20)]
+    thrash = update_rows(param_rows(20, update_ratio=3.0))
+    (f,) = lr_scale(make_run(steps=blown, updates=thrash))
+    assert f.evidence["side"] == "large" and f.evidence["before_blow_up"] == 2
+    calm_updates = update_rows(param_rows(20, update_ratio=1e-3))
+    assert list(lr_scale(make_run(steps=blown, updates=calm_updates))) == []
+    crashed_at_one = [{"step": s, "mode": "train", "loss": 0.74 * 1e4 ** s} for s in range(20)]  # blown at step 1
+    assert list(lr_scale(make_run(steps=crashed_at_one, updates=thrash))) == []
