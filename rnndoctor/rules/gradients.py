@@ -62,7 +62,8 @@ def exploding_gradients(
     it is still far below where the run started: setbacks are measured from at least a tenth
     of the starting loss; and a setback is a warning only when the loss has not undone it within 50
     steps (a 10-step mean back at or below the one before the spike) and the run ends more
-    than 10 % below that level, still learning past it: a healthy run's
+    than 10 % below that level, still learning past it (a setback in the run's last 50
+    steps, which the record cannot show undone or not, is information too): a healthy run's
     transient setback on a hard batch (an LSTM on packed signals spiking 73 x at step 74 on
     its way to a loss of 0.002) is not the explosion that throws weights out for good. Not
     told apart: one spike of 100 x or more counts whatever the loss
@@ -155,8 +156,14 @@ def exploding_gradients(
     counted = spikes.index.union(severe.index)
     transient = lasting is not None and len(counted) > 0 and growth is None \
         and not (spikes >= huge_spike_factor).any() and not bool(lasting[counted].any())
+    # setbacks in the run's last recover_steps steps: whether the run undoes them is not
+    # recorded (too early to tell), which is information, not a warning
+    late = lasting is not None and len(counted) > 0 and growth is None and not transient \
+        and not (spikes >= huge_spike_factor).any() and bool((counted >= len(g) - recover_steps).all())
     if transient:
         ev["recovered"] = True
+    if late:
+        ev["too_late_to_tell"] = True
     where: dict = {"step": ev.get("worst_step", first)}
     params = run["params"]
     if not params.empty:
@@ -171,8 +178,10 @@ def exploding_gradients(
             "gradients through time when their recurrent weights have spectral radius above 1."
             + (" The run undid each setback within a few dozen steps and ended well below it: clipping would "
                "smooth these, but they did not stop training." if transient else "")
+            + (f" The setback came in the run's last {recover_steps} steps: whether training would have undone it "
+               "is not recorded." if late else "")
         ),
-        severity=Severity.INFO if transient else None,
+        severity=Severity.INFO if transient or late else None,
         evidence=ev,
         where=where,
         first_step=first,

@@ -316,3 +316,19 @@ def test_learning_rate_scale_two_thrashing_updates_before_a_blow_up():
     assert list(lr_scale(make_run(steps=blown, updates=calm_updates))) == []
     crashed_at_one = [{"step": s, "mode": "train", "loss": 0.74 * 1e4 ** s} for s in range(20)]  # blown at step 1
     assert list(lr_scale(make_run(steps=crashed_at_one, updates=thrash))) == []
+
+
+def test_exploding_gradients_a_setback_in_the_last_steps_is_too_early_to_tell():
+    """One 13x spike 12 steps before the end throws the loss from 0.05 to 0.5: whether the
+    run would undo it is not recorded, so it is information. The same spike mid-run, never
+    undone, is a warning."""
+    g = np.full(400, 3.0)
+    g[388] = 39.0
+    loss = np.full(400, 0.05)
+    loss[389:] = 0.5
+    (f,) = exploding(_with_grad_norms(g, loss))
+    assert f.severity is Severity.INFO and f.evidence["too_late_to_tell"]
+    g2, loss2 = np.full(400, 3.0), np.full(400, 0.05)
+    g2[200], loss2[201:] = 39.0, 0.5
+    (f,) = exploding(_with_grad_norms(g2, loss2))
+    assert f.severity is not Severity.INFO and "too_late_to_tell" not in f.evidence
