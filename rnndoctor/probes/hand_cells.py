@@ -276,7 +276,7 @@ def inline_cells(obs: CellObserver) -> list[Recognised]:
             found.append(Recognised(call.module, reason=f"a loop inside its forward: {steps.reason}",
                                     held_state=steps.abs_max))
             continue
-        rep = _read_cell(obs, steps) if isinstance(steps, list) else steps
+        rep = _read_cell(obs, steps)
         found.append(Recognised(call.module, rep) if isinstance(rep, gates_mod.Replay)
                      else Recognised(call.module, reason=f"a loop inside its forward: {rep}"))
     return found
@@ -291,7 +291,7 @@ class _Held:
     abs_max: Tensor | None
 
 
-def _time_steps(obs: CellObserver, call: _Call) -> list[_Call] | _Held | str | None:
+def _time_steps(obs: CellObserver, call: _Call) -> list[_Call] | _Held | None:
     """The time steps of a loop inside ``call``, as calls whose inputs are the state the step
     before handed on; what was seen when the ops repeat but carry nothing; None without a
     loop that has a sigmoid or tanh in it."""
@@ -370,17 +370,17 @@ def _held_state(flow: list[Any], bounds: list[int], P: int) -> Tensor | None:
     return None
 
 
-def _period(sig: list[Any], sigmoids: list[int]) -> int | None:
-    """The number of ops in one time step: the anchors (``sigmoids``: the sigmoid and tanh
-    ops) come in groups of ``k`` a fixed distance apart, and the ops between repeat exactly,
-    at least ``MIN_INLINE_STEPS`` times."""
-    n = len(sigmoids)
+def _period(sig: list[Any], anchors: list[int]) -> int | None:
+    """The number of ops in one time step: the anchors (the sigmoid and tanh ops) come in
+    groups of ``k`` a fixed distance apart, and the ops between repeat exactly, at least
+    ``MIN_INLINE_STEPS`` times."""
+    n = len(anchors)
     for k in range(1, n // MIN_INLINE_STEPS + 1):
-        P = sigmoids[k] - sigmoids[0]
+        P = anchors[k] - anchors[0]
         reps = n // k
-        if P <= 0 or any(sigmoids[m * k] != sigmoids[0] + m * P for m in range(reps)):
+        if P <= 0 or any(anchors[m * k] != anchors[0] + m * P for m in range(reps)):
             continue
-        start, last = sigmoids[0], sigmoids[reps * k - 1]  # through the last step's last sigmoid
+        start, last = anchors[0], anchors[reps * k - 1]  # through the last step's last anchor
         if all(sig[j] == sig[j + P] for j in range(start, last - P + 1)):
             return P
     return None

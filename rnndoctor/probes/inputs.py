@@ -21,6 +21,8 @@ SAMPLE_BUDGET = 2048
 #: evaluation samples fingerprinted whatever the schedule: an evaluation every few epochs
 #: rarely falls on a data step, and its inputs are what leakage is judged on
 EVAL_SAMPLE_BUDGET = 2048
+#: samples of each mode fingerprinted off the data schedule
+_BUDGET = {"train": SAMPLE_BUDGET, "eval": EVAL_SAMPLE_BUDGET}
 
 
 class InputsProbe(Probe):
@@ -35,8 +37,7 @@ class InputsProbe(Probe):
         self._fingerprint = data_probe.Fingerprinter()
         #: the data and targets of the group being seen (a step, or an evaluation batch)
         self._sample = data_probe.StepSample(self._fingerprint)
-        self._fingerprinted = 0  # training samples fingerprinted
-        self._eval_fingerprinted = 0
+        self._fingerprinted = {"train": 0, "eval": 0}  # samples fingerprinted, per mode
         #: the last data tensor fingerprinted (the model's input often is the RNN's)
         self._last_data: torch.Tensor | None = None
         #: shape of the model's last input: the padded batch a packed RNN input came from
@@ -83,9 +84,7 @@ class InputsProbe(Probe):
 
     def _under_budget(self, mode: str) -> bool:
         """Samples of ``mode`` are still fingerprinted off the data schedule."""
-        if mode == "eval":
-            return self._eval_fingerprinted < EVAL_SAMPLE_BUDGET
-        return self._fingerprinted < SAMPLE_BUDGET
+        return self._fingerprinted[mode] < _BUDGET[mode]
 
     def _add_data(self, x: torch.Tensor, batch_first: bool, mode: str, *, either_way: bool = False) -> bool:
         """Fingerprint ``x`` into the sample being seen, when it is data (no ``grad_fn``: not
@@ -136,10 +135,7 @@ class InputsProbe(Probe):
         self._model_fed = False
         if taken is not None:
             mode, x, y, label_size = taken
-            if mode == "eval":
-                self._eval_fingerprinted += x.shape[0]
-            else:
-                self._fingerprinted += x.shape[0]
+            self._fingerprinted[mode] += x.shape[0]
             self.ctx.recorder.add("samples", {"step": self.ctx.step if step is None else step, "mode": mode,
                                               "x1": x[:, 0], "x2": x[:, 1], "y": y,
                                               "label_size": label_size})

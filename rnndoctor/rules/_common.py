@@ -335,6 +335,16 @@ def _one_fixed_vector(rows: pd.DataFrame) -> bool:
     return bool(((spread == 0) & (steps > 1)).all())
 
 
+def first_and_last_tenth(run: Run) -> tuple[float, float] | None:
+    """The mean finite training loss over the run's first tenth and over its last; None
+    under 20 finite losses."""
+    loss = finite(run.train_steps().get("loss", pd.Series(dtype=float)))
+    if len(loss) < 20:
+        return None
+    k = max(1, len(loss) // 10)
+    return float(loss.iloc[:k].mean()), float(loss.iloc[-k:].mean())
+
+
 def finite(series: pd.Series) -> pd.Series:
     values = pd.to_numeric(series, errors="coerce")
     return values[np.isfinite(values)]

@@ -339,10 +339,10 @@ def duplicate_samples(run: Run, *, min_drawn: int = 500, max_unique_share: float
     pool = min(n, int(sizes.max())) if not sizes.empty else n
     # without a size, epochs over a fixed set of distinct samples draw each once before any
     # repeats: the first ``unique`` draws are (nearly) all distinct, where a small space
-    # sampled at random (seed 002), or a set holding copies, repeats within them
+    # sampled at random (seed 002), or a set holding copies, repeats within them (a first
+    # pass under 20 cannot tell: 20 random draws from 20 give about 13 distinct)
     first_pass = train["x"].iloc[:unique].nunique() if sizes.empty else 0
-    epochs_only = sizes.empty and unique >= 20 and first_pass >= max_first_pass_share * unique  # (a shorter
-    # first pass cannot tell: 20 random draws from 20 give about 13 distinct)
+    epochs_only = sizes.empty and unique >= 20 and first_pass >= max_first_pass_share * unique
     if n >= min_drawn and unique < max_unique_share * pool and not epochs_only:
         yield Found(
             title=f"Only {unique} distinct inputs among {n} training samples drawn",

@@ -9,7 +9,8 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import WARMUP_MIN_STEPS, before_blow_up, blow_up_step, fmt, judgement_window, loss_trend, reference_loss
+from ._common import (WARMUP_MIN_STEPS, before_blow_up, blow_up_step, first_and_last_tenth, fmt, judgement_window,
+                      loss_trend, reference_loss)
 from .registry import Found, rule
 
 #: optimizers whose step is sized by a line search and curvature, not by lr x gradient
@@ -393,22 +394,15 @@ def learning_rate_scale(
     if params.empty:
         return
     yield from _never_updated(run, params, min_updates)
-    p = params[(params["ndim"] >= 2) & (params["step"] >= min(warmup_steps, params["step"].max() // 2))]
-    r = pd.to_numeric(p["update_ratio"], errors="coerce")
-    p = p.assign(log_r=np.log10(r.where((r > 0) & np.isfinite(r))))
-    by_param = p.dropna(subset=["log_r"]).groupby("param")["log_r"]
-    med = by_param.median()[by_param.count() >= min_updates]
+    p = params[params["step"] >= min(warmup_steps, params["step"].max() // 2)]
+    med, typical = _median_log_ratios(p, min_updates)
     if med.empty:
         if judge_large and blow_up_step(run) is not None:
             yield from _thrashed_into_blow_up(params, too_large_log10)
         return
     # too large on any weight thrashes it; too small is a learning-rate problem only when it
-    # holds the bulk of the weights (the median by element count), not one small matrix (a
-    # CRF's transitions) that a rate right for the rest barely moves
-    numel = p.groupby("param")["numel"].max().reindex(med.index).fillna(1).to_numpy(float)
-    order = np.argsort(med.to_numpy())
-    cum = np.cumsum(numel[order]) / numel.sum()
-    typical = float(med.to_numpy()[order][min(np.searchsorted(cum, 0.5), len(order) - 1)])
+    # holds the bulk of the weights (the median by element count, ``typical``), not one small
+    # matrix (a CRF's transitions) that a rate right for the rest barely moves
     # between the two published lower edges (TDC -4, ours -5) the loss decides: a bulk that
     # moves 10^-4.5 per step while the loss is known flat is a rate too small to learn
     small_edge = too_small_log10
@@ -446,25 +440,31 @@ def learning_rate_scale(
         )
 
 
-def _thrashed_into_blow_up(before: pd.DataFrame, edge: float, min_updates: int = 2) -> Iterator[Found]:
-    """A loss that blew up within its first few updates, each of which moved the bulk of the
-    weights by more than a tenth of their size: the rate threw them out. (One update before a
-    crash says nothing, as ever; two or more that thrash before the blow-up do.)"""
-    p = before[before["ndim"] >= 2]
+def _median_log_ratios(updates: pd.DataFrame, min_updates: int) -> tuple[pd.Series, float]:
+    """(per weight matrix with at least ``min_updates`` finite non-zero updates: the median
+    log10 update ratio; the median of those weighted by element count, the bulk's)."""
+    p = updates[updates["ndim"] >= 2]
     r = pd.to_numeric(p["update_ratio"], errors="coerce")
     p = p.assign(log_r=np.log10(r.where((r > 0) & np.isfinite(r)))).dropna(subset=["log_r"])
     by_param = p.groupby("param")["log_r"]
     med = by_param.median()[by_param.count() >= min_updates]
     if med.empty:
-        return
+        return med, float("nan")
     numel = p.groupby("param")["numel"].max().reindex(med.index).fillna(1).to_numpy(float)
     order = np.argsort(med.to_numpy())
     cum = np.cumsum(numel[order]) / numel.sum()
-    bulk = float(med.to_numpy()[order][min(np.searchsorted(cum, 0.5), len(order) - 1)])
-    if bulk <= edge:
+    return med, float(med.to_numpy()[order][min(np.searchsorted(cum, 0.5), len(order) - 1)])
+
+
+def _thrashed_into_blow_up(before: pd.DataFrame, edge: float, min_updates: int = 2) -> Iterator[Found]:
+    """A loss that blew up within its first few updates, each of which moved the bulk of the
+    weights by more than a tenth of their size: the rate threw them out. (One update before a
+    crash says nothing, as ever; two or more that thrash before the blow-up do.)"""
+    med, bulk = _median_log_ratios(before, min_updates)
+    if med.empty or bulk <= edge:
         return
     worst = med.idxmax()
-    steps = int(p["step"].nunique())
+    steps = int(before.loc[before["param"].isin(med.index), "step"].nunique())
     yield Found(
         title=f"Updates thrash the weights before the loss blows up: median |Δw|/|w| = {fmt(10 ** float(med[worst]))} for '{worst}'",
         explanation=(
@@ -475,7 +475,7 @@ def _thrashed_into_blow_up(before: pd.DataFrame, edge: float, min_updates: int =
         evidence={"median_log10_update_ratio": {k: round(float(v), 3) for k, v in med.items()}, "side": "large",
                   "before_blow_up": steps},
         where={"param": worst},
-        first_step=int(p["step"].min()),
+        first_step=int(before["step"].min()),
         fix=f"Multiply the learning rate by about {fmt(10 ** (-3 - bulk), 2)} (aim for |Δw|/|w| ≈ 1e-3), and clip gradients.",
     )
 
@@ -512,13 +512,8 @@ def _never_updated(run: Run, updates: pd.DataFrame, min_updates: int) -> Iterato
 
 def _loss_fell_tenfold(run: Run) -> bool:
     """The loss over the last tenth of the run is at most a tenth of the first tenth's."""
-    loss = pd.to_numeric(run.train_steps().get("loss", pd.Series(dtype=float)), errors="coerce")
-    loss = loss[np.isfinite(loss)]
-    if len(loss) < 20:
-        return False
-    k = max(1, len(loss) // 10)
-    first, last = float(loss.iloc[:k].mean()), float(loss.iloc[-k:].mean())
-    return first > 0 and last <= 0.1 * first
+    ends = first_and_last_tenth(run)
+    return ends is not None and ends[0] > 0 and ends[1] <= 0.1 * ends[0]
 
 
 def _no_better_than_ignoring_input(run: Run) -> bool:

@@ -15,6 +15,7 @@ from ..signals import LARGE_PREACTIVATION
 from ._common import (
     Window,
     finite,
+    first_and_last_tenth,
     fmt,
     judgement_window,
     label_stats,
@@ -512,12 +513,8 @@ def not_learning(run: Run, *, min_rel_decrease: float = 0.1) -> bool:
     fire only then, as AUTOTRAINER gates its vanishing check on a bad outcome."""
     if next(iter(stuck_at_chance(run)), None) is not None:
         return True
-    loss = finite(run.train_steps().get("loss", pd.Series(dtype=float)))
-    if len(loss) < 20:
-        return False
-    k = max(1, len(loss) // 10)
-    first, last = float(loss.iloc[:k].mean()), float(loss.iloc[-k:].mean())
-    return first > 0 and (first - last) / first < min_rel_decrease
+    ends = first_and_last_tenth(run)
+    return ends is not None and ends[0] > 0 and (ends[0] - ends[1]) / ends[0] < min_rel_decrease
 
 
 def solved(run: Run, *, max_share: float = 0.05) -> bool:

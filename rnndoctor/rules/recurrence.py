@@ -425,8 +425,7 @@ def _padding_read_after(module: str, rows: pd.DataFrame, suffix: str, grads: pd.
         widths.append(t)
     if not widths:
         return
-    t = int(pd.Series(widths).mode().iloc[0])
-    end = int(PADDED_BEFORE * t) + 1 if zeros_are_data else t
+    t = int(pd.Series(widths).mode().iloc[0])  # the width the finding names
     padded = padded_n / total if total else 0.0
     shares = grads["pad_grad_share"].dropna()
     if total < min_sequences or padded < min_padded_share or shares.empty:
