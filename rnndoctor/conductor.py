@@ -23,7 +23,7 @@ from .optimizers import OptimizerWatch
 from .probes import ProbeSet
 from .probes.base import Context, ModelView
 from .probes import hand_loss
-from .probes.outputs import LossCall, capture_losses
+from .probes.outputs import LossCall, capture_losses, uncaptured
 from .recorder import Recorder, writer_in_background
 
 
@@ -246,7 +246,9 @@ class Conductor:
         captured, self._losses_since_backward = self._losses_since_backward, 0
         if captured or self.logged_explicitly or root.numel() != 1 or not self.roots:
             return
-        self.record_loss(hand_loss.read(root, self._last_output), grad=True)
+        with uncaptured():
+            call = hand_loss.read(root, self._last_output)
+        self.record_loss(call, grad=True)
 
     def _keep_output(self, module: nn.Module, args: Any, output: Any) -> None:
         """The root's latest output: the prediction a hand-written squared error subtracts

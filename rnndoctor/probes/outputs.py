@@ -100,6 +100,18 @@ _BACKWARD: SharedPatch[BackwardListener] = SharedPatch([(torch.autograd, "backwa
 
 
 @contextlib.contextmanager
+def uncaptured() -> Iterator[None]:
+    """Functional losses computed inside the block are ours (``hand_loss`` recomputes the
+    user's loss to read it): they reach no listener."""
+    global _in_loss
+    outer, _in_loss = _in_loss, True
+    try:
+        yield
+    finally:
+        _in_loss = outer
+
+
+@contextlib.contextmanager
 def capture_losses(listener: LossListener, on_backward: BackwardListener | None = None) -> Iterator[None]:
     """Route every functional loss computed inside the block to ``listener``, and every
     tensor back-propagated to ``on_backward``."""

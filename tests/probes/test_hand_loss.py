@@ -173,3 +173,12 @@ def test_backward_is_restored_after_the_watch(tmp_path):
     original = torch.autograd.backward
     _run(tmp_path, learnable=True, loss_fn="gather", steps=2)
     assert torch.autograd.backward is original
+
+
+def test_reading_a_hand_written_loss_records_no_evaluation(tmp_path):
+    """hand_loss recomputes the loss with functional losses under no_grad: that is ours, not
+    the user's evaluation pass, and must not reach the record."""
+    _, rows = _run(tmp_path, learnable=True, loss_fn="gather", steps=30)
+    everything = rnndoctor.load_run(tmp_path / "gatherTrue")["steps"]
+    assert len(rows) == 30
+    assert set(everything["mode"]) == {"train"}
