@@ -243,6 +243,7 @@ class Conductor:
         """A scalar back-propagated with no functional loss since the last backward is a
         hand-written loss: recorded from its graph (``hand_loss``)."""
         self.maybe_close_step()  # losses deferred by compiled code are counted first
+        self.probes.call("backward", root)
         captured, self._losses_since_backward = self._losses_since_backward, 0
         if captured or self.logged_explicitly or root.numel() != 1 or not self.roots:
             return

@@ -125,6 +125,16 @@ UPDATES = Signal(
     carried=("param", "numel", "ndim"),
 )
 
+STALE_GRADS = Signal(
+    "stale_grads",
+    keys=("step",),
+    values={
+        "stale_norm": "L2 norm of the gradients the optimizer's parameters already held when the step's first backward began (0 when zeroed or None)",
+        "with_grad": "how many of those parameters had a .grad then",
+    },
+    when=f"from the second optimizer step on: {DEFAULT_STEP_STATS}",
+)
+
 NONFINITE = Signal(
     "nonfinite",
     keys=("step",),
@@ -272,7 +282,7 @@ DATASETS = Signal(
     when="once per DataLoader, at its first iteration",
 )
 
-CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, HAND_CELLS, ACTIVATIONS, EVAL_PASSES, CARRIED_STATE)}
+CATALOGUE: dict[str, Signal] = {s.name: s for s in (STEPS, PREDICTIONS, PARAMS, UPDATES, STALE_GRADS, NONFINITE, INPUTS, RNN_INPUTS, SAMPLES, REFETCH, DATASETS, TIME_GRAD, GATES, CELL, HAND_CELLS, ACTIVATIONS, EVAL_PASSES, CARRIED_STATE)}
 
 
 # ---------------------------------------------------------------------------- the contract

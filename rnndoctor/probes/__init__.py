@@ -17,12 +17,14 @@ from .loader import LoaderProbe
 from .loss import LossProbe
 from .nonfinite import LocalizeProbe
 from .params import ParamsProbe
+from .stale_grads import StaleGradsProbe
 from .time_grad import TimeGradProbe
 
 #: every probe, in call order (the loss probe first: others read what it recorded of the step)
 DEFAULT_PROBES: tuple[type[Probe], ...] = (
     LossProbe,
     ParamsProbe,
+    StaleGradsProbe,
     LocalizeProbe,
     InputsProbe,
     LoaderProbe,

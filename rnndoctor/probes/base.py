@@ -44,6 +44,9 @@ and go into rows as they are, the recorder transfers them in one batch at the fl
 ``loss(call: LossCall, grad: bool)``
     a loss was computed (``torch.nn.functional`` or an ``nn.*Loss``; ``run.log``);
     ``grad``: a training loss (its backward follows).
+``backward(root)``
+    ``root`` is about to be back-propagated (``loss.backward()``, ``torch.autograd.backward``);
+    the parameters' ``.grad`` still hold what came before it.
 ``gradient(index, param)``
     a parameter's gradient was accumulated, in loops that update parameters without an
     optimizer (only until the first optimizer step is seen).
@@ -224,6 +227,9 @@ class Probe:
     def loss(self, call: "LossCall", grad: bool) -> None:
         """A loss was computed."""
 
+    def backward(self, root: torch.Tensor) -> None:
+        """``root`` is about to be back-propagated."""
+
     def gradient(self, index: int, param: torch.Tensor) -> None:
         """A gradient was accumulated (loops without an optimizer)."""
 
@@ -238,9 +244,9 @@ class Probe:
 
 
 #: the hooks the watch dispatches (``start``/``attach``/``stop`` are called directly)
-EVENTS = ("model_call", "model_args", "rnn_call", "rnn_output", "loss", "gradient", "before_update", "end_step")
+EVENTS = ("model_call", "model_args", "rnn_call", "rnn_output", "loss", "backward", "gradient", "before_update", "end_step")
 #: the events a probe's schedule gates (the others run on every step)
-SCHEDULED_EVENTS = ("model_call", "model_args", "rnn_call", "rnn_output", "loss", "gradient", "before_update")
+SCHEDULED_EVENTS = ("model_call", "model_args", "rnn_call", "rnn_output", "loss", "backward", "gradient", "before_update")
 
 
 def implements(probe: Probe, event: str) -> bool:

@@ -213,3 +213,60 @@ def loss_output_mismatch(run: Run, *, min_checks: int = 3, share: float = 0.9) -
         severity=severity,
         fix=fix,
     )
+
+
+@rule(
+    "gradients-not-zeroed",
+    Severity.WARNING,
+    signals=("stale_grads",),
+    fix="Call optimizer.zero_grad() before each loss.backward() (or right after optimizer.step()).",
+    plots=("grad_norm",),
+)
+def gradients_not_zeroed(run: Run, *, min_steps: int = 5, share: float = 0.5, relative: float = 1e-6) -> Iterator[Found]:
+    """Each optimizer step adds this batch's gradient to every earlier one's.
+
+    What it detects: just before the first backward pass of a step, the gradients of the
+    parameters the optimizer updates still hold a value (their norm above 1e-6 of the step's
+    final gradient norm) on at least half of at least 5 observed steps: ``zero_grad()`` is
+    called once per epoch, before the loop, or never.
+
+    Legitimate look-alikes: gradient accumulation over micro-batches steps the optimizer once
+    per several backward passes and zeroes after the step, so each step's first backward
+    starts from nothing, as does ``zero_grad(set_to_none=False)`` (zeros, not a value).
+    Parameters no optimizer updates (a frozen embedding left with ``requires_grad``) are not
+    read. Not told apart: a deliberate "momentum by hand" that keeps part of the last
+    gradient is read the same.
+
+    Why it matters: ``backward()`` adds to ``.grad``. Without zeroing, step k moves along the
+    sum of the last k batches' gradients: a step size that grows with k under SGD (the loss
+    rises and the weights blow up within an epoch) and stale directions under every optimizer.
+
+    How to fix: call ``optimizer.zero_grad()`` before each ``loss.backward()`` (or right after
+    ``optimizer.step()``); to accumulate on purpose, zero after each optimizer step.
+    """
+    stale = run["stale_grads"]
+    if stale.empty or "stale_norm" not in stale:
+        return
+    norm = pd.to_numeric(stale["stale_norm"], errors="coerce")
+    steps = run.train_steps()
+    final = steps.set_index("step")["grad_norm"] if "grad_norm" in steps else pd.Series(dtype=float)
+    final = pd.to_numeric(final[~final.index.duplicated()], errors="coerce").reindex(stale["step"]).to_numpy()
+    scale = np.where(np.isfinite(final) & (final > 0), final, 0.0)
+    held = (norm.to_numpy() > relative * scale) & (norm.to_numpy() > 0)
+    observed = int(np.isfinite(norm.to_numpy()).sum())
+    if observed < min_steps or held.sum() < share * observed:
+        return
+    at = stale["step"][held]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kept = np.nanmedian(np.where(held & (scale > 0), norm.to_numpy() / scale, np.nan)) if (held & (scale > 0)).any() else float("nan")
+    share_text = f"; the leftover was a median {fmt(kept * 100)} % of the step's final gradient norm" if np.isfinite(kept) else ""
+    yield Found(
+        title=f"Gradients are not zeroed between steps: {int(held.sum())} of {observed} observed steps began with last step's gradient",
+        explanation=(
+            f"At the first backward pass of {int(held.sum())} of {observed} observed steps the optimizer's parameters "
+            f"still held a gradient{share_text}: each step moves along the sum of every batch's gradient since the last zero_grad()."
+        ),
+        evidence={"steps_observed": observed, "steps_with_leftover": int(held.sum()), "median_leftover_share": None if not np.isfinite(kept) else float(kept)},
+        where={"step": int(at.iloc[0])},
+        first_step=int(at.iloc[0]),
+    )
