@@ -349,6 +349,16 @@ def learning_rate_scale(
     the weights by more than a tenth of their size per step, the rate threw them out. "Too large" is not judged for LBFGS, whose steps are sized by its line
     search and curvature estimate.
 
+    The warm-up steps are read for one thing: a step that moved the bulk of the weights by
+    more than 3x their own size (10^0.5), in a run whose loss over the last window is no better than
+    ignoring the input. Such a start throws the weights into saturation, where the gradient
+    and an adaptive optimizer's update shrink with it, so the steps after warm-up look tame
+    against the grown weights (RMSprop's first step at lr 0.5 moves every weight by ~5). A
+    model initialised tiny, whose first updates are also larger than its weights, learns
+    after, and is not reported; seed 000's Adagrad at lr 0.1, whose first step moves an
+    LSTM's weights by about their own size (1.1x), is below the edge: parity, not the rate,
+    holds that run (Adam at 1e-2 stays stuck too).
+
     Parameters that receive a gradient on every recorded step (at least 5) and are never
     changed by an optimizer step are reported too: no optimizer holds them (built before a
     layer was replaced), or their group's rate is 0.
@@ -395,6 +405,11 @@ def learning_rate_scale(
         return
     yield from _never_updated(run, params, min_updates)
     p = params[params["step"] >= min(warmup_steps, params["step"].max() // 2)]
+    if judge_large:
+        thrown = _thrown_out_early(run, params[params["step"] < warmup_steps])
+        if thrown is not None:
+            yield thrown
+            return
     med, typical = _median_log_ratios(p, min_updates)
     if med.empty:
         if judge_large and blow_up_step(run) is not None:
@@ -477,6 +492,35 @@ def _thrashed_into_blow_up(before: pd.DataFrame, edge: float, min_updates: int =
         where={"param": worst},
         first_step=int(before["step"].min()),
         fix=f"Multiply the learning rate by about {fmt(10 ** (-3 - bulk), 2)} (aim for |Δw|/|w| ≈ 1e-3), and clip gradients.",
+    )
+
+
+def _thrown_out_early(run: Run, early: pd.DataFrame, edge: float = 0.5) -> Found | None:
+    """A warm-up step that moved the bulk of the weights by over 3x their own size, in a
+    run that learned nothing after: the first updates threw the weights out (into saturation,
+    where the gradient and with it an adaptive optimizer's update shrank, so the steps after
+    warm-up look tame). RMSprop's first step at lr 0.5 moves every weight by ~5."""
+    if early.empty:
+        return None
+    bulk = {int(s): _median_log_ratios(u, 1)[1] for s, u in early.groupby("step")}
+    bulk = {s: b for s, b in bulk.items() if np.isfinite(b)}
+    if not bulk or max(bulk.values()) <= edge or not _no_better_than_ignoring_input(run):
+        return None
+    worst = max(bulk, key=bulk.__getitem__)
+    typical = float(np.median(list(bulk.values())))
+    return Found(
+        title=f"The first updates threw the weights out: step {worst} moved them by {fmt(10 ** bulk[worst])}x their size",
+        explanation=(
+            f"At step {worst} the bulk of the weights moved by 10^{bulk[worst]:.1f} of their own size (a healthy "
+            f"step is near 10^-3; over the first {len(bulk)} steps the median was 10^{typical:.1f}), and the run "
+            "never got better than ignoring its input: the weights were thrown far from where they can learn, and "
+            "the later updates look small only against the grown weights."
+        ),
+        evidence={"early_bulk_log10_update_ratio": {str(k): round(float(v), 3) for k, v in bulk.items()}, "side": "large",
+                  "worst_step": worst},
+        where={"step": worst},
+        first_step=worst,
+        fix=f"Multiply the learning rate by about {fmt(10 ** (-3 - typical), 2)} (aim for |Δw|/|w| ≈ 1e-3).",
     )
 
 

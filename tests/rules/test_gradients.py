@@ -332,3 +332,22 @@ def test_exploding_gradients_a_setback_in_the_last_steps_is_too_early_to_tell():
     g2[200], loss2[201:] = 39.0, 0.5
     (f,) = exploding(_with_grad_norms(g2, loss2))
     assert f.severity is not Severity.INFO and "too_late_to_tell" not in f.evidence
+
+
+def test_learning_rate_scale_a_first_step_that_threw_the_weights_out():
+    """RMSprop at lr 0.5 (typed for 5e-3): its first step moves every weight by ~5, 48x
+    their size; the saturated model's later updates shrink to 1e-3 of the grown weights and
+    the loss never beats ignoring the input. The same start in a run that then learns (a
+    tiny initialisation), and seed 000's 1.1x start, are not reported."""
+    def ups(first):
+        rows = update_rows(param_rows(300, update_ratio=1e-3))
+        for r in rows:
+            if r["step"] == 0:
+                r["update_ratio"] = first
+        return rows
+
+    (f,) = lr_scale(with_signal(classification_run(300, acc=0.5, loss=0.70), updates=ups(48.0)))
+    assert f.evidence["side"] == "large" and f.first_step == 0 and "threw" in f.title
+    learned = classification_run(300, acc=0.9, loss=np.linspace(0.7, 0.2, 300))
+    assert list(lr_scale(with_signal(learned, updates=ups(48.0)))) == []
+    assert list(lr_scale(with_signal(classification_run(300, acc=0.5, loss=0.70), updates=ups(1.1)))) == []
