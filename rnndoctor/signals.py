@@ -61,7 +61,7 @@ STEPS = Signal(
         "loss_calls": "how many loss computations were seen",
         "loss_kind": "cross_entropy | nll | bce_logits | bce | mse | l1 | smooth_l1 | huber | logged",
         "n_classes": "K for classification losses (2 for binary / 0-1 regression targets); on class-count steps",
-        "correct": "correctly predicted targets (argmax, >0 for logits, >0.5 for probabilities); on class-count steps",
+        "correct": "correctly predicted targets (argmax, >0 for logits, >0.5 for probabilities and for a sigmoid fed to BCEWithLogitsLoss); on class-count steps",
         "total": "targets counted (ignore_index excluded); on class-count steps",
         "tgt_n": "number of target elements",
         "tgt_sum": "sum of targets (for the mean predictor baseline of regression losses)",

@@ -261,7 +261,8 @@ def _group_stats(calls: list[LossCall]) -> list[LossStats]:
         sq, ab = target_spread(y)
         for i, st in enumerate(stats):
             st.spread = (int(y[0].numel()), Part(sq, i), Part(ab, i))
-    cls = _class_view(kind, x, y, first.kwargs)
+    probabilities = None if first.input.grad_fn is None else output_op(first.input) == "SigmoidBackward0"
+    cls = _class_view(kind, x, y, first.kwargs, probabilities)
     if cls is None:
         return stats
     k, pred, label, valid = cls
@@ -298,11 +299,15 @@ def target_spread(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _class_view(
-    kind: str, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any]
+    kind: str, x: torch.Tensor, y: torch.Tensor, kwargs: dict[str, Any], probabilities: bool | None = False
 ) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(K, predicted class, label class, valid mask) for losses that can be read as classes.
 
-    ``x`` and ``y`` carry a leading dimension over the stacked calls."""
+    ``x`` and ``y`` carry a leading dimension over the stacked calls. ``probabilities``: the
+    values fed to BCEWithLogitsLoss came out of a sigmoid (None: not known, a copy without
+    autograd history; then a call whose values all lie in [0, 1] counts as such). The model
+    then means them as probabilities, and its decision is > 0.5: read as logits, every
+    prediction would be class 1, a collapse of our reading, not of the model."""
     if kind in CLASSIFICATION_KINDS:
         if x.dim() == 2:  # unbatched [K] inputs
             x, y = x.unsqueeze(1), y.unsqueeze(1)
@@ -317,7 +322,11 @@ def _class_view(
             valid = y != ignore
         return k, pred, label, valid
     if kind in BINARY_KINDS:
-        threshold = 0.0 if kind == "bce_logits" else 0.5
+        threshold: "float | torch.Tensor" = 0.0 if kind == "bce_logits" and not probabilities else 0.5
+        if kind == "bce_logits" and probabilities is None:  # copied without its history: read the values
+            flat = x.reshape(x.shape[0], -1)
+            in_unit = (flat.amin(1) >= 0) & (flat.amax(1) <= 1)
+            threshold = (in_unit.to(x.dtype) * 0.5).view((x.shape[0],) + (1,) * (x.dim() - 1))
         pred = x > threshold
         label = y > 0.5
         return 2, pred, label, torch.ones_like(label, dtype=torch.bool)

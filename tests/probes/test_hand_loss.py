@@ -2,6 +2,7 @@
 its graph, so a loop that never calls a ``torch.nn.functional`` loss still gets a loss, an
 accuracy and class counts, and the rules that judge them."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,3 +183,30 @@ def test_reading_a_hand_written_loss_records_no_evaluation(tmp_path):
     everything = rnndoctor.load_run(tmp_path / "gatherTrue")["steps"]
     assert len(rows) == 30
     assert set(everything["mode"]) == {"train"}
+
+
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_sigmoid_fed_to_bce_with_logits_is_read_at_one_half(tmp_path, deferred, monkeypatch):
+    """A sigmoid before BCEWithLogitsLoss: the model means its outputs as probabilities and
+    decides at 0.5. Read as logits (> 0) every prediction would be class 1, a collapse of
+    our reading; the mismatch itself is loss-output-mismatch's. Whether the loss input was
+    read live (its autograd op) or from a copy (its values), the reading is the same."""
+    from rnndoctor.probes import outputs
+
+    monkeypatch.setattr(outputs, "DEFER_MAX_NUMEL", 1 << 16 if deferred else 0)
+    torch.manual_seed(0)
+    model = Classifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True) as run:
+        for _ in range(150):
+            x = torch.randn(32, 8, 2)
+            y = (x[..., 0].sum(1) > 0).float()
+            loss = F.binary_cross_entropy_with_logits(torch.sigmoid(model(x)[:, 1]), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    rows = rnndoctor.load_run(tmp_path / "r").train_steps().dropna(subset=["correct"])
+    accuracy = rows["correct"].tail(10).sum() / rows["total"].tail(10).sum()
+    assert accuracy > 0.85
+    ids = run.diagnosis.ids()
+    assert "loss-output-mismatch" in ids and "prediction-collapse" not in ids
