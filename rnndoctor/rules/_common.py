@@ -297,12 +297,18 @@ def constant_inputs(run: Run, min_calls: int = 3) -> dict[str, pd.DataFrame]:
     vector, which training may move between steps) in each of at least ``min_calls`` sampled
     calls, and, for the former, the same mean in all of
     them (a loop stepping a batch of one, one value per call, has std 0 in every call while
-    its values change); recurrent modules' inputs, or the model's own training input when
-    there is no torch recurrent module (a hand-written cell)."""
+    its values change); recurrent modules' inputs in the calls that trained (all calls where
+    none is known to), or the model's own training input when there is no torch recurrent
+    module (a hand-written cell)."""
     r = run["rnn_inputs"]
     if r.empty:
         r = run["inputs"]
         r = r[r["mode"] == "train"] if not r.empty and "mode" in r else r
+    elif "backward" in r:
+        # the calls that trained: an evaluation without the training path's transform (an
+        # augmentation callback that blanks every training batch) sees the real data
+        trained = r[pd.to_numeric(r["backward"], errors="coerce").fillna(1) != 0]
+        r = trained if not trained.empty else r
     if r.empty or "std" not in r:
         return {}
     level = "mean" if "mean" in r else "abs_mean"  # records before the signed mean: |x|

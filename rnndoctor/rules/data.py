@@ -251,7 +251,8 @@ def _labels_redrawn(run: Run, min_indices: int, min_share: float = 0.25) -> Iter
 def constant_input(run: Run) -> Iterator[Found]:
     """The recurrent layer's input never varies (all zeros, or one constant).
 
-    What it detects: every sampled call of a recurrent module received a sequence input with
+    What it detects: every sampled training call of a recurrent module (one whose output a
+    gradient reached) received a sequence input with
     zero standard deviation over batch, time and features (or over batch and time within
     every feature: one fixed vector, as a convolution of a constant gives, even where
     training moves that vector between steps), and the same value in all of them; for a
@@ -264,6 +265,8 @@ def constant_input(run: Run) -> Iterator[Found]:
     call holds a single value (standard deviation 0) although the values differ from call to
     call. The second is told apart: the input must also have the same mean in every sampled
     call. Not told apart: the zero-input decoder (the rule does not read the initial state).
+    Evaluation calls are not read: a training-only transform (an augmentation callback whose
+    inverted mask blanks every training batch) leaves them the real data.
 
     Why it matters: the RNN cannot see the data. Seed 001 feeds the LSTM a zero tensor and the
     bits only through the initial hidden state; the gate input weights then get no gradient
@@ -277,9 +280,9 @@ def constant_input(run: Run) -> Iterator[Found]:
         flat = bool((pd.to_numeric(rows["std"], errors="coerce") == 0).all())
         value = "all zeros" if zero else f"constant {fmt(float(rows['abs_mean'].iloc[0]))}" if flat else "one fixed vector"
         yield Found(
-            title=f"The input of '{module}' is {value} in every sampled call",
+            title=f"The input of '{module}' is {value} in every sampled training call",
             explanation=(
-                f"Across {len(rows)} sampled calls the sequence fed to '{module}' had standard deviation 0"
+                f"Across {len(rows)} sampled training calls the sequence fed to '{module}' had standard deviation 0"
                 + ("" if flat else " within every feature (each feature one value over batch and time)")
                 + ": the recurrent layer never sees the data."
             ),

@@ -232,3 +232,15 @@ def test_inconsistent_labels_from_a_refetch_that_redraws_only_the_label():
 def test_inconsistent_labels_quiet_when_a_refetch_gives_the_same_label():
     assert list(inconsistent(make_run(refetch=refetch_rows([1] * 8, [1] * 8)))) == []
     assert list(inconsistent(make_run(refetch=refetch_rows([1] * 8, [1, 1, 1, 1, 1, 1, 1, 0])))) == []
+
+
+def test_constant_input_judges_the_calls_that_trained():
+    """An augmentation callback whose inverted mask blanks every training batch: the
+    evaluation calls (no gradient) see the real data, the training calls only zeros."""
+    train = [dict(r, backward=1) for r in rnn_rows(0.0, all_zero=1)]
+    evaluation = [dict(r, backward=0, step=r["step"] + 1) for r in rnn_rows(0.5)][:3]
+    (f,) = constant(make_run(rnn_inputs=train + evaluation))
+    assert "training call" in f.title
+    trained_on_data = [dict(r, backward=1) for r in rnn_rows(0.5)]
+    blank_evaluation = [dict(r, backward=0) for r in rnn_rows(0.0, all_zero=1)]
+    assert list(constant(make_run(rnn_inputs=trained_on_data + blank_evaluation))) == []
