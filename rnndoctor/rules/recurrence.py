@@ -147,6 +147,12 @@ def vanishing_gradient_through_time(
     barely moved (learning-rate-scale's "too small"): the profile is then the initial
     weights', not what training made of them.
 
+    The same profile read from the other end: when the steps after the last one reached get
+    no gradient (below 1 % of the peak) over at least half the sequence, the loss reads the
+    output before the sequence ends (``out[:, 0]`` for ``out[:, -1]``): reported as that,
+    with its own fix. Properly masked padding also leaves trailing steps without gradient,
+    but only beyond each batch's longest sequence, and such a run learns.
+
     Legitimate look-alikes: a task whose answer depends only on recent inputs, where a short
     horizon is exactly what the model should learn; a healthy run that reads as not learning
     because its loss starts near its floor (fine-tuning, a resumed run, a task whose best
@@ -184,10 +190,28 @@ def vanishing_gradient_through_time(
         t = len(profile) if profile is not None else 0
         if t < min_len:
             continue
+        peak = float(np.nanmax(profile))
+        cut = _read_before_the_end(profile, eps)
+        if cut is not None and t - 1 - cut >= horizon_fraction * t:
+            yield Found(
+                title=f"No gradient reaches time steps {cut + 1}-{t - 1} of '{module}': the answer is read at step {cut}",
+                explanation=(
+                    f"‖∂L/∂x_t‖ is above 1 % of its peak only up to time step {cut} of 0-{t - 1}; the {t - 1 - cut} "
+                    "steps after it get no gradient at all. The loss reads the recurrent output before the sequence "
+                    "ends (out[:, 0] for out[:, -1], an index on the wrong axis), so the model never sees the rest."
+                ),
+                evidence={"last_step_reached": cut, "sequence_length": t, "eps": eps, "horizon": horizon(profile, eps),
+                          "profile_relative": [round(float(v) / peak, 6) if peak > 0 else 0.0 for v in profile],
+                          "steps_sampled": int(len(rows))},
+                where={"module": module, "time_steps": f"0-{cut} reached of 0-{t - 1}"},
+                first_step=int(rows["step"].min()),
+                fix="Read the output at the last time step (out[:, -1] when batch_first, out[-1] when time-major, "
+                    "or h_n), or at each sequence's length - 1 when padded.",
+            )
+            continue
         h = horizon(profile, eps)
         if h >= horizon_fraction * t:
             continue
-        peak = float(np.nanmax(profile))
         yield Found(
             title=f"The gradient reaches only {h} of {t} time steps back into '{module}'",
             explanation=(
@@ -332,6 +356,17 @@ def eval_in_train_mode(run: Run) -> Iterator[Found]:
         where={"module": str(first["module"]), "dropout": ", ".join(modules[:4]), "step": int(first["step"])},
         first_step=int(first["step"]),
     )
+
+
+def _read_before_the_end(profile: np.ndarray, eps: float) -> int | None:
+    """The last time step whose gradient is at least ``eps`` x the peak, when the steps after
+    it get less than ``eps`` x the peak (an answer read before the sequence ends); None when
+    the last step is reached."""
+    g = np.asarray(profile, dtype=float)
+    if g.size == 0 or not np.isfinite(g).any() or np.nanmax(g) <= 0:
+        return None
+    above = np.nonzero(g >= eps * np.nanmax(g))[0]
+    return int(above[-1]) if above[-1] < g.size - 1 else None
 
 
 #: where all-zero steps also occur inside sequences (bits: a zero step may be data), a

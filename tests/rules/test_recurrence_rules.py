@@ -119,3 +119,16 @@ def test_padding_not_masked_counts_late_ending_sequences_when_zero_steps_are_pad
     # where zero steps also occur inside sequences (bits), late ends may be data: not padding
     bits = [dict(r, interior_zero=0.3) for r in rnn_rows(late, t=10)]
     assert list(padding(make_run(rnn_inputs=bits, time_grad=tg_rows(FLAT[:10], pad=0.35)))) == []
+
+
+def test_an_answer_read_before_the_end_is_named_as_such():
+    """out[:, 0] for out[:, -1]: only time step 0 gets a gradient, the span-from-the-end
+    horizon reads the whole sequence. Named with its own fix; the same profile in a run that
+    learns (a task answered by the first element) is not reported."""
+    first_only = np.r_[1.0, np.zeros(11)]
+    (f,) = vanishing(with_signal(STUCK, time_grad=tg_rows(first_only)))
+    assert f.evidence["last_step_reached"] == 0 and "read at step 0" in f.title and "out[:, -1]" in f.fix
+    assert list(vanishing(with_signal(LEARNING, time_grad=tg_rows(first_only)))) == []
+    # masked padding: trailing steps beyond the longest sequence get nothing, less than half
+    masked = np.r_[np.linspace(0.2, 1.0, 40), np.zeros(10)]
+    assert list(vanishing(with_signal(STUCK, time_grad=tg_rows(masked)))) == []
