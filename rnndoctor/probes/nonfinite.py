@@ -35,8 +35,20 @@ def tensors_in(value: Any) -> Iterator[torch.Tensor]:
             yield from tensors_in(v)
 
 
+def all_finite(t: torch.Tensor) -> torch.Tensor:
+    """Whether every element of ``t`` is finite, as a device bool: the smallest and largest
+    element are (NaN propagates to both, an infinity reaches one). One pass without a
+    temporary: ``isfinite(t).all()`` takes 17 ms on a [700, 10k] CPU decoder output, this 1 ms."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    if t.is_complex():
+        return torch.isfinite(t).all()
+    lo, hi = torch.aminmax(t.detach())
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
 def _all_finite(value: Any, device: torch.device) -> torch.Tensor:
-    flags = [torch.isfinite(t).all().to(device) for t in tensors_in(value)]
+    flags = [all_finite(t).to(device) for t in tensors_in(value)]
     if not flags:
         return torch.ones((), dtype=torch.bool, device=device)
     return torch.stack(flags).all()
@@ -48,8 +60,8 @@ def _first_bad_t(module: nn.Module, output: Any, device: torch.device) -> torch.
     if not isinstance(module, nn.RNNBase) or not isinstance(seq, torch.Tensor) or seq.dim() != 3:
         return torch.full((), -1, dtype=torch.long, device=device)
     time_dim = 1 if module.batch_first else 0
-    bad = ~torch.isfinite(seq.detach())
-    per_t = bad.transpose(0, time_dim).reshape(seq.shape[time_dim], -1).any(1)
+    lo, hi = torch.aminmax(seq.detach().transpose(0, time_dim).reshape(seq.shape[time_dim], -1), dim=1)
+    per_t = ~(torch.isfinite(lo) & torch.isfinite(hi))  # per time step, as all_finite
     first = per_t.int().argmax()
     return torch.where(per_t.any(), first, torch.full_like(first, -1)).to(device=device, dtype=torch.long)
 
