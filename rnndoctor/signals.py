@@ -59,6 +59,7 @@ STEPS = Signal(
     values={
         "loss": "mean of the loss values computed in the step (train) or since the last step (eval)",
         "loss_calls": "how many loss computations were seen",
+        "loss_mixed": "1 when the step's loss calls differ in kind or class count (a main and an auxiliary loss): the mean is no one loss's",
         "loss_kind": "cross_entropy | nll | bce_logits | bce | mse | l1 | smooth_l1 | huber | logged",
         "n_classes": "K for classification losses (2 for binary / 0-1 regression targets); on class-count steps",
         "correct": "correctly predicted targets (argmax, >0 for logits, >0.5 for probabilities and for a sigmoid fed to BCEWithLogitsLoss); on class-count steps",

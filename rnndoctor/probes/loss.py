@@ -103,12 +103,17 @@ class StepLosses:
         #: (kind, detached loss) of calls recorded without class counts
         self.losses: list[tuple[str, torch.Tensor]] = []
         self.detail: dict[str, Any] | None = None
+        #: the calls differ in kind or class count (a main loss and an auxiliary one): their
+        #: mean is no one loss, to be compared with no one loss's reference
+        self.mixed = False
 
     def add(self, call: LossCall, *, detail: bool, counts: bool) -> None:
         if self.calls == 0:
             self.kind = call.kind
             if counts:
                 self.n_classes = class_count(call.kind, call.input, call.target)
+        elif call.kind != self.kind or (counts and self.n_classes and class_count(call.kind, call.input, call.target) != self.n_classes):
+            self.mixed = True
         if detail and self.detail is None:
             self.detail = loss_detail(call)
         if not counts:
@@ -125,6 +130,8 @@ class StepLosses:
             row["loss_kind"] = self.kind
             if self.n_classes:
                 row["n_classes"] = self.n_classes
+            if self.mixed:
+                row["loss_mixed"] = 1
             if self.detail:
                 row.update(self.detail)
         return row

@@ -115,6 +115,15 @@ def loss_kind(run: Run) -> str | None:
     return str(kinds.mode().iloc[0]) if not kinds.empty else None
 
 
+def mixed_losses(steps: pd.DataFrame) -> bool:
+    """Most of ``steps`` (train rows) computed losses of different kinds or class counts (a
+    main and an auxiliary loss): their recorded loss is a mean of unlike losses, which no
+    single reference (ln K, the label entropy, the targets' variance) describes."""
+    if steps.empty or "loss_mixed" not in steps:
+        return False
+    return bool((pd.to_numeric(steps["loss_mixed"], errors="coerce").fillna(0) == 1).mean() > 0.5)
+
+
 def detail_rows(run: Run) -> pd.DataFrame:
     """Training steps that carry loss details (output and target ranges)."""
     train = run.train_steps()
@@ -255,12 +264,14 @@ def reference_loss(run: Run, window: "Window | None" = None) -> Reference | None
     deviation from each channel's median.
     The variance is read on the steps that carry target details, and the run's loss on
     those same steps, so a changing target distribution cannot fake a gap. None for other
-    losses or when nothing was recorded."""
+    losses, when nothing was recorded, or when most steps mix unlike losses."""
     train = run.train_steps()
     if train.empty or "loss" not in train:
         return None
     if window is not None:
         train = window.select(train)
+    if mixed_losses(train):
+        return None
     kind = loss_kind(run)
     if kind in CLASS_LOSSES:
         labels = label_stats(run, window)
@@ -437,7 +448,7 @@ def _paired_ratio(run: Run, w: Window, kind: str) -> tuple[float, float, int] | 
     loss on the same batch, over the class-count steps of ``w`` (every 4th): batch-to-batch
     noise that hides a trend cancels in the ratio."""
     train = run.train_steps()
-    rows = _spread_rows(w.select(train), kind) if not train.empty else None
+    rows = _spread_rows(w.select(train), kind) if not train.empty and not mixed_losses(w.select(train)) else None
     if rows is None:
         return None
     d, total, n = rows

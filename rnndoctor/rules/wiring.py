@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..finding import Severity
 from ..run import Run
-from ._common import CLASS_LOSSES, detail_rows, fmt, label_stats, loss_kind, target_moments
+from ._common import CLASS_LOSSES, detail_rows, fmt, label_stats, loss_kind, mixed_losses, target_moments
 from .registry import Found, rule
 
 #: autograd ops whose outputs are bounded to [0, 1] (or [-1, 1]): not an unbounded linear output
@@ -44,7 +44,8 @@ def poor_initial_loss(
     Legitimate look-alikes: a pretrained or resumed model; an output bias set to the class
     prior (this rule's own advice) on a skewed task; a noisy first batch of one; a loss
     summed over elements (``reduction='sum'``, a per-sequence sum over time steps) or
-    weighted (``pos_weight``). The first two are told apart in severity (a first loss below
+    weighted (``pos_weight``); a main loss and an auxiliary one computed in the same step
+    (their mean is no one loss's), which is not judged. The first two are told apart in severity (a first loss below
     the expected one stays info), the third by averaging the first 3 steps when step 0 saw
     fewer than 16 targets. Under MSE the first step's outputs tell a badly scaled start (outputs beyond
     unit scale and the targets' range) from targets away from zero (a depth scaled into
@@ -60,8 +61,8 @@ def poor_initial_loss(
     reduction of the loss, check the targets match the outputs.
     """
     train = run.train_steps()
-    if train.empty or "loss" not in train:
-        return
+    if train.empty or "loss" not in train or mixed_losses(train.head(first_steps)):
+        return  # a main and an auxiliary loss averaged: no one loss's expected start
     losses = pd.to_numeric(train["loss"], errors="coerce")
     first = train.iloc[0]
     seen = pd.to_numeric(pd.Series([first.get("total"), first.get("tgt_n")]), errors="coerce").max()

@@ -3,7 +3,7 @@ import math
 
 from rnndoctor.finding import Severity
 from rnndoctor.rules import get_rule
-from synth import classification_run
+from synth import classification_run, make_run
 
 initial = get_rule("poor-initial-loss")
 mismatch = get_rule("loss-output-mismatch")
@@ -111,3 +111,14 @@ def test_poor_initial_loss_under_mse_warns_only_when_the_outputs_are_badly_scale
     large = classification_run(100, kind="mse", out_range=(-8.0, 8.0), loss=[1.2] * 3 + [0.1] * 97)
     (g,) = initial(large)
     assert g.severity is Severity.WARNING
+
+
+def test_poor_initial_loss_not_judged_on_a_mean_of_unlike_losses():
+    """A main 2-class loss and an auxiliary next-token NLL in each step: the recorded loss
+    is their mean (1.44), which ln 2 does not describe. The same first loss from one loss
+    is reported."""
+    rows = [{"step": s, "mode": "train", "loss": 1.44, "loss_kind": "cross_entropy", "n_classes": 2,
+             "correct": 50, "total": 100} for s in range(50)]
+    assert [f.id for f in initial(make_run(steps=rows))] == ["poor-initial-loss"]
+    mixed = [dict(r, loss_calls=2, loss_mixed=1) for r in rows]
+    assert list(initial(make_run(steps=mixed))) == []
