@@ -55,7 +55,7 @@ def _unchanged(tensors: list[torch.Tensor], versions: list[int]) -> bool:
     return all(t._version == v for t, v in zip(tensors, versions))
 
 
-def _norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def stacked_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     """L2 norm of each tensor, stacked into one vector on ``device`` (float32, or float64
     when a tensor is float64: ``precision``)."""
     if not tensors:
@@ -127,7 +127,7 @@ class ParamNorms:
         if snapshot:
             self._before = list(torch._foreach_mul([_update_view(p) for p in self.params], 1.0))
             reuse = self._last_weight_norm is not None and not self._sampled  # the last step's weights are these
-            self._before_norm = self._last_weight_norm if reuse else _norms(self._before, self.device)
+            self._before_norm = self._last_weight_norm if reuse else stacked_norms(self._before, self.device)
 
     def _capture_grads(self) -> None:
         grads = [p.grad for p in self.params]
@@ -166,7 +166,7 @@ class ParamNorms:
 
     def _grad_norms(self) -> tuple[torch.Tensor, list[int]]:
         present = [i for i, p in enumerate(self.params) if p.grad is not None]
-        norms = _norms([self.params[i].grad.detach() for i in present], self.device)  # type: ignore[union-attr]
+        norms = stacked_norms([self.params[i].grad.detach() for i in present], self.device)  # type: ignore[union-attr]
         return self._per_param(present, norms)
 
     def _per_param(self, present: list[int], norms: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
@@ -190,13 +190,13 @@ class ParamNorms:
         grads = self._grads_row(step, step_row)
         updates = None
         if self._before is not None and self._before_norm is not None:
-            weight_norm = _norms([p.detach() for p in self.params], self.device)
+            weight_norm = stacked_norms([p.detach() for p in self.params], self.device)
             self._last_weight_norm = weight_norm
             torch._foreach_sub_(self._before, [_update_view(p) for p in self.params])  # in place: before - after
             updates = self._with_names("updates", {
                 "step": step,
                 "weight_norm": weight_norm,
-                "update_ratio": _norms(self._before, self.device) / self._before_norm.clamp_min(1e-30),
+                "update_ratio": stacked_norms(self._before, self.device) / self._before_norm.clamp_min(1e-30),
             })
         else:
             self._last_weight_norm = None

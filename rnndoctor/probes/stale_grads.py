@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .base import Context, Probe
+from .params import stacked_norms
 
 
 class StaleGradsProbe(Probe):
@@ -48,12 +49,7 @@ class StaleGradsProbe(Probe):
         self._read_at = step  # the step's first backward: later ones add to this one's gradient
         grads = [p.grad.detach() for p in self._params if p.grad is not None]
         row: dict[str, Any] = {"step": step, "with_grad": len(grads)}
-        if grads:
-            norms = torch._foreach_norm(grads)
-            device = grads[0].device
-            row["stale_norm"] = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms]).norm()
-        else:
-            row["stale_norm"] = 0.0
+        row["stale_norm"] = stacked_norms(grads, grads[0].device).norm() if grads else 0.0
         self.ctx.recorder.add("stale_grads", row)
 
     def stop(self) -> None:

@@ -428,15 +428,27 @@ def mean_profile(series: pd.Series) -> np.ndarray | None:
     return np.mean([np.asarray(v, float) for v in series[lengths == t]], axis=0)
 
 
+def _reached(profile: list[float] | np.ndarray, eps: float) -> np.ndarray:
+    """Time steps whose gradient is at least ``eps`` x the profile's peak (none without one)."""
+    g = np.asarray(profile, dtype=float)
+    if g.size == 0 or not np.isfinite(g).any() or np.nanmax(g) <= 0:
+        return np.zeros(0, dtype=int)
+    return np.nonzero(g >= eps * np.nanmax(g))[0]
+
+
 def horizon(profile: list[float] | np.ndarray, eps: float) -> int:
     """Steps back from the last time step over which the gradient stays >= eps x its peak:
     T - (first t with g(t) >= eps * max g). Pascanu et al. 2013's decay, Madsen 2019's
     connectivity, applied to the loss."""
-    g = np.asarray(profile, dtype=float)
-    if g.size == 0 or not np.isfinite(g).any() or np.nanmax(g) <= 0:
-        return 0
-    above = np.nonzero(g >= eps * np.nanmax(g))[0]
-    return int(g.size - above[0])
+    above = _reached(profile, eps)
+    return int(len(profile) - above[0]) if above.size else 0
+
+
+def last_reached(profile: list[float] | np.ndarray, eps: float) -> int | None:
+    """The last time step whose gradient is at least ``eps`` x the peak, when steps after it
+    get less (an answer read before the sequence ends); None when the last step is reached."""
+    above = _reached(profile, eps)
+    return int(above[-1]) if above.size and above[-1] < len(profile) - 1 else None
 
 
 #: detail steps a paired comparison of the loss with the reference needs
@@ -447,8 +459,8 @@ def _paired_ratio(run: Run, w: Window, kind: str) -> tuple[float, float, int] | 
     """(mean, lower 95 % bound, steps) of the loss over the input-independent predictor's
     loss on the same batch, over the class-count steps of ``w`` (every 4th): batch-to-batch
     noise that hides a trend cancels in the ratio."""
-    train = run.train_steps()
-    rows = _spread_rows(w.select(train), kind) if not train.empty and not mixed_losses(w.select(train)) else None
+    window = w.select(run.train_steps())
+    rows = _spread_rows(window, kind) if not window.empty and not mixed_losses(window) else None
     if rows is None:
         return None
     d, total, n = rows

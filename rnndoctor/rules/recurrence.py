@@ -11,7 +11,7 @@ from ..finding import Severity
 from ..run import Run
 from . import data as data_rules
 from .gradients import rate_too_small
-from ._common import blow_up_step, constant_inputs, horizon, mean_profile, second_half
+from ._common import blow_up_step, constant_inputs, horizon, last_reached, mean_profile, second_half
 from .outcome import not_learning
 from .registry import Found, rule
 
@@ -191,7 +191,8 @@ def vanishing_gradient_through_time(
         if t < min_len:
             continue
         peak = float(np.nanmax(profile))
-        cut = _read_before_the_end(profile, eps)
+        relative = [round(float(v) / peak, 6) if peak > 0 else 0.0 for v in profile]
+        cut = last_reached(profile, eps)
         if cut is not None and t - 1 - cut >= horizon_fraction * t:
             yield Found(
                 title=f"No gradient reaches time steps {cut + 1}-{t - 1} of '{module}': the answer is read at step {cut}",
@@ -201,7 +202,7 @@ def vanishing_gradient_through_time(
                     "ends (out[:, 0] for out[:, -1], an index on the wrong axis), so the model never sees the rest."
                 ),
                 evidence={"last_step_reached": cut, "sequence_length": t, "eps": eps, "horizon": horizon(profile, eps),
-                          "profile_relative": [round(float(v) / peak, 6) if peak > 0 else 0.0 for v in profile],
+                          "profile_relative": relative,
                           "steps_sampled": int(len(rows))},
                 where={"module": module, "time_steps": f"0-{cut} reached of 0-{t - 1}"},
                 first_step=int(rows["step"].min()),
@@ -220,7 +221,7 @@ def vanishing_gradient_through_time(
                 "inputs further back get no usable credit."
             ),
             evidence={"horizon": h, "horizon_strong": horizon(profile, eps / 10), "sequence_length": t, "eps": eps,
-                      "profile_relative": [round(float(v) / peak, 6) if peak > 0 else 0.0 for v in profile],
+                      "profile_relative": relative,
                       "steps_sampled": int(len(rows))},
             where={"module": module, "time_steps": f"{t - h}-{t - 1} reached of 0-{t - 1}"},
             first_step=int(rows["step"].min()),
@@ -356,17 +357,6 @@ def eval_in_train_mode(run: Run) -> Iterator[Found]:
         where={"module": str(first["module"]), "dropout": ", ".join(modules[:4]), "step": int(first["step"])},
         first_step=int(first["step"]),
     )
-
-
-def _read_before_the_end(profile: np.ndarray, eps: float) -> int | None:
-    """The last time step whose gradient is at least ``eps`` x the peak, when the steps after
-    it get less than ``eps`` x the peak (an answer read before the sequence ends); None when
-    the last step is reached."""
-    g = np.asarray(profile, dtype=float)
-    if g.size == 0 or not np.isfinite(g).any() or np.nanmax(g) <= 0:
-        return None
-    above = np.nonzero(g >= eps * np.nanmax(g))[0]
-    return int(above[-1]) if above[-1] < g.size - 1 else None
 
 
 #: where all-zero steps also occur inside sequences (bits: a zero step may be data), a

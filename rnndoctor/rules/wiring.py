@@ -248,18 +248,18 @@ def gradients_not_zeroed(run: Run, *, min_steps: int = 5, share: float = 0.5, re
     stale = run["stale_grads"]
     if stale.empty or "stale_norm" not in stale:
         return
-    norm = pd.to_numeric(stale["stale_norm"], errors="coerce")
+    norm = pd.to_numeric(stale["stale_norm"], errors="coerce").to_numpy()
     steps = run.train_steps()
     final = steps.set_index("step")["grad_norm"] if "grad_norm" in steps else pd.Series(dtype=float)
     final = pd.to_numeric(final[~final.index.duplicated()], errors="coerce").reindex(stale["step"]).to_numpy()
     scale = np.where(np.isfinite(final) & (final > 0), final, 0.0)
-    held = (norm.to_numpy() > relative * scale) & (norm.to_numpy() > 0)
-    observed = int(np.isfinite(norm.to_numpy()).sum())
+    held = (norm > relative * scale) & (norm > 0)
+    observed = int(np.isfinite(norm).sum())
     if observed < min_steps or held.sum() < share * observed:
         return
     at = stale["step"][held]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kept = np.nanmedian(np.where(held & (scale > 0), norm.to_numpy() / scale, np.nan)) if (held & (scale > 0)).any() else float("nan")
+    scaled = held & (scale > 0)  # the leftover as a share of the step's final norm, where that is known
+    kept = float(np.median(norm[scaled] / scale[scaled])) if scaled.any() else float("nan")
     share_text = f"; the leftover was a median {fmt(kept * 100)} % of the step's final gradient norm" if np.isfinite(kept) else ""
     yield Found(
         title=f"Gradients are not zeroed between steps: {int(held.sum())} of {observed} observed steps began with last step's gradient",
