@@ -9,6 +9,7 @@ One file per entry::
     expect = ["stuck-at-chance", "non-finite>=error"]   # ids that must be found (min. severity)
     forbid = ["non-finite", "duplicate-samples>=warning"] # ids that must not be found (at that severity or above)
     fail_on = "error"     # any finding this severe that is not expected fails the entry
+    cause = "vanishing-gradient-through-time"   # the id the diagnosis must lead with (its primary cause)
     description = "..."   # for people
 
 ``load_check`` rejects a file with a wrongly typed field or an id no rule reports
@@ -57,6 +58,8 @@ class CheckEntry:
     #: online generator may be told about as information, never warned)
     forbid: tuple[Expectation, ...] = ()
     fail_on: str = "error"
+    #: the id the diagnosis must lead with: its first finding, the primary cause
+    cause: str | None = None
 
 
 @dataclass
@@ -67,7 +70,7 @@ class CheckResult:
     found: list[str] = field(default_factory=list)
 
 
-_KNOWN_KEYS = {"script", "args", "max_steps", "timeout", "expect", "forbid", "fail_on", "description"}
+_KNOWN_KEYS = {"script", "args", "max_steps", "timeout", "expect", "forbid", "fail_on", "cause", "description"}
 _FAIL_ON = ("info", "warning", "error", "never")
 _TOML_TYPES = ((bool, "boolean"), (str, "string"), (int, "integer"), (float, "float"), (list, "array"), (dict, "table"))
 
@@ -123,7 +126,16 @@ def _entry(path: Path, data: dict[str, Any]) -> CheckEntry:
         expect=expect,
         forbid=forbid,
         fail_on=_fail_on(data.get("fail_on", "error")),
+        cause=_cause(data.get("cause")),
     )
+
+
+def _cause(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Malformed(f"cause must be a finding id (a string), got {_shown(value)}")
+    return _known(value.strip(), "cause")
 
 
 def _shown(value: Any) -> str:
@@ -268,6 +280,12 @@ def evaluate(entry: CheckEntry, findings: Sequence[Finding]) -> CheckResult:
         if f is not None and (e.min_severity is None or f.severity >= e.min_severity):
             at = f" at {f.severity.value}" if e.min_severity is not None else ""
             reasons.append(f"forbidden {e.id} was found{at}: {f.title}")
+    if entry.cause is not None:
+        lead = findings[0] if findings else None
+        if lead is None:
+            reasons.append(f"expected the diagnosis to lead with {entry.cause}, but there were no findings")
+        elif lead.id != entry.cause:
+            reasons.append(f"expected the diagnosis to lead with {entry.cause}, but it leads with {lead.id}: {lead.title}")
     if entry.fail_on != "never":
         expected_ids = {e.id for e in entry.expect}
         forbidden_ids = {e.id for e in entry.forbid}

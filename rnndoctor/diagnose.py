@@ -8,6 +8,7 @@ import pandas as pd
 
 from .finding import Diagnosis, Finding, Skipped, sort_findings
 from .rules import all_rules
+from .rules.causes import relate
 from .run import Run
 
 
@@ -30,7 +31,21 @@ def diagnose(run: Run, *, strict: bool = False, options: Mapping[str, Mapping[st
                 raise
             skipped.append(Skipped(spec.id, f"rule crashed: {type(exc).__name__}: {exc}"))
     notes, unjudged = _notes(run, skipped)
-    return Diagnosis(findings=sort_findings(findings), skipped=tuple(skipped), notes=tuple(notes), unjudged=tuple(unjudged))
+    ordered, links, suppressed = _relate(sort_findings(findings), run, strict, notes)
+    return Diagnosis(findings=ordered, skipped=tuple(skipped), notes=tuple(notes), unjudged=tuple(unjudged),
+                     links=links, suppressed=suppressed)
+
+
+def _relate(findings: tuple[Finding, ...], run: Run, strict: bool, notes: list[str]) -> tuple:
+    """Cause and consequence (``rules/causes.py``); a bug there costs the verdict, never the
+    findings."""
+    try:
+        return relate(findings, run)
+    except Exception as exc:
+        if strict:
+            raise
+        notes.append(f"relating the findings failed ({type(exc).__name__}: {exc}); they are listed worst first. This is a bug in rnndoctor")
+        return findings, (), ()
 
 
 #: where a hand-written loss can be recorded (the note for runs without a captured loss)

@@ -61,6 +61,9 @@ class Finding:
     where: dict[str, Any] = field(default_factory=dict, hash=False)
     first_step: int | None = None
     plots: tuple[str, ...] = ()
+    #: ids of the findings that explain this one (``rules/causes.py``); empty for a cause
+    #: or a finding that stands alone
+    explained_by: tuple[str, ...] = ()
 
     @property
     def where_text(self) -> str:
@@ -78,6 +81,7 @@ class Finding:
             "fix": self.fix,
             "first_step": self.first_step,
             "plots": list(self.plots),
+            "explained_by": list(self.explained_by),
         }
 
 
@@ -93,6 +97,7 @@ def finding_from_dict(data: dict[str, Any]) -> Finding:
         where=dict(data.get("where") or {}),
         first_step=data.get("first_step"),
         plots=tuple(data.get("plots") or ()),
+        explained_by=tuple(data.get("explained_by") or ()),
     )
 
 
@@ -105,8 +110,32 @@ class Skipped:
 
 
 @dataclass(frozen=True)
+class Link:
+    """Finding ``cause`` explains finding ``effect`` (indices into ``Diagnosis.findings``)."""
+
+    cause: int
+    effect: int
+    why: str
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """A finding withdrawn because its signal means nothing given another finding (its id
+    is ``cause``): kept with the reason, never silently dropped."""
+
+    finding: Finding
+    cause: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Diagnosis:
-    """Findings, worst first, plus the rules that were skipped.
+    """Findings in verdict order, plus the rules that were skipped.
+
+    Verdict order: each primary cause (a finding nothing else explains) with the findings
+    it explains right after it, worst chain first, then the findings that stand alone, worst
+    first. ``links`` say which finding explains which; ``suppressed`` holds the findings
+    withdrawn because their signal meant nothing given a cause.
 
     ``notes`` say what a reader must know to read the findings (the run was killed; no loss
     was captured; a rule crashed). ``unjudged`` names, in a few words each, why part of the
@@ -117,6 +146,27 @@ class Diagnosis:
     skipped: tuple[Skipped, ...] = ()
     notes: tuple[str, ...] = ()
     unjudged: tuple[str, ...] = ()
+    links: tuple[Link, ...] = ()
+    suppressed: tuple[Suppressed, ...] = ()
+
+    def consequences(self, index: int) -> list[int]:
+        """Indices of every finding that finding ``index`` explains, directly or through
+        another, in verdict order."""
+        below: set[int] = set()
+        todo = [index]
+        while todo:
+            i = todo.pop()
+            for link in self.links:
+                if link.cause == i and link.effect not in below:
+                    below.add(link.effect)
+                    todo.append(link.effect)
+        return sorted(below)
+
+    def causes(self) -> list[int]:
+        """Indices of the primary causes: findings that explain others and that nothing
+        explains, leading one first."""
+        explained = {link.effect for link in self.links}
+        return sorted({link.cause for link in self.links if link.cause not in explained})
 
     def ids(self) -> list[str]:
         return [f.id for f in self.findings]

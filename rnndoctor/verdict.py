@@ -19,7 +19,8 @@ class Verdict:
 
     @property
     def findings(self) -> list[Finding]:
-        """Findings, worst first (empty until the ``with`` block has exited)."""
+        """Findings in verdict order: the primary cause first, what it explains after it (empty
+        until the ``with`` block has exited)."""
         return list(self.diagnosis.findings) if self.diagnosis else []
 
     def assert_found(self, rule_id: str, severity: "str | None" = None) -> Finding:

@@ -9,6 +9,7 @@ By default three fixtures run (a stuck run, a NaN run, a healthy one);
 RNNDOCTOR_BROWSER_FIXTURES=all opens the report of every fixture in checks/.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -104,6 +105,13 @@ def test_fixture_report_in_chromium(name, runs, browser, tmp_path_factory):
     boxes = browser.evaluate(PLOT_BOXES)
     assert [(card, plot) for card, plot, _, _ in boxes] == pairs
     assert all(w > 200 and h > 80 for _, _, w, h in boxes), boxes
+    # the first screen leads with the cause and draws its chain; every chip leads to its card
+    chains = browser.evaluate("""[...document.querySelectorAll('[data-chain]')].map(c => [c.dataset.chain,
+        [...c.querySelectorAll('[data-explained]')].map(e => e.dataset.explained), c.getBoundingClientRect().bottom])""")
+    verdict = json.loads((run_dir / "findings.json").read_text())["verdict"]
+    assert [(c, e) for c, e, _ in chains] == [(c["id"], c["explains_ids"]) for c in verdict["causes"]]
+    assert all(bottom < 900 for _, _, bottom in chains), chains
+    assert browser.evaluate("[...document.querySelectorAll('.verdict a')].every(a => document.querySelector(a.getAttribute('href')))")
     assert browser.evaluate("document.scripts.length") == 0
     assert browser.evaluate("document.documentElement.scrollWidth") <= WIDTH
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 from ..finding import Diagnosis, Finding
 from ..text import printable
 from ..rundir import FINDINGS_FILE, REPORT_FILE
+from .terminal import explains_text
 
 #: one finding's evidence line is cut here (findings.json has all of it)
 EVIDENCE_CHARS = 300
@@ -52,6 +53,8 @@ def evidence_text(f: Finding, limit: int = EVIDENCE_CHARS) -> str:
 def _finding_lines(f: Finding, marked: bool, width: int) -> list[str]:
     indent = " " * 13
     lines = [f"{'>' if marked else ' '} {f.severity.value.upper():9}  {f.id} — {f.title}"]
+    if f.explained_by:
+        lines.append(f"{indent}explained by: {', '.join(f.explained_by)}")
     if f.where:
         lines.append(f"{indent}where: {f.where_text}")
     if f.evidence:
@@ -84,9 +87,13 @@ def explain(
         counts = ", ".join(f"{c} {s}" for s, c in diagnosis.counts().items() if c)
         run = f"{meta.get('steps', '?')} steps, {meta.get('status', '?')}"
         lines.append(f"findings ({run}): " + (f"{n} — {counts}" if n else "none"))
+        for i in diagnosis.causes():
+            cause = diagnosis.findings[i]
+            lines.append(f"  cause: {cause.id} — {cause.title}; which explains {explains_text(diagnosis, diagnosis.consequences(i))}")
         marks = set(marked)
         for f in diagnosis.findings:
             lines.extend(_finding_lines(f, f.id in marks, width))
+        lines.extend(f"  withdrawn: {s.finding.id}, because {s.reason} ({s.cause})" for s in diagnosis.suppressed)
         lines.extend(f"  note: {note}" for note in diagnosis.notes)
         errors = meta.get("internal_errors")
         if errors:

@@ -114,6 +114,22 @@ def _finding_view(f: Finding, plot_views: _Plots) -> dict[str, Any]:
     }
 
 
+def _relations(diagnosis: Diagnosis, views: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Mark each card with what explains it and what it explains (anchors, ids, reasons);
+    return the chains (each cause and every finding it explains) and the findings that stand
+    alone, for the first screen."""
+    for i, v in enumerate(views):
+        v["anchor"], v["explained_by"], v["explains"] = i + 1, [], []
+    for link in diagnosis.links:
+        cause, effect = views[link.cause], views[link.effect]
+        effect["explained_by"].append({"anchor": link.cause + 1, "id": cause["id"], "why": link.why})
+        cause["explains"].append({"anchor": link.effect + 1, "id": effect["id"]})
+    chains = [{"cause": views[i], "below": [views[j] for j in diagnosis.consequences(i)]} for i in diagnosis.causes()]
+    linked = {k for link in diagnosis.links for k in (link.cause, link.effect)}
+    alone = [v for i, v in enumerate(views) if i not in linked]
+    return chains, alone
+
+
 def _meta_rows(run: Run, diagnosis: Diagnosis) -> list[tuple[str, str]]:
     meta = run.meta
     model = meta.get("model") or {}
@@ -145,9 +161,10 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
     """The whole page as a string (no I/O: tests and ``write_html`` share it)."""
     views = _Plots(run)
     findings = [_finding_view(f, views) for f in diagnosis.findings]
+    chains, alone = _relations(diagnosis, findings)
     signals = [views.view(name) for name in plots.PLOTS]
     exc = run.meta.get("exception")
-    worst = diagnosis.findings[0].severity.value if diagnosis.findings else ("unjudged" if diagnosis.unjudged else "ok")
+    worst = max(diagnosis.findings, key=lambda f: f.severity.rank).severity.value if diagnosis.findings else ("unjudged" if diagnosis.unjudged else "ok")
     page = _ENV.get_template("report.html.j2").render(
         verdict=verdict(diagnosis),
         damage=damage_note(run.notes) if run.notes else "",
@@ -156,6 +173,10 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
         notes=list(diagnosis.notes),
         unjudged=list(diagnosis.unjudged),
         findings=findings,
+        chains=chains,
+        alone=alone,
+        suppressed=[{"id": x.finding.id, "severity": x.finding.severity.value, "title": x.finding.title,
+                     "cause": x.cause, "reason": x.reason} for x in diagnosis.suppressed],
         signals=[v for v in signals if v.markup is not None],
         missing=[v for v in signals if v.markup is None],
         meta=_meta_rows(run, diagnosis),

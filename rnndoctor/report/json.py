@@ -14,6 +14,20 @@ from ..rundir import FINDINGS_FILE
 
 
 
+def verdict_dict(diagnosis: Diagnosis) -> dict[str, Any]:
+    """The causes, each with the findings it explains (indices into ``findings``), the
+    findings that stand alone, and every link with its reason."""
+    causes = diagnosis.causes()
+    below = {i: diagnosis.consequences(i) for i in causes}
+    explained = {j for js in below.values() for j in js}
+    return {
+        "causes": [{"finding": i, "id": diagnosis.findings[i].id, "explains": below[i],
+                    "explains_ids": [diagnosis.findings[j].id for j in below[i]]} for i in causes],
+        "alone": [i for i in range(len(diagnosis.findings)) if i not in explained and i not in below],
+        "links": [{"cause": k.cause, "effect": k.effect, "why": k.why} for k in diagnosis.links],
+    }
+
+
 def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
     meta = run.meta
     return {
@@ -34,6 +48,8 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
         ),
         "counts": diagnosis.counts(),
         "findings": [f.to_dict() for f in diagnosis.findings],
+        "verdict": verdict_dict(diagnosis),
+        "suppressed": [{**s.finding.to_dict(), "suppressed_by": s.cause, "reason": s.reason} for s in diagnosis.suppressed],
         "skipped": [{"rule": s.rule_id, "reason": s.reason} for s in diagnosis.skipped],
         "notes": list(diagnosis.notes),
         "unjudged": list(diagnosis.unjudged),

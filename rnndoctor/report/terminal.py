@@ -1,4 +1,5 @@
-"""The terminal summary: one line per finding, worst first, with its fix."""
+"""The terminal summary: the primary cause first with its fix and what it explains, then the
+findings that stand alone."""
 
 from __future__ import annotations
 
@@ -21,15 +22,26 @@ def _use_color(stream: TextIO) -> bool:
 
 
 def verdict(diagnosis: Diagnosis) -> str:
-    """"2 errors, 1 warning — <the worst finding's title>", a healthy verdict, or, when parts
-    of the run could not be judged, a verdict that says so (never "healthy")."""
+    """"2 errors, 1 warning — cause: <the leading cause's title>; which explains <ids>" (or
+    the worst finding's title when nothing explains anything), a healthy verdict, or, when
+    parts of the run could not be judged, a verdict that says so (never "healthy")."""
     c = diagnosis.counts()
     parts = [f"{n} {name}{'s' if n != 1 else ''}" for name, n in c.items() if n]
     if diagnosis.findings:
-        return f"{', '.join(parts)} — {diagnosis.findings[0].title}"
+        lead = diagnosis.findings[0]
+        below = diagnosis.consequences(0)
+        if below:
+            return f"{', '.join(parts)} — cause: {lead.title} ({lead.id}), which explains {explains_text(diagnosis, below)}"
+        return f"{', '.join(parts)} — {lead.title}"
     if diagnosis.unjudged:
         return f"no findings, but the run could not be fully judged: {'; '.join(diagnosis.unjudged)}"
     return "no findings — nothing in this run looks wrong"
+
+
+def explains_text(diagnosis: Diagnosis, indices: Sequence[int]) -> str:
+    """``stuck-at-chance and prediction-collapse``: the ids, once each, in verdict order."""
+    ids = list(dict.fromkeys(diagnosis.findings[i].id for i in indices))
+    return ids[0] if len(ids) == 1 else f"{', '.join(ids[:-1])} and {ids[-1]}"
 
 
 def run_line(run: Run) -> str:
@@ -58,14 +70,10 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
     exc = meta.get("exception")
     if isinstance(exc, dict) and meta.get("status") != "completed":
         lines.append(f"  the run stopped with {exc.get('type')}: {str(exc.get('message', ''))[:200]}")
-    for f in diagnosis.findings:
-        tag = f"{f.severity.value.upper():7}"
-        lines.append(f"  {tag} {f.id:24} {f.title}")
-        where = f.where_text
-        if where:
-            lines.append(f"{'':35}where: {where}")
-        indent = " " * 35
-        lines.extend(textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     "))
+    lines.extend(_finding_lines(diagnosis, width))
+    for s in diagnosis.suppressed:
+        lines.extend(textwrap.wrap(f"withdrawn: {s.finding.id} ({s.finding.severity.value}), because {s.reason} ({s.cause})",
+                                   width=width, initial_indent="  ", subsequent_indent="        "))
     for note in diagnosis.notes:
         lines.extend(textwrap.wrap(f"note: {note}", width=width, initial_indent="  ", subsequent_indent="        "))
     if run.path and (run.path / REPORT_FILE).is_file():
@@ -73,8 +81,37 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
     text = "\n".join(printable(line) for line in lines)
     if color:  # after escaping: our own colour codes are the only escapes that get through
         for sev, code in _COLORS.items():
-            text = text.replace(f"  {sev.value.upper():7} ", f"  \x1b[{code}m{sev.value.upper():7}\x1b[0m ")
+            for lead in ("  ", "↳ "):
+                text = text.replace(f"{lead}{sev.value.upper():7} ", f"{lead}\x1b[{code}m{sev.value.upper():7}\x1b[0m ")
     return text
+
+
+def _finding_lines(diagnosis: Diagnosis, width: int) -> list[str]:
+    """Each cause with its fix, then "which explains:" and its consequences beneath it (their
+    fix is the cause's); then the findings that stand alone, each with its own fix."""
+    lines: list[str] = []
+    indent = " " * 35
+    shown: set[int] = set()
+    for i, f in enumerate(diagnosis.findings):
+        if f.explained_by:
+            continue  # printed under its cause
+        lines.append(f"  {f.severity.value.upper():7} {f.id:24} {f.title}")
+        if f.where_text:
+            lines.append(f"{indent}where: {f.where_text}")
+        lines.extend(textwrap.wrap(f"fix: {f.fix}", width=width, initial_indent=indent, subsequent_indent=indent + "     "))
+        below = diagnosis.consequences(i)
+        new = [j for j in below if j not in shown]
+        if new:
+            lines.append("      which explains:")
+        for j in new:
+            e = diagnosis.findings[j]
+            lines.append(f"      ↳ {e.severity.value.upper():7} {e.id:24} {e.title}")
+            if e.where_text:
+                lines.append(f"{'':41}where: {e.where_text}")
+        if len(new) < len(below):
+            lines.append(f"      also explains {explains_text(diagnosis, [j for j in below if j in shown])} (above)")
+        shown.update(below)
+    return lines
 
 
 def print_summary(run: Run, diagnosis: Diagnosis, stream: TextIO | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from .causes import RELATIONS
 from .registry import RuleSpec
 
 #: the docstring sections every rule has, in order
@@ -110,8 +111,38 @@ def markdown(specs: list[RuleSpec], families: tuple[str, ...]) -> str:
                 f"- **Plots:** {_code_list(spec.plots)}",
                 f"- **Default fix:** {_prose(spec.fix)}",
             ]
+            explains = sorted({r.effect for r in RELATIONS if r.cause == spec.id})
+            explained = sorted({r.cause for r in RELATIONS if r.effect == spec.id})
+            if explains or explained:
+                lines.append(f"- **Can explain:** {_code_list(explains)} · **can be explained by:** {_code_list(explained)} "
+                             "([causes and consequences](#causes-and-consequences))")
             for name in SECTIONS:
                 if name in sections:
                     heading, text = sections[name]
                     lines += ["", f"**{_prose(heading)}:** {_prose(text)}"]
+    lines += _relations_section()
     return "\n".join(lines) + "\n"
+
+
+def _relations_section() -> list[str]:
+    """The cause → consequence table of ``rules/causes.py``, with each relation's evidence test."""
+    lines = [
+        "",
+        "## Causes and consequences",
+        "",
+        "A diagnosis leads with the cause. Each row says that one finding can explain another; a "
+        "link is made in a run only when the evidence test agrees (same module, the cause detectable "
+        "no later than the consequence, the cause's numbers pointing the right way), never from the "
+        "two ids alone. An explained finding keeps its id and severity and is marked `explained_by` "
+        "in findings.json; the terminal summary, the pytest message and report.html show it beneath "
+        "its cause. A *withdrawn* consequence is one whose signal means nothing given the cause: it "
+        "moves from `findings` to `suppressed`, with the reason.",
+        "",
+        "| cause | explains | evidence that must agree | why |",
+        "|---|---|---|---|",
+    ]
+    for r in RELATIONS:
+        test = (r.agrees.__doc__ or r.agrees.__name__).strip().splitlines()[0].rstrip(".")
+        effect = f"`{r.effect}` (withdrawn)" if r.withdraw else f"`{r.effect}`"
+        lines.append(f"| `{r.cause}` | {effect} | {_cell(test)} | {_cell(r.why)} |")
+    return lines
