@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -58,6 +59,9 @@ def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float |
 @click.option("--redact-args", is_flag=True, help="Keep the script's arguments out of the record and report.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--no-probe", "no_probe", multiple=True, metavar="NAME", help="Switch a probe off (repeatable; `rnndoctor probes` lists them).")
+@click.option("--try-fixes", is_flag=True, help="Re-run the script once per fix for the causes found, each in its own process, and report which fix worked.")
+@click.option("--jobs", "-j", default=1, type=click.IntRange(min=1), show_default=True, help="Fix trials run in parallel (with --try-fixes).")
+@click.option("--treat", metavar="NAME", hidden=True, help="Apply one treatment (what a fix trial runs; `rnndoctor treatments` lists them).")
 def diagnose(
     script: str,
     script_args: tuple[str, ...],
@@ -69,6 +73,9 @@ def diagnose(
     redact_args: bool,
     quiet: bool,
     no_probe: tuple[str, ...],
+    try_fixes: bool,
+    jobs: int,
+    treat: str | None,
 ) -> None:
     """Run SCRIPT [ARGS]... (an unmodified training script) under instrumentation and report.
 
@@ -82,12 +89,21 @@ def diagnose(
     unknown = sorted(set(no_probe) - set(probe_names()))
     if unknown:
         raise click.BadParameter(f"no probe named {', '.join(unknown)}; probes: {', '.join(probe_names())}", param_hint="--no-probe")
+    treatment = None
+    if treat is not None:
+        from .treatments import get_treatment
+
+        try:
+            treatment = get_treatment(treat)()
+        except KeyError as exc:
+            raise click.BadParameter(str(exc.args[0]), param_hint="--treat")
     json_file = Path(os.path.abspath(json_path)) if json_path else None  # the script may chdir
+    cwd = os.getcwd()
     try:
         outcome = run_script(
             script, list(script_args), out=Path(out) if out else default_out_dir(), max_steps=max_steps,
             timeout=timeout, progress=not quiet, redact_args=redact_args, move_if_busy=out is None,
-            disable=no_probe,
+            disable=no_probe, treatment=treatment, summary=not try_fixes,
         )
     except ScriptNotRunnable as exc:
         raise _fail(str(exc), EXIT_NOT_RUNNABLE)
@@ -107,6 +123,9 @@ def diagnose(
         else:
             click.echo("rnndoctor: note: no nn.RNN/LSTM/GRU or *Cell module or gated hand-written cell found; "
                        "only generic checks applied.", err=True)
+    diagnosis = outcome.diagnosis
+    if try_fixes:
+        diagnosis = _try_fixes(record, diagnosis, script, script_args, max_steps, timeout, jobs, cwd)
     if json_file is not None:
         try:
             json_file.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +133,26 @@ def diagnose(
         except OSError as exc:
             raise _fail(f"cannot write {printable(json_path)}: {exc.strerror or exc}")
     _finish(_exit_code(outcome.diagnosis, fail_on), outcome.died_of)
+
+
+def _try_fixes(record: Any, diagnosis: Any, script: str, script_args: tuple[str, ...], max_steps: int | None,
+               timeout: float | None, jobs: int, cwd: str) -> Any:
+    """The fix trials, then the outputs written again with them and the summary printed."""
+    import dataclasses
+
+    from .report.output import write_outputs
+    from .trials import plan, try_fixes
+
+    planned = plan(diagnosis)
+    if planned:
+        names = ", ".join(p.treatment.name for p in planned)
+        click.echo(f"rnndoctor: trying {len(planned)} fix{'es' if len(planned) != 1 else ''} ({names}), {jobs} at a time…", err=True)
+    trials = try_fixes(record, diagnosis, script=script, args=list(script_args), max_steps=max_steps,
+                       jobs=jobs, timeout=timeout or 600.0, cwd=cwd)
+    diagnosis = dataclasses.replace(diagnosis, trials=trials)
+    for problem in write_outputs(record, diagnosis, record.path):
+        click.echo(f"rnndoctor: {problem}", err=True)
+    return diagnosis
 
 
 def _finish(code: int, died_of: int | None) -> None:
@@ -162,7 +201,11 @@ def report(run_dir: str, json_path: str | None, fail_on: str) -> None:
         run = load_run(run_dir)
     except RunDirError as exc:
         raise _fail(str(exc))
-    diagnosis = judge(run)
+    from dataclasses import replace
+
+    from .trials import read_trials
+
+    diagnosis = replace(judge(run), trials=read_trials(Path(run_dir)))  # fix trials stay with the run
     problems = write_outputs(run, diagnosis, Path(run_dir), summary=False)
     if problems:  # a read-only directory, a folder where a report file goes: the only line
         raise _fail(f"cannot write the report: {problems[0]}")

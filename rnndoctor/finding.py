@@ -129,6 +129,43 @@ class Suppressed:
 
 
 @dataclass(frozen=True)
+class Trial:
+    """One fix trial (``trials.py``): the script re-run with one treatment applied.
+
+    ``outcome``: "worked", "did not work", "not applicable" (the treatment found nothing to act
+    on) or "failed" (the trial itself could not run: a timeout, no record); ``why`` says why
+    in one line; ``before``/``after``: first and last loss, last accuracy, steps."""
+
+    treatment: str
+    label: str
+    treats: tuple[str, ...]
+    outcome: str
+    why: str
+    before: dict[str, Any] = field(default_factory=dict, hash=False)
+    after: dict[str, Any] = field(default_factory=dict, hash=False)
+    found: tuple[str, ...] = ()
+    summary: str = ""
+    curve: tuple[tuple[int, float], ...] = field(default=(), hash=False)
+    applied: int = 0
+    wall_s: float = 0.0
+    path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"treatment": self.treatment, "label": self.label, "treats": list(self.treats), "outcome": self.outcome,
+                "why": self.why, "summary": self.summary, "before": json_safe(self.before), "after": json_safe(self.after),
+                "found": list(self.found), "applied": self.applied, "wall_s": round(self.wall_s, 2), "path": self.path,
+                "curve": [[s, None if not math.isfinite(v) else v] for s, v in self.curve]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Trial":
+        return cls(treatment=d["treatment"], label=d.get("label", ""), treats=tuple(d.get("treats") or ()), outcome=d["outcome"],
+                   why=d.get("why", ""), before=dict(d.get("before") or {}), after=dict(d.get("after") or {}),
+                   found=tuple(d.get("found") or ()), summary=d.get("summary", ""),
+                   curve=tuple((int(s), float("nan") if v is None else float(v)) for s, v in d.get("curve") or ()),
+                   applied=int(d.get("applied", 0)), wall_s=float(d.get("wall_s", 0.0)), path=d.get("path", ""))
+
+
+@dataclass(frozen=True)
 class Diagnosis:
     """Findings in verdict order, plus the rules that were skipped.
 
@@ -148,6 +185,8 @@ class Diagnosis:
     unjudged: tuple[str, ...] = ()
     links: tuple[Link, ...] = ()
     suppressed: tuple[Suppressed, ...] = ()
+    #: fix trials (``--try-fixes``), in the order they were planned
+    trials: tuple[Trial, ...] = ()
 
     def consequences(self, index: int) -> list[int]:
         """Indices of every finding that finding ``index`` explains, directly or through

@@ -19,13 +19,18 @@ import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .finding import Diagnosis
 from .privacy import shown_path, user_traceback
 from .text import printable
 from .status import StopRun, died_of as died_of_signal, is_failure, status_for
+from .probes import DEFAULT_PROBES
+from .run import write_text_atomic
 from .watch import Watch
+
+if TYPE_CHECKING:
+    from .treatments import Treatment
 
 
 class ScriptNotRunnable(Exception):
@@ -79,6 +84,18 @@ class _Progress:
             self.stream.flush()
 
 
+def _note_treatment(run_dir: Path, treatment: "Treatment") -> None:
+    """Beside a trial's record: which treatment ran and how often it acted (0: not applicable)."""
+    import json
+
+    from .trials import TREATMENT_FILE
+
+    try:
+        write_text_atomic(Path(run_dir) / TREATMENT_FILE, json.dumps({"treatment": treatment.name, "applied": treatment.applied}) + "\n")
+    except OSError:
+        pass
+
+
 def run_script(
     script: str | os.PathLike[str],
     args: list[str],
@@ -91,6 +108,7 @@ def run_script(
     redact_args: bool = False,
     move_if_busy: bool = True,
     disable: tuple[str, ...] | list[str] = (),
+    treatment: "Treatment | None" = None,
 ) -> RunOutcome:
     """Run ``script`` with ``args`` under a discovery-mode watch and diagnose it.
 
@@ -117,6 +135,8 @@ def run_script(
         redact_args=redact_args,
         move_if_busy=move_if_busy,
         disable=disable,
+        # a fix trial's treatment acts first, so the record shows the run it made
+        **({"probes": [treatment, *DEFAULT_PROBES]} if treatment is not None else {}),
     )
     bar.watch = w
     # as ``python script.py``: argv[0] as typed, __file__ absolute, sys.path[0] the real folder
@@ -152,6 +172,8 @@ def run_script(
         sys.stderr.write(f"[rnndoctor] the script raised {type(error).__name__}; its traceback:\n")
         sys.stderr.write(printable(user_traceback(error)))
     diagnosis = w.close(error, status=status)
+    if treatment is not None:
+        _note_treatment(w.run_dir, treatment)
     if summary and w.record is not None:
         from .report.terminal import print_summary
 

@@ -27,6 +27,7 @@ from ..rundir import REPORT_FILE
 from ..text import printable
 from . import plots
 from .terminal import damage_note, verdict
+from .plots_trials import trial_curves
 from .tidy import tidy
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -130,6 +131,16 @@ def _relations(diagnosis: Diagnosis, views: list[dict[str, Any]]) -> tuple[list[
     return chains, alone
 
 
+def _trial_plot(run: Run, diagnosis: Diagnosis) -> Markup | None:
+    if not diagnosis.trials:
+        return None
+    try:
+        svg = trial_curves(run, diagnosis.trials)
+    except Exception:  # a broken plot must not cost the report
+        return None
+    return Markup(_scoped(svg, "trials-")) if svg else None
+
+
 def _meta_rows(run: Run, diagnosis: Diagnosis) -> list[tuple[str, str]]:
     meta = run.meta
     model = meta.get("model") or {}
@@ -175,6 +186,9 @@ def render_html(run: Run, diagnosis: Diagnosis) -> str:
         findings=findings,
         chains=chains,
         alone=alone,
+        trials=[{"label": t.label, "name": t.treatment, "treats": ", ".join(t.treats), "outcome": t.outcome, "why": t.why,
+                 "summary": t.summary, "wall": f"{t.wall_s:.0f} s", "path": shown_path(Path(t.path)) if t.path else ""} for t in diagnosis.trials],
+        trial_plot=_trial_plot(run, diagnosis),
         suppressed=[{"id": x.finding.id, "severity": x.finding.severity.value, "title": x.finding.title,
                      "cause": x.cause, "reason": x.reason} for x in diagnosis.suppressed],
         signals=[v for v in signals if v.markup is not None],

@@ -50,6 +50,7 @@ def diagnosis_dict(run: Run, diagnosis: Diagnosis) -> dict[str, Any]:
         "findings": [f.to_dict() for f in diagnosis.findings],
         "verdict": verdict_dict(diagnosis),
         "suppressed": [{**s.finding.to_dict(), "suppressed_by": s.cause, "reason": s.reason} for s in diagnosis.suppressed],
+        "trials": [t.to_dict() for t in diagnosis.trials],
         "skipped": [{"rule": s.rule_id, "reason": s.reason} for s in diagnosis.skipped],
         "notes": list(diagnosis.notes),
         "unjudged": list(diagnosis.unjudged),

@@ -74,6 +74,7 @@ def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 
     for s in diagnosis.suppressed:
         lines.extend(textwrap.wrap(f"withdrawn: {s.finding.id} ({s.finding.severity.value}), because {s.reason} ({s.cause})",
                                    width=width, initial_indent="  ", subsequent_indent="        "))
+    lines.extend(trial_lines(diagnosis, width))
     for note in diagnosis.notes:
         lines.extend(textwrap.wrap(f"note: {note}", width=width, initial_indent="  ", subsequent_indent="        "))
     if run.path and (run.path / REPORT_FILE).is_file():
@@ -111,6 +112,19 @@ def _finding_lines(diagnosis: Diagnosis, width: int) -> list[str]:
         if len(new) < len(below):
             lines.append(f"      also explains {explains_text(diagnosis, [j for j in below if j in shown])} (above)")
         shown.update(below)
+    return lines
+
+
+def trial_lines(diagnosis: Diagnosis, width: int = 100) -> list[str]:
+    """``fixes tried:`` then one line per trial: what, for which finding, the outcome, the numbers."""
+    if not diagnosis.trials:
+        return []
+    lines = ["  fixes tried (the same script re-run with one change each; trials/ holds their records):"]
+    for t in diagnosis.trials:
+        head = f"    {t.outcome.upper():14} {t.label} (for {', '.join(t.treats)}): {t.why}"
+        lines.extend(textwrap.wrap(head, width=width, subsequent_indent=" " * 19))
+        if t.summary:
+            lines.append(f"{'':19}{t.summary} · {t.wall_s:.0f} s")
     return lines
 
 

@@ -1,0 +1,285 @@
+"""Treatments: one change to a training run, applied from outside the script, that a fix
+trial (``rnndoctor diagnose --try-fixes``, ``trials.py``) re-runs the script with.
+
+A treatment is a probe (``probes/base.py``) that *changes* the run instead of recording it:
+it uses the same hooks (adoption, the recurrent module's call, the backward pass, the
+optimizer's step), so it reaches the model, the optimizer and the state however the script
+wrote them, and the script's file is never touched. It records nothing; it counts how
+often it acted (``applied``), so a trial where it never could act is reported "not
+applicable", never as a fix that failed or worked.
+
+Each treatment says which findings it treats (``treats(finding)``: the id, and where the
+evidence says which way, the direction: updates too large are treated with a smaller
+learning rate, too small with a larger one). Only trials run them; a plain ``diagnose`` or
+``watch()`` never changes anything.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .finding import Finding
+from .probes.base import Context, Probe
+
+__all__ = ["TREATMENTS", "Treatment", "get_treatment", "treatments_for"]
+
+_RNN_TYPES = (nn.RNNBase, nn.RNNCellBase)
+
+
+class Treatment(Probe):
+    """A probe that changes the run; ``applied`` counts the times it acted."""
+
+    #: what a reader sees: "learning rate ÷ 10"
+    label: ClassVar[str] = ""
+    #: the finding ids it may treat (``treats`` narrows by evidence)
+    ids: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.applied = 0
+        self.ctx: Context | None = None
+
+    @classmethod
+    def treats(cls, finding: Finding) -> bool:
+        return finding.id in cls.ids
+
+    def start(self, ctx: Context) -> list[Any]:
+        self.ctx = ctx
+        return []
+
+
+class _ScaleLearningRate(Treatment):
+    factor: ClassVar[float] = 1.0
+    sides: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
+
+    @classmethod
+    def treats(cls, finding: Finding) -> bool:
+        if finding.id == "learning-rate-scale":
+            return finding.evidence.get("side") in cls.sides
+        return finding.id in cls.ids
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per optimizer, at its first step: every group's learning rate (and the
+        ``initial_lr`` a scheduler starts from) scaled."""
+        if optimizer in self._done:
+            return
+        self._done.add(optimizer)
+        for group in optimizer.param_groups:
+            for key in ("lr", "initial_lr"):
+                if isinstance(group.get(key), (int, float)):
+                    group[key] = group[key] * self.factor
+                elif isinstance(group.get(key), torch.Tensor):
+                    group[key].mul_(self.factor)
+        self.applied += 1
+
+
+class LearningRateDown(_ScaleLearningRate):
+    """Divide the learning rate by 10 at the first optimizer step."""
+
+    name = "lr-div-10"
+    label = "learning rate ÷ 10"
+    factor = 0.1
+    sides = ("large",)
+    ids = ("divergence", "non-finite", "exploding-gradients", "gradients-not-zeroed")
+
+
+class LearningRateUp(_ScaleLearningRate):
+    """Multiply the learning rate by 10 at the first optimizer step."""
+
+    name = "lr-x-10"
+    label = "learning rate × 10"
+    factor = 10.0
+    sides = ("small",)
+    ids = ()
+
+
+class ClipGradients(Treatment):
+    """Clip the global gradient norm to 1 before each optimizer step."""
+
+    name = "clip-grad-norm"
+    label = "gradient norm clipped to 1"
+    ids = ("exploding-gradients", "divergence", "non-finite")
+    max_norm: ClassVar[float] = 1.0
+
+    def before_update(self, optimizer: torch.optim.Optimizer) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if params:
+            torch.nn.utils.clip_grad_norm_(params, self.max_norm)
+            self.applied += 1
+
+
+class ZeroGradients(Treatment):
+    """Clear the watched parameters' gradients before each step's first backward pass."""
+
+    name = "zero-grad"
+    label = "gradients zeroed before each step's backward"
+    ids = ("gradients-not-zeroed",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._step = -1
+
+    def backward(self, root: torch.Tensor) -> None:
+        assert self.ctx is not None
+        if self.ctx.step == self._step:
+            return  # a second backward of the same step accumulates, as the script means it to
+        self._step = self.ctx.step
+        for _, p in self.ctx.model.params:
+            p.grad = None
+        self.applied += 1
+
+
+def _gate_chunks(module: nn.Module) -> int:
+    mode = getattr(module, "mode", None) or type(module).__name__.replace("Cell", "").upper()
+    return {"LSTM": 4, "GRU": 3}.get(str(mode), 1)
+
+
+class ForgetGateBias(Treatment):
+    """At adoption: every LSTM's gate biases reset to 0 and its forget-gate bias set to 1
+    (GRU biases reset to 0)."""
+
+    name = "forget-bias-1"
+    label = "gate biases reset, forget-gate bias 1"
+    ids = ("forget-gate-saturation", "gate-saturation", "cell-state-growth", "vanishing-gradient-through-time")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done: set[int] = set()
+
+    def attach(self, ctx: Context) -> list[Any]:
+        for _, module in ctx.model.recurrent:
+            chunks = _gate_chunks(module)
+            if id(module) in self._done or chunks == 1:
+                continue
+            self._done.add(id(module))
+            with torch.no_grad():
+                for pname, p in module.named_parameters(recurse=False):
+                    if pname.startswith("bias_"):
+                        p.zero_()
+                        if chunks == 4 and pname.startswith("bias_ih"):
+                            h = p.shape[0] // 4
+                            p[h:2 * h] = 1.0
+            self.applied += 1
+        return []
+
+
+class OrthogonalInit(Treatment):
+    """At adoption: recurrent weights orthogonal per gate, input weights Xavier-uniform (drawn
+    from a forked RNG, so the script's own random stream is the same as without it)."""
+
+    name = "orthogonal-init"
+    label = "orthogonal recurrent / Xavier input weights"
+    ids = ("exploding-gradients", "vanishing-gradient-through-time", "non-finite", "divergence")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done: set[int] = set()
+
+    def attach(self, ctx: Context) -> list[Any]:
+        for _, module in ctx.model.recurrent:
+            if id(module) in self._done:
+                continue
+            self._done.add(id(module))
+            chunks = _gate_chunks(module)
+            devices = [module.weight_hh_l0.device] if hasattr(module, "weight_hh_l0") and module.weight_hh_l0.is_cuda else []
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                torch.manual_seed(0)
+                for pname, p in module.named_parameters(recurse=False):
+                    if pname.startswith("weight_hh"):
+                        for piece in p.chunk(chunks, 0):
+                            nn.init.orthogonal_(piece)
+                    elif pname.startswith("weight_ih"):
+                        for piece in p.chunk(chunks, 0):
+                            nn.init.xavier_uniform_(piece)
+            self.applied += 1
+        return []
+
+
+def _split_hx(args: Any, kwargs: Any) -> tuple[Any, bool]:
+    if len(args) > 1:
+        return args[1], True
+    return kwargs.get("hx"), False
+
+
+class DetachState(Treatment):
+    """Detach the state handed to a recurrent module (backprop stops at the batch)."""
+
+    name = "detach-state"
+    label = "carried state detached"
+    ids = ("undetached-state",)
+
+    def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> "tuple[Any, Any] | None":
+        hx, positional = _split_hx(args, kwargs)
+        if hx is None:
+            return None
+        needs = any(t.requires_grad for t in (hx if isinstance(hx, (tuple, list)) else (hx,)) if isinstance(t, torch.Tensor))
+        if not needs:
+            return None
+        detached = type(hx)(t.detach() for t in hx) if isinstance(hx, (tuple, list)) else hx.detach()
+        self.applied += 1
+        if positional:
+            return (args[0], detached, *args[2:]), kwargs
+        return args, {**kwargs, "hx": detached}
+
+
+class StandardizeInputs(Treatment):
+    """Standardise each recurrent module's input features with statistics of the first
+    batches it sees (fixed after 20 calls, so the model trains on a stable transform)."""
+
+    name = "standardize-inputs"
+    label = "recurrent inputs standardised"
+    ids = ("unnormalized-inputs",)
+    warmup: ClassVar[int] = 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stats: dict[int, list[Any]] = {}
+
+    @classmethod
+    def treats(cls, finding: Finding) -> bool:
+        return finding.id == "unnormalized-inputs" or (finding.id in ("gate-saturation", "forget-gate-saturation") and "module" in finding.where)
+
+    def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> "tuple[Any, Any] | None":
+        if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+            return None  # a PackedSequence or token ids: left alone
+        x = args[0]
+        with torch.no_grad():
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
+            stats = self._stats.setdefault(id(module), [0, torch.zeros_like(flat[0]), torch.zeros_like(flat[0])])
+            if stats[0] < self.warmup:
+                stats[0] += 1
+                stats[1] += (flat.mean(0) - stats[1]) / stats[0]
+                stats[2] += (flat.var(0, unbiased=False) - stats[2]) / stats[0]
+            mean, std = stats[1].to(x.dtype), stats[2].clamp_min(1e-12).sqrt().to(x.dtype)
+        self.applied += 1
+        return ((x - mean) / (std + 1e-6), *args[1:]), kwargs
+
+
+#: every treatment, in the order trials are listed
+TREATMENTS: tuple[type[Treatment], ...] = (
+    LearningRateDown, LearningRateUp, ClipGradients, ZeroGradients, ForgetGateBias, OrthogonalInit, DetachState, StandardizeInputs,
+)
+
+
+def get_treatment(name: str) -> type[Treatment]:
+    for t in TREATMENTS:
+        if t.name == name:
+            return t
+    raise KeyError(f"no treatment {name!r}; treatments: {', '.join(t.name for t in TREATMENTS)}")
+
+
+def treatments_for(findings: "list[Finding] | tuple[Finding, ...]") -> list[tuple[type[Treatment], list[str]]]:
+    """Each treatment that treats one of ``findings``, with the ids it treats there."""
+    out = []
+    for t in TREATMENTS:
+        ids = list(dict.fromkeys(f.id for f in findings if t.treats(f)))
+        if ids:
+            out.append((t, ids))
+    return out
