@@ -11,7 +11,9 @@ A trial **worked** when none of the findings it was tried for is found again at 
 above, no new error appears, and the loss did not end higher than it did without it. It
 **did not work** otherwise, and is **not applicable** when the treatment never found
 anything to act on (no LSTM for a forget-gate bias, no carried state to detach): that is
-said, never dressed up as a result.
+said, never dressed up as a result. A cause no change from outside can treat (an input that
+never varies, a loss that does not fit the output) is listed as **not treatable**, with its
+own fix: the script must change.
 """
 
 from __future__ import annotations
@@ -166,9 +168,23 @@ def try_fixes(run: Run, diagnosis: Diagnosis, *, script: str, args: Sequence[str
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         trials = tuple(pool.map(lambda p: run_trial(p, script=script, args=args, run_dir=run.path, max_steps=max_steps,
                                                     timeout=timeout, main=diagnosis, before=before, cwd=cwd), planned))
+    trials += untreatable(diagnosis, planned)
     if trials:
         write_trials(run.path, trials, loss_curve(run))
     return trials
+
+
+def untreatable(diagnosis: Diagnosis, planned: Sequence[Planned]) -> tuple[Trial, ...]:
+    """The primary causes no change from outside can treat (the data, the wiring, the loss):
+    said as such, with the finding's own fix, so a reader knows the script must change."""
+    covered = {i for p in planned for i in p.treats}
+    out = []
+    for f in diagnosis.findings:
+        if f.explained_by or f.severity < Severity.WARNING or f.id in covered or f.id in {t.treats[0] for t in out}:
+            continue
+        out.append(Trial(treatment="", label="no change from outside", treats=(f.id,), outcome="not treatable",
+                         why=f"the script itself must change: {f.fix}"))
+    return tuple(out)
 
 
 def write_trials(run_dir: Path, trials: Sequence[Trial], before_curve: Sequence[tuple[int, float]]) -> Path:

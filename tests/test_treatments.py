@@ -193,3 +193,16 @@ def test_try_fixes_end_to_end_finds_the_fix_that_works_and_leaves_the_script_alo
     # `rnndoctor report` keeps the trials with the run
     again = subprocess.run([sys.executable, "-m", "rnndoctor", "report", str(out), "--fail-on", "never"], capture_output=True, text=True)
     assert again.returncode == 0 and [Trial.from_dict(t).outcome for t in json.loads((out / "findings.json").read_text())["trials"]]
+
+
+def test_a_cause_no_outside_change_can_treat_is_said_with_its_fix():
+    from rnndoctor.trials import untreatable
+
+    main = Diagnosis(findings=(
+        Finding(id="constant-input", severity=Severity.ERROR, title="", explanation="", fix="Feed the data as the input."),
+        Finding(id="stuck-at-chance", severity=Severity.ERROR, title="", explanation="", fix="", explained_by=("constant-input",)),
+        Finding(id="duplicate-samples", severity=Severity.INFO, title="", explanation="", fix=""),
+    ))
+    assert plan(main) == []
+    (t,) = untreatable(main, [])
+    assert t.outcome == "not treatable" and t.treats == ("constant-input",) and "Feed the data as the input." in t.why
