@@ -242,10 +242,6 @@ class StandardizeInputs(Treatment):
         super().__init__()
         self._stats: dict[int, list[Any]] = {}
 
-    @classmethod
-    def treats(cls, finding: Finding) -> bool:
-        return finding.id == "unnormalized-inputs" or (finding.id in ("gate-saturation", "forget-gate-saturation") and "module" in finding.where)
-
     def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> "tuple[Any, Any] | None":
         if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
             return None  # a PackedSequence or token ids: left alone
