@@ -8,7 +8,8 @@ runs the script again in its own process (``diagnose --treat NAME``): same argum
 script's files are never changed; its own seeding makes the trial start where the run did.
 
 A trial **worked** when none of the findings it was tried for is found again at warning or
-above, no new error appears, and the loss did not end higher than it did without it. It
+above, no new error appears, and the loss did not end materially higher (by a quarter) than
+it did without it. It
 **did not work** otherwise, and is **not applicable** when the treatment never found
 anything to act on (no LSTM for a forget-gate bias, no carried state to detach): that is
 said, never dressed up as a result. A cause no change from outside can treat (an input that
@@ -39,6 +40,8 @@ TRIALS_DIR = "trials"
 TRIALS_FILE = "trials.json"
 #: what the child writes beside its record: the treatment and how often it acted
 TREATMENT_FILE = "treatment.json"
+#: a trial whose last loss ends more than this factor above the run's did not work
+WORSE = 1.25
 #: points kept of each loss curve for the report
 CURVE_POINTS = 200
 
@@ -98,10 +101,12 @@ def judge(planned: Planned, before: dict[str, Any], after: dict[str, Any], findi
     before_errors = {f.id for f in main.findings if f.severity >= Severity.ERROR}
     new_errors = sorted({f.id for f in findings if f.severity >= Severity.ERROR} - before_errors)
     lb, la = before.get("loss_last"), after.get("loss_last")
-    worse = la is None or (lb is not None and la > lb * 1.05 + 1e-9)
+    # a loss a quarter higher than without the change: noise of the last window stays under it
+    worse = la is None or (lb is not None and la > lb * WORSE + 1e-9)
     if not still and not new_errors and not worse:
         gone = ", ".join(planned.treats)
-        return "worked", f"{gone} no longer found"
+        cured = sorted(before_errors - {f.id for f in findings} - set(planned.treats))
+        return "worked", f"{gone} no longer found" + (f"; {', '.join(cured)} gone too" if cured else "")
     reasons = []
     if still:
         reasons.append(f"{', '.join(still)} still found")

@@ -161,6 +161,7 @@ def test_a_trial_that_never_acted_is_not_applicable_and_a_lingering_finding_did_
     assert judge(p, before, after, [], main, applied=1) == ("worked", "forget-gate-saturation no longer found")
     assert judge(p, before, after, [finding("forget-gate-saturation")], main, applied=1)[0] == "did not work"
     assert judge(p, before, {"loss_last": 0.9}, [], main, applied=1) == ("did not work", "the loss ended higher")
+    assert judge(p, before, {"loss_last": 0.75}, [], main, applied=1)[0] == "worked"  # within the noise of a last window
     nan = Finding(id="non-finite", severity=Severity.ERROR, title="", explanation="", fix="")
     assert "new: non-finite" in judge(p, before, after, [nan], main, applied=1)[1]
 
