@@ -189,3 +189,8 @@ def test_diagnose_relates_real_rule_findings_and_a_broken_relation_costs_only_th
         diagnose(run, strict=True)
     d2 = diagnose(run)
     assert d2.ids() == d.ids() and any("relating the findings failed" in n for n in d2.notes)
+
+
+def test_a_run_with_only_context_is_called_healthy():
+    d = related(f("label-imbalance", "info"), f("duplicate-samples", "info"))
+    assert verdict(d) == "healthy: nothing at warning or error (2 infos for context: duplicate-samples, label-imbalance)"
