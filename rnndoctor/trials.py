@@ -8,8 +8,9 @@ runs the script again in its own process (``diagnose --treat NAME``): same argum
 script's files are never changed; its own seeding makes the trial start where the run did.
 
 A trial **worked** when none of the findings it was tried for is found again at warning or
-above, no new error appears, and the loss did not end materially higher (by a quarter) than
-it did without it. It
+above, no new error appears, none of the run's failed outcomes (stuck at chance, collapsed,
+non-finite, diverged) is left, and the loss did not end materially higher (by a quarter)
+than it did without it. It
 **did not work** otherwise, and is **not applicable** when the treatment never found
 anything to act on (no LSTM for a forget-gate bias, no carried state to detach): that is
 said, never dressed up as a result. A cause no change from outside can treat (an input that
@@ -40,6 +41,8 @@ TRIALS_DIR = "trials"
 TRIALS_FILE = "trials.json"
 #: what the child writes beside its record: the treatment and how often it acted
 TREATMENT_FILE = "treatment.json"
+#: the findings that say the run failed: a fix that leaves one of them did not work
+OUTCOMES = ("stuck-at-chance", "prediction-collapse", "non-finite", "divergence")
 #: a trial whose last loss ends more than this factor above the run's did not work
 WORSE = 1.25
 #: points kept of each loss curve for the report
@@ -103,7 +106,10 @@ def judge(planned: Planned, before: dict[str, Any], after: dict[str, Any], findi
     lb, la = before.get("loss_last"), after.get("loss_last")
     # a loss a quarter higher than without the change: noise of the last window stays under it
     worse = la is None or (lb is not None and la > lb * WORSE + 1e-9)
-    if not still and not new_errors and not worse:
+    # the symptoms a user came with: a fix that leaves the run stuck, collapsed, NaN or
+    # diverging did not work, whatever it removed
+    outcome_left = sorted({f.id for f in findings if f.id in OUTCOMES and f.severity >= Severity.ERROR} & before_errors)
+    if not still and not new_errors and not worse and not outcome_left:
         gone = ", ".join(planned.treats)
         cured = sorted(before_errors - {f.id for f in findings} - set(planned.treats))
         return "worked", f"{gone} no longer found" + (f"; {', '.join(cured)} gone too" if cured else "")
@@ -112,6 +118,9 @@ def judge(planned: Planned, before: dict[str, Any], after: dict[str, Any], findi
         reasons.append(f"{', '.join(still)} still found")
     if new_errors:
         reasons.append(f"new: {', '.join(new_errors)}")
+    if outcome_left:
+        gone = [i for i in planned.treats if i not in still]
+        reasons.append((f"{', '.join(gone)} gone, but " if gone else "") + f"{', '.join(outcome_left)} remains")
     if worse:
         reasons.append("the loss ended higher" if la is not None else "the loss did not stay finite")
     return "did not work", "; ".join(reasons)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import numpy as np
 import torch.nn.functional as F
 from torch import nn
 
@@ -252,10 +253,10 @@ def _observer_active() -> bool:
 
 
 def test_a_model_without_recurrence_is_not_observed_after_the_loop_search(tmp_path):
-    """The op log is for cells: a feed-forward model is first looked at with hooks alone
-    (which module is fed back its own output?); with none, two sampled steps look for a loop
-    inside its forward (which has no module to hook), and then it never runs under the mode
-    again."""
+    """The op log is for cells: a feed-forward model is looked at on its first step (which
+    module is fed back its own output? the log of that step is dropped when none is); with
+    none, two sampled steps look for a loop inside its forward (which has no module to hook),
+    and then it never runs under the mode again."""
     seen = []
 
     class MLP(nn.Module):
@@ -276,7 +277,7 @@ def test_a_model_without_recurrence_is_not_observed_after_the_loop_search(tmp_pa
             opt.zero_grad()
             loss.backward()
             opt.step()
-    assert len(seen) == 5 and seen == [False, True, True, False, False]
+    assert len(seen) == 5 and seen == [True, True, True, False, False]
 
 
 def test_a_cell_runs_under_the_mode_only_on_observed_steps(tmp_path):
@@ -291,7 +292,7 @@ def test_a_cell_runs_under_the_mode_only_on_observed_steps(tmp_path):
     cell.forward = spy
     train(Loop(cell), tmp_path / "r", steps=6)
     per_step = [any(seen[i * T:(i + 1) * T]) for i in range(6)]
-    assert per_step == [False, True, True, False, False, False]  # found on step 0, read on 1 and 2
+    assert per_step == [True, True, True, False, False, False]  # found and read on step 0, read on 1 and 2
 
 
 def test_our_own_hooks_ops_never_enter_the_cells_op_log(tmp_path):
@@ -536,3 +537,28 @@ def test_a_stack_of_layers_with_their_own_weights_is_not_read_as_a_loop(tmp_path
     rec = rnndoctor.load_run(tmp_path / "r")
     assert not rec.has("hand_cells") and not rec.has("gates")
     assert not [n for n in w.diagnosis.notes if "not recognised" in n]
+
+
+def test_a_cell_is_read_on_the_weights_its_first_step_used(tmp_path):
+    """Seed 003 overflows in its first forward and its first update turns every weight NaN:
+    the cell is found and read on that very first step, with the biases as the pass used
+    them (a copy at first use), not as the optimizer left them at the step's end."""
+    torch.manual_seed(0)
+    cell = PerGateLinear()
+    cell.saturate()
+    model = Loop(cell)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with Watch(model, out=tmp_path / "r", summary=False, strict=True):
+        x = torch.rand(B, T, F_IN)
+        loss = F.mse_loss(model(x), x[:, :, 0].mean(1))
+        opt.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            cell.forgetgate.bias.fill_(float("nan"))  # the update ruins the live parameter
+        opt.step()
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert rec["hand_cells"]["step"].tolist() == [0]
+    (row,) = rec["cell"].to_dict("records")
+    assert row["step"] == 0 and np.allclose(row["forget_bias"], 10.0)
+    f = rec["gates"].query("gate == 'f'").iloc[0]
+    assert f["step"] == 0 and f["frac_high"] > 0.99

@@ -162,6 +162,13 @@ def test_a_trial_that_never_acted_is_not_applicable_and_a_lingering_finding_did_
     assert judge(p, before, after, [finding("forget-gate-saturation")], main, applied=1)[0] == "did not work"
     assert judge(p, before, {"loss_last": 0.9}, [], main, applied=1) == ("did not work", "the loss ended higher")
     assert judge(p, before, {"loss_last": 0.75}, [], main, applied=1)[0] == "worked"  # within the noise of a last window
+    # the finding is gone but the run is still stuck: not a fix (parity_stuck: clipping removed
+    # a gradient spike and the run stayed at chance)
+    stuck = Finding(id="stuck-at-chance", severity=Severity.ERROR, title="", explanation="", fix="")
+    main_stuck = Diagnosis(findings=(finding("forget-gate-saturation"), stuck))
+    assert judge(p, before, after, [stuck], main_stuck, applied=1) == (
+        "did not work", "forget-gate-saturation gone, but stuck-at-chance remains")
+    assert judge(p, before, after, [], main_stuck, applied=1)[1] == "forget-gate-saturation no longer found; stuck-at-chance gone too"
     nan = Finding(id="non-finite", severity=Severity.ERROR, title="", explanation="", fix="")
     assert "new: non-finite" in judge(p, before, after, [nan], main, applied=1)[1]
 

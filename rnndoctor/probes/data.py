@@ -75,7 +75,8 @@ def data_steps(seq: torch.Tensor) -> torch.Tensor:
     Padding is an all-zero step, or — several features, a batch — a step equal to the pad
     vector: the last-step vector most sequences of the batch share. An embedding without
     ``padding_idx`` turns pad id 0 into a non-zero vector, the same one everywhere. A vector
-    that ends only one sequence is not padding. All on the device, no sync."""
+    that ends only one sequence is not padding, nor one that ends every sequence exactly once
+    (an end-of-sequence token). All on the device, no sync."""
     flat = seq.flatten(2)
     if not flat.is_floating_point() or flat.shape[-1] == 0:
         return (flat != 0).any(-1)
@@ -88,8 +89,14 @@ def data_steps(seq: torch.Tensor) -> torch.Tensor:
     weights = torch.linspace(1.0, 2.0, last.shape[-1], device=last.device, dtype=last.dtype)
     key = (last * weights).sum(-1)  # the same vector gives the same key
     value, index = torch.mode(key)
-    shared = (key == value).sum() >= 2
+    same = key == value
+    shared = same.sum() >= 2
     is_pad = ((flat - last[index]).abs().amax(-1) == 0) & shared
+    if flat.shape[1] >= 2:
+        # every sequence ends in that vector, and none in it one step earlier: an end marker
+        # (a seq2seq source's EOS token), not padding, which evens out different lengths
+        end_marker = same.all() & ~is_pad[:, -2].any()
+        is_pad = is_pad & ~end_marker
     return nonzero & ~is_pad
 
 

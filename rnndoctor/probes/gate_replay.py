@@ -19,7 +19,7 @@ from . import gates, hand_cells
 from .base import Context, Probe
 
 #: what watches a gates step's forward for hand-written cells: first the detector, then the observer
-Watcher = Union[hand_cells.FeedbackDetector, hand_cells.CellObserver]
+Watcher = Union[hand_cells.FeedbackDetector, hand_cells.CellObserver, hand_cells.FirstLook]
 
 
 class GatesProbe(Probe):
@@ -47,6 +47,8 @@ class GatesProbe(Probe):
         #: gates steps left on which to look for a loop inside a forward (no module fed back
         #: its output); kept up once such a loop is read
         self._inline_tries = 0
+        #: the first gates step was looked at (feedback detector and op log together)
+        self._looked = False
         return []
 
     def model_call(self, module: nn.Module, args: Any) -> None:
@@ -63,7 +65,8 @@ class GatesProbe(Probe):
         # a model with no such module: look for a loop inside a forward (every op's dataflow)
         inline = not self._feedback and self._inline_tries > 0
         watcher: Watcher = (hand_cells.CellObserver(inline=inline) if self._feedback or inline
-                            else hand_cells.FeedbackDetector())
+                            else hand_cells.FirstLook() if not self._looked else hand_cells.FeedbackDetector())
+        self._looked = True
         handles = []
         for root in self.ctx.model.roots.values():
             for m in root.modules():
@@ -73,6 +76,8 @@ class GatesProbe(Probe):
                 handles.append(m.register_forward_pre_hook(_enter_hook(watcher, name)))
                 handles.append(m.register_forward_hook(_leave_hook(watcher, name)))
         self._observer_hooks = handles
+        if isinstance(watcher, hand_cells.FirstLook):
+            watcher.observer.__enter__()
         if isinstance(watcher, hand_cells.CellObserver):
             watcher.__enter__()
             if inline:  # this call's own pre-hook has run: open it by hand
@@ -88,20 +93,32 @@ class GatesProbe(Probe):
         for h in self._observer_hooks:
             h.remove()
         self._observer_hooks = []
+        if isinstance(obs, hand_cells.FirstLook):
+            obs.observer.__exit__(None, None, None)
+            self._take_detector(obs.detector)
+            # read the first step's cells too: a run that overflows in its first forward (seed
+            # 003) has no finite weights left to read on any later step
+            return obs.observer if self._feedback else None
         if isinstance(obs, hand_cells.FeedbackDetector):
-            self._feedback = obs.found
-            stateless = obs.stateless()
-            if not obs.found and not stateless:
-                self._inline_tries = 2
-            for name, abs_max in stateless.items():
-                # the same initial state on every call, never the module's own output: its
-                # size says whether anything could be carried (no-recurrence reads it)
-                self.ctx.recorder.add("hand_cells", {"step": self.ctx.step, "module": name, "read": -1,
-                                                     "state_fed_back": 0, "state_abs_max": abs_max})
+            self._take_detector(obs)
             return None
         if obs is not None:
             obs.__exit__(None, None, None)
         return obs
+
+    def _take_detector(self, obs: hand_cells.FeedbackDetector) -> None:
+        """What the feedback detector found: the modules to observe from now on, and the loops
+        that carry nothing (``no-recurrence`` reads them)."""
+        self._feedback = obs.found
+        stateless = obs.stateless()
+        if not obs.found and not stateless:
+            self._inline_tries = 2
+        for name, abs_max in stateless.items():
+            # the same initial state on every call, never the module's own output: its
+            # size says whether anything could be carried (no-recurrence reads it)
+            self.ctx.recorder.add("hand_cells", {"step": self.ctx.step, "module": name, "read": -1,
+                                                 "state_fed_back": 0, "state_abs_max": abs_max})
+
 
     def rnn_output(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         if not torch.is_grad_enabled():

@@ -392,7 +392,7 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
         v = torch.stack([lr.gates[name] for lr, name in keys])  # [G, B, T, H]
         G, Bn, T, H = v.shape
         acts = [_activation(rep, name) for _, name in keys]
-        mask = rep.mask  # [B, T] or None
+        mask = _finite_mask(rep, v)  # [B, T] or None
         m4 = mask[None, :, :, None] if mask is not None else None
         n_rows = mask.sum() if mask is not None else torch.tensor(Bn * T, device=v.device)
         nf = (n_rows * H).to(v.dtype).clamp(min=1)
@@ -409,6 +409,11 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
         mean = vz.sum((1, 2, 3)) / nf
         valid = m4.expand(1, Bn, T, H).reshape(-1) if m4 is not None else None
         pct = _percentiles(v.reshape(G, -1), valid, n_rows * H)  # [G, 3]
+        if mask is not None:  # no finite entry at all (a step after an overflow): unknown, not 0
+            none = (n_rows == 0)
+            nan = torch.full((), float("nan"), dtype=v.dtype, device=v.device)
+            frac_low, frac_high, mean = (torch.where(none, nan, x) for x in (frac_low, frac_high, mean))
+            unit_mean = torch.where(none, nan, unit_mean)
         sat = frac_low + frac_high
         for g, ((lr, name), act) in enumerate(zip(keys, acts)):
             rows.append({
@@ -427,12 +432,21 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
     return rows
 
 
+def _finite_mask(rep: Replay, v: Tensor) -> Tensor | None:
+    """The valid (b, t) entries, less those where a gate is NaN/Inf: a run that overflows part
+    way through a sequence is judged on the steps before it (a NaN is neither saturated nor
+    not). Always a mask, decided on the device (no host sync)."""
+    finite = torch.isfinite(v).all(dim=3).all(dim=0)  # [B, T]
+    return finite if rep.mask is None else rep.mask & finite
+
+
 def _c_norm(c: Tensor, mask: Tensor | None) -> Tensor:
-    """[T]: mean over valid batch rows of ||c_t||."""
+    """[T]: mean over valid batch rows of ||c_t||; NaN at a t with no finite row."""
     cnorm = c.norm(dim=-1)  # [B, T]
-    if mask is None:
-        return cnorm.mean(0)
-    return (cnorm * mask).sum(0) / mask.sum(0).clamp(min=1).to(cnorm.dtype)
+    ok = torch.isfinite(cnorm) if mask is None else mask & torch.isfinite(cnorm)
+    n = ok.sum(0)
+    mean = torch.where(ok, cnorm, torch.zeros_like(cnorm)).sum(0) / n.clamp(min=1).to(cnorm.dtype)
+    return torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
 
 
 def _forget_bias(lr: LayerReplay, hidden: int) -> Tensor:

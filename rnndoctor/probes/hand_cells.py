@@ -17,10 +17,12 @@ with its input and output tensors. :func:`recognise` then reads the log:
 
 The gates of the step's calls are stacked over t and returned as a :class:`gates.Replay`, so
 ``gate_stats`` and the rules judge them exactly as a fused module's. A module that feeds its
-state back but does not fit the pattern is not read, never guessed. Only sampled steps pay: on the first, :class:`FeedbackDetector` looks for a module
-fed back its own output with hooks and weak references alone; only when there is one are later
-gates steps observed, with the mode logging only inside those modules' calls (a model with no
-recurrence never has a mode in its forward, nor any tensor of it kept). A model with no
+state back but does not fit the pattern is not read, never guessed. Only sampled steps pay: on the first, :class:`FirstLook` looks for a module
+fed back its own output with hooks and weak references (:class:`FeedbackDetector`) while the
+op log runs, so the cells it finds are read on the weights the run started from; only when
+there is one are later gates steps observed, with the mode logging only inside those
+modules' calls (a model with no recurrence has the mode in its forward on that first step
+only, and keeps no tensor of it). A model with no
 such module has two gates steps observed for a loop written inside a forward
 (:func:`inline_cells`), and none after unless one is found.
 """
@@ -83,6 +85,9 @@ class CellObserver(TorchFunctionMode):
         self.calls: list[_Call] = []
         self._open: list[_Call] = []
         self.linear_out: dict[int, nn.Module] = {}  # id(output) -> the nn.Linear that made it
+        #: id(bias) -> its value when the pass first used it: the cell is read at the step's
+        #: end, after the optimizer moved (or a NaN gradient overwrote) the live parameter
+        self.bias_at_use: dict[int, Tensor] = {}
         #: > 0 while a probe hook runs (``observing.suspended``): its ops are not the cell's
         self.paused = 0
 
@@ -119,7 +124,7 @@ class CellObserver(TorchFunctionMode):
                 elif func in _BIASED:
                     bias = args[_BIASED[func]] if len(args) > _BIASED[func] else (kwargs or {}).get("bias", (kwargs or {}).get("input"))
                     if isinstance(bias, Tensor):
-                        self.ops.append(("biased", out, (bias,)))
+                        self.ops.append(("biased", out, (self.as_used(bias),)))
             elif func in _SPLIT and isinstance(out, (tuple, list)) and args and isinstance(args[0], Tensor):
                 self.ops.append(("split", args[0], tuple(out)))  # a GRU's z, r = sigmoid(...).chunk(2)
         except Exception:  # the log is best effort; the user's op result is returned as is
@@ -150,6 +155,38 @@ class CellObserver(TorchFunctionMode):
         self.calls.append(call)
         if isinstance(module, nn.Linear) and isinstance(output, Tensor):
             self.linear_out[id(output)] = module
+            if module.bias is not None:
+                self.as_used(module.bias)
+
+    def as_used(self, bias: Tensor) -> Tensor:
+        """``bias`` as this pass used it (a copy taken at its first use; our own op, not logged)."""
+        kept = self.bias_at_use.get(id(bias))
+        if kept is None:
+            self.paused += 1
+            try:
+                kept = self.bias_at_use[id(bias)] = bias.detach().clone()
+            finally:
+                self.paused -= 1
+        return kept
+
+
+class FirstLook:
+    """The first gates step: the feedback detector and the op log in one pass, so that the
+    cells found are read on the weights the run started from (a run that overflows in its
+    first forward, seed 003, has nothing finite left to read later). The op log is kept
+    only when a module fed back its own output."""
+
+    def __init__(self) -> None:
+        self.detector = FeedbackDetector()
+        self.observer = CellObserver(inline=False)
+
+    def enter(self, name: str, args: Any) -> None:
+        self.detector.enter(name, args)
+        self.observer.enter(name, args)
+
+    def leave(self, name: str, module: nn.Module, output: Any) -> None:
+        self.detector.leave(name, module, output)
+        self.observer.leave(name, module, output)
 
 
 class FeedbackDetector:
@@ -557,7 +594,7 @@ def _bias_feeding(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...
         return None
     module = obs.linear_out.get(id(t))
     if module is not None:
-        return module.bias
+        return obs.bias_at_use.get(id(module.bias), module.bias) if module.bias is not None else None
     for kind, out, src in ops:
         if kind == "biased" and out is t:
             return src[0] if src[0].dim() == 1 else None

@@ -27,6 +27,9 @@ def verdict(diagnosis: Diagnosis) -> str:
     parts of the run could not be judged, a verdict that says so (never "healthy")."""
     c = diagnosis.counts()
     parts = [f"{n} {name}{'s' if n != 1 else ''}" for name, n in c.items() if n]
+    if diagnosis.findings and all(f.severity == Severity.INFO for f in diagnosis.findings) and not diagnosis.unjudged:
+        ids = ", ".join(dict.fromkeys(f.id for f in diagnosis.findings))
+        return f"healthy: nothing at warning or error ({', '.join(parts)} for context: {ids})"
     if diagnosis.findings:
         lead = diagnosis.findings[0]
         below = diagnosis.consequences(0)

@@ -428,6 +428,14 @@ def mean_profile(series: pd.Series) -> np.ndarray | None:
     return np.mean([np.asarray(v, float) for v in series[lengths == t]], axis=0)
 
 
+def finite_prefix(profile: np.ndarray | None) -> np.ndarray | None:
+    """A per-t profile up to its first NaN/Inf (a sequence that overflowed part way)."""
+    if profile is None:
+        return None
+    bad = ~np.isfinite(profile)
+    return profile[: int(np.argmax(bad))] if bad.any() else profile
+
+
 def _reached(profile: list[float] | np.ndarray, eps: float) -> np.ndarray:
     """Time steps whose gradient is at least ``eps`` x the profile's peak (none without one)."""
     g = np.asarray(profile, dtype=float)

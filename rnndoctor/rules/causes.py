@@ -114,6 +114,15 @@ def measured_after(cause: Finding, effect: Finding, run: Run) -> bool:
     return cause.first_step is not None and effect.first_step is not None and effect.first_step >= cause.first_step
 
 
+def small_only_while_flat(cause: Finding, effect: Finding, run: Run) -> bool:
+    """the updates are small only by the edge a flat loss lowers (none below the plain band)"""
+    ratios = effect.evidence.get("median_log10_update_ratio")
+    band = effect.evidence.get("band")
+    if effect.evidence.get("side") != "small" or not isinstance(ratios, dict) or not ratios or not band:
+        return False
+    return all(float(v) >= float(band[0]) for v in ratios.values())
+
+
 def every(*tests: Agrees) -> Agrees:
     def agrees(cause: Finding, effect: Finding, run: Run) -> bool:
         return all(t(cause, effect, run) for t in tests)
@@ -189,6 +198,12 @@ RELATIONS: tuple[Relation, ...] = (
     Relation("exploding-gradients", "divergence", "a gradient spike throws the weights off and the loss climbs", not_later),
     Relation("exploding-gradients", "non-finite", "a gradient spike overflows the weights", not_later),
     Relation("divergence", "non-finite", "a climbing loss ends in overflow", not_later),
+    # the learning-rate rule calls updates between 10^-5 and 10^-4.5 too small only because
+    # the loss is flat: when another finding explains the flat loss, that reading is void
+    *(Relation(c, "learning-rate-scale", "the loss is flat for another reason, so slowish updates say nothing about the rate",
+               small_only_while_flat, withdraw=True)
+      for c in ("constant-input", "no-recurrence", "padding-not-masked", "loss-output-mismatch", "resampled-parameters",
+                "inconsistent-labels", "forget-gate-saturation")),
     # a broken run's statistics
     Relation("non-finite", "vanishing-gradient-through-time",
              "a gradient profile measured after the run produced NaN/Inf measures the overflow, not memory", measured_after, withdraw=True),

@@ -10,7 +10,7 @@ import pandas as pd
 from ..finding import Severity
 from ..run import Run
 from ..signals import SIGMOID_HIGH, SIGMOID_LOW, TANH_SATURATED
-from ._common import first_half, fmt, mean_profile
+from ._common import finite_prefix, first_half, fmt, mean_profile
 from .outcome import not_learning, solved
 from .registry import Found, rule
 
@@ -249,7 +249,8 @@ def cell_state_growth(
     cell = cell[cell["c_norm"].map(lambda v: isinstance(v, (list, tuple, np.ndarray)) and len(v) > 0)]  # a GRU has no c
     for (module, layer, direction), rows in cell.groupby(["module", "layer", "direction"], sort=False):
         rows = first_half(rows)  # a short sequence that learned to accumulate evidence is fine later on
-        prof = mean_profile(rows["c_norm"])
+        rows = rows[rows["c_norm"].map(lambda v: bool(np.isfinite(np.asarray(v, float)).any()))]
+        prof = finite_prefix(mean_profile(rows["c_norm"]))  # up to where the cell overflowed
         t = len(prof) if prof is not None else 0
         if t < min_len:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pytest
 import torch
 from torch import nn
@@ -264,3 +265,31 @@ def test_gate_stats_cell():
     rep = replay_cell(cell, torch.randn(B, F_IN, dtype=torch.float64))
     rows = gate_stats(rep)
     assert [r["gate"] for r in rows] == ["i", "f", "g", "o", None]
+
+
+def test_gate_stats_judge_the_steps_before_an_overflow_and_nothing_after_it():
+    """Seed 003 overflows part way through its first sequence: the statistics are those of the
+    finite steps (a NaN is neither saturated nor not), and a replay with no finite step says
+    'unknown' (NaN), never 'unsaturated' (0)."""
+    m = make("LSTM")
+    with torch.no_grad():
+        m.bias_ih_l0[H:2 * H] = 10.0
+    x = torch.randn(T, B, F_IN, dtype=torch.float64)
+    rep = replay(m, x)
+    clean = {r["gate"]: r for r in gate_stats(rep)}
+    cut = T // 2
+    for lr in rep.layers:
+        for v in lr.gates.values():
+            v[:, cut:] = float("nan")  # [B, T, H]: every step from the middle on overflowed
+        lr.c[:, cut:] = float("nan")
+    half = {r["gate"]: r for r in gate_stats(rep)}
+    f = rep.layer(0, 0).gates["f"][:, :cut]
+    assert half["f"]["frac_high"].item() == pytest.approx((f > SIGMOID_HIGH).double().mean().item())
+    assert half["f"]["frac_high"].item() > 0.99 and clean["f"]["frac_high"].item() > 0.99
+    c_norm = half[None]["c_norm"]
+    assert torch.isfinite(c_norm[:cut]).all() and torch.isnan(c_norm[cut:]).all()
+    for lr in rep.layers:
+        for v in lr.gates.values():
+            v.fill_(float("nan"))
+    gone = {r["gate"]: r for r in gate_stats(rep)}
+    assert all(math.isnan(gone[g]["frac_saturated"].item()) and math.isnan(gone[g]["mean"].item()) for g in "ifgo")

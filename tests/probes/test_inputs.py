@@ -88,6 +88,14 @@ def test_embedded_padding_is_found_without_padding_idx():
     full = torch.tensor([[3, 4, 5], [6, 7, 8], [1, 2, 9]])
     with torch.no_grad():
         assert data_steps(emb(full)).all()
+    # every source ends in one EOS token (a seq2seq tutorial's digits + [EOS]): data, not padding
+    eos = torch.tensor([[3, 4, 5, 1], [6, 7, 8, 1], [2, 2, 9, 1]])
+    with torch.no_grad():
+        assert data_steps(emb(eos)).all()
+    # ... but EOS then padding, or padding that evens out lengths, is still padding
+    padded = torch.tensor([[3, 4, 1, 0, 0], [6, 7, 8, 1, 0], [2, 1, 0, 0, 0]])
+    with torch.no_grad():
+        assert data_steps(emb(padded)).tolist() == (padded != 0).tolist()
 
 
 def _names(tmp_path, *, packed: bool):

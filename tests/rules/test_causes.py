@@ -189,3 +189,17 @@ def test_diagnose_relates_real_rule_findings_and_a_broken_relation_costs_only_th
         diagnose(run, strict=True)
     d2 = diagnose(run)
     assert d2.ids() == d.ids() and any("relating the findings failed" in n for n in d2.notes)
+
+
+def test_a_run_with_only_context_is_called_healthy():
+    d = related(f("label-imbalance", "info"), f("duplicate-samples", "info"))
+    assert verdict(d) == "healthy: nothing at warning or error (2 infos for context: duplicate-samples, label-imbalance)"
+
+
+def test_slowish_updates_read_off_a_flat_loss_are_withdrawn_when_another_cause_flattens_it():
+    slowish = {"side": "small", "median_log10_update_ratio": {"embedding.weight": -4.17}, "band": [-5.0, -1.0]}
+    tiny = {"side": "small", "median_log10_update_ratio": {"lstm.weight_hh_l0": -5.54}, "band": [-5.0, -1.0]}
+    d = related(f("padding-not-masked", module="lstm"), f("stuck-at-chance", "error"), f("learning-rate-scale", evidence=slowish))
+    assert [s.finding.id for s in d.suppressed] == ["learning-rate-scale"] and "flat for another reason" in d.suppressed[0].reason
+    kept = related(f("loss-output-mismatch", "error"), f("stuck-at-chance", "error"), f("learning-rate-scale", evidence=tiny))
+    assert not kept.suppressed and "learning-rate-scale" in kept.ids()

@@ -87,3 +87,13 @@ def test_cell_state_growth():
     assert list(growth(make_run(cell=cell_rows(bounded, [1.0] * 32)))) == []
     short = np.arange(1, 9) * 1.0  # 8 steps: accumulating evidence over a short sequence is fine
     assert list(growth(make_run(cell=cell_rows(short, [1.0] * 32)))) == []
+
+
+def test_cell_state_growth_is_read_up_to_the_overflow():
+    """A cell that accumulates until it overflows (seed 003): judged on the finite part."""
+    t = np.arange(1, 301, dtype=float)
+    grows = np.where(t < 150, np.exp(t / 10), np.nan)
+    (f,) = growth(make_run(cell=cell_rows(grows, [10.0] * 32)))
+    assert f.evidence["sequence_length"] == 149
+    nan_only = np.full(300, np.nan)
+    assert list(growth(make_run(cell=cell_rows(nan_only, [10.0] * 32)))) == []

@@ -351,3 +351,18 @@ def test_learning_rate_scale_a_first_step_that_threw_the_weights_out():
     learned = classification_run(300, acc=0.9, loss=np.linspace(0.7, 0.2, 300))
     assert list(lr_scale(with_signal(learned, updates=ups(48.0)))) == []
     assert list(lr_scale(with_signal(classification_run(300, acc=0.5, loss=0.70), updates=ups(1.1)))) == []
+
+
+def test_a_converged_runs_hard_batch_is_not_an_explosion():
+    """After convergence the median norm is tiny: a 300x spike no larger than the gradients
+    the run started with is a hard batch (heldout10 z_review_sigmoid_bce_clipped); one 50x
+    larger than them is an explosion."""
+    g = np.concatenate([np.full(30, 1.0), np.geomspace(1.0, 0.004, 60), np.full(210, 0.004)])
+    loss = np.concatenate([np.linspace(0.7, 0.01, 90), np.full(210, 1e-4)])
+    hard = g.copy()
+    hard[250] = 1.2  # 300x the median, the size of the first steps' norms
+    assert list(exploding(_with_grad_norms(hard, loss))) == []
+    blown = g.copy()
+    blown[250] = 50.0
+    (f,) = exploding(_with_grad_norms(blown, loss))
+    assert f.evidence["worst_step"] == 250
