@@ -182,6 +182,9 @@ RELATIONS: tuple[Relation, ...] = (
     Relation("unnormalized-inputs", "gate-saturation", "inputs far from unit scale drive the gate pre-activations into saturation", same_module),
     Relation("unnormalized-inputs", "forget-gate-saturation", "inputs far from unit scale drive the forget gates into saturation", same_module),
     Relation("unnormalized-inputs", "cell-state-growth", "inputs far from unit scale saturate the gates that feed the cell state", same_module),
+    Relation("unnormalized-inputs", "dead-parameters", "gates saturated by the inputs' scale pass no gradient to the weights feeding them",
+             dead_under_module),
+    Relation("forget-gate-saturation", "dead-parameters", "pinned gates pass no gradient to the weights feeding them", dead_under_module),
     Relation("cell-state-growth", "non-finite", "a cell state that grows without bound overflows", every(not_later, nan_source_here)),
     # step size
     Relation("gradients-not-zeroed", "learning-rate-scale", "summed stale gradients make every update far too large", every(side("large"), not_later)),

@@ -203,3 +203,10 @@ def test_slowish_updates_read_off_a_flat_loss_are_withdrawn_when_another_cause_f
     assert [s.finding.id for s in d.suppressed] == ["learning-rate-scale"] and "flat for another reason" in d.suppressed[0].reason
     kept = related(f("loss-output-mismatch", "error"), f("stuck-at-chance", "error"), f("learning-rate-scale", evidence=tiny))
     assert not kept.suppressed and "learning-rate-scale" in kept.ids()
+
+
+def test_saturation_explains_dead_weights_of_its_own_module_only():
+    raw = f("unnormalized-inputs", module="gru")
+    own = related(raw, f("dead-parameters", evidence={"params": ["gru.weight_ih_l0", "gru.weight_hh_l0"]}))
+    other = related(raw, f("dead-parameters", evidence={"params": ["head.weight"]}))
+    assert own.findings[1].explained_by == ("unnormalized-inputs",) and not other.links
