@@ -108,7 +108,7 @@ def judge(planned: Planned, before: dict[str, Any], after: dict[str, Any], findi
     worse = la is None or (lb is not None and la > lb * WORSE + 1e-9)
     # the symptoms a user came with: a fix that leaves the run stuck, collapsed, NaN or
     # diverging did not work, whatever it removed
-    outcome_left = sorted({f.id for f in findings if f.id in OUTCOMES and f.severity >= Severity.ERROR} & before_errors)
+    outcome_left = sorted(({f.id for f in findings if f.id in OUTCOMES and f.severity >= Severity.ERROR} & before_errors) - set(still))
     if not still and not new_errors and not worse and not outcome_left:
         gone = ", ".join(planned.treats)
         cured = sorted(before_errors - {f.id for f in findings} - set(planned.treats))

@@ -169,6 +169,10 @@ def test_a_trial_that_never_acted_is_not_applicable_and_a_lingering_finding_did_
     assert judge(p, before, after, [stuck], main_stuck, applied=1) == (
         "did not work", "forget-gate-saturation gone, but stuck-at-chance remains")
     assert judge(p, before, after, [], main_stuck, applied=1)[1] == "forget-gate-saturation no longer found; stuck-at-chance gone too"
+    # a treated finding that is itself the failed outcome is said once
+    q = Planned(ClipGradients, ("non-finite",))
+    main_nan = Diagnosis(findings=(Finding(id="non-finite", severity=Severity.ERROR, title="", explanation="", fix=""),))
+    assert judge(q, before, after, list(main_nan.findings), main_nan, applied=1)[1] == "non-finite still found"
     nan = Finding(id="non-finite", severity=Severity.ERROR, title="", explanation="", fix="")
     assert "new: non-finite" in judge(p, before, after, [nan], main, applied=1)[1]
 
