@@ -258,9 +258,38 @@ class StandardizeInputs(Treatment):
         return ((x - mean) / (std + 1e-6), *args[1:]), kwargs
 
 
+class EvalForNoGradPasses(Treatment):
+    """Run every call of the model made without gradients (an evaluation pass) in ``eval()``
+    mode, and give it back its training mode after the call."""
+
+    name = "eval-mode"
+    label = "eval() around no-grad passes"
+    ids = ("eval-in-train-mode",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._restore: list[nn.Module] = []
+
+    def attach(self, ctx: Context) -> list[Any]:
+        for root in ctx.model.roots.values():
+            ctx.forward_hook(root, self._after)
+        return []
+
+    def model_call(self, module: nn.Module, args: Any) -> None:
+        if not torch.is_grad_enabled() and module.training:
+            module.eval()
+            self._restore.append(module)
+            self.applied += 1
+
+    def _after(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._restore and self._restore[-1] is module:
+            self._restore.pop().train()
+
+
 #: every treatment, in the order trials are listed
 TREATMENTS: tuple[type[Treatment], ...] = (
     LearningRateDown, LearningRateUp, ClipGradients, ZeroGradients, ForgetGateBias, OrthogonalInit, DetachState, StandardizeInputs,
+    EvalForNoGradPasses,
 )
 
 

@@ -218,3 +218,23 @@ def test_a_cause_no_outside_change_can_treat_is_said_with_its_fix():
     assert plan(main) == []
     (t,) = untreatable(main, [])
     assert t.outcome == "not treatable" and t.treats == ("constant-input",) and "Feed the data as the input." in t.why
+
+
+def test_eval_mode_for_no_grad_passes_turns_dropout_off_for_them_only(tmp_path):
+    from rnndoctor.treatments import EvalForNoGradPasses
+
+    t = EvalForNoGradPasses()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    modes = []
+    model[1].register_forward_pre_hook(lambda m, a: modes.append((torch.is_grad_enabled(), m.training)))
+    with rnndoctor.watch(model, out=tmp_path, summary=False, probes=[t, *DEFAULT_PROBES], strict=True):
+        for _ in range(3):
+            loss = F.cross_entropy(model(torch.randn(4, 3)), torch.randint(0, 2, (4,)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model(torch.randn(4, 3))
+    assert modes == [(True, True), (False, False)] * 3 and model.training and t.applied == 3
