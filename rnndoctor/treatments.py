@@ -188,7 +188,8 @@ class OrthogonalInit(Treatment):
                 continue
             self._done.add(id(module))
             chunks = _gate_chunks(module)
-            devices = [module.weight_hh_l0.device] if hasattr(module, "weight_hh_l0") and module.weight_hh_l0.is_cuda else []
+            # every CUDA device the module lives on: its generator is restored too
+            devices = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 torch.manual_seed(0)
                 for pname, p in module.named_parameters(recurse=False):

@@ -160,3 +160,32 @@ def test_deterministic_algorithms_mode(tmp_path):
     finally:
         torch.use_deterministic_algorithms(False)
     assert run.steps == 30
+
+
+def test_treatments_act_on_the_device_and_keep_its_random_stream(tmp_path):
+    """A fix trial's changes on a CUDA model: orthogonal init draws from a forked generator of
+    the model's own device (the script's CUDA random stream is unchanged), a clipped gradient
+    stays on the device, and the learning rate is scaled."""
+    from rnndoctor.probes import DEFAULT_PROBES
+    from rnndoctor.treatments import ClipGradients, LearningRateDown, OrthogonalInit
+
+    torch.manual_seed(0)
+    model = nn.LSTM(3, 8, batch_first=True).to(DEV)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    treatments = [OrthogonalInit(), ClipGradients(), LearningRateDown()]
+    with Watch(model, out=tmp_path / "r", summary=False, strict=True, probes=[*treatments, *DEFAULT_PROBES]):
+        for _ in range(2):
+            out, _ = model(torch.randn(4, 5, 3, device=DEV) * 100)
+            loss = out.pow(2).mean() * 1000
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        after = torch.rand(3, device=DEV)
+    torch.manual_seed(0)
+    nn.LSTM(3, 8, batch_first=True).to(DEV)
+    for _ in range(2):
+        torch.randn(4, 5, 3, device=DEV)
+    assert torch.equal(after, torch.rand(3, device=DEV))
+    assert [t.applied for t in treatments] == [1, 2, 1] and opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    w = model.weight_hh_l0.detach().chunk(4, 0)[0]
+    assert w.device.type == torch.device(DEV).type
