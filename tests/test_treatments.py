@@ -201,6 +201,9 @@ def test_try_fixes_end_to_end_finds_the_fix_that_works_and_leaves_the_script_alo
     assert trials["zero-grad"]["after"]["loss_last"] < trials["zero-grad"]["before"]["loss_last"]
     assert (out / "trials" / "zero-grad" / "findings.json").is_file()
     assert "WORKED" in proc.stderr and "gradients zeroed before each step's backward" in proc.stderr
+    head = [line for line in proc.stderr.splitlines() if line.startswith("rnndoctor: ") and "cause:" in line][0]
+    after_head = proc.stderr.splitlines()[proc.stderr.splitlines().index(head) + 1]
+    assert after_head.startswith("  fix that worked: gradients zeroed before each step's backward (final loss")
     assert 'data-trial="zero-grad"' in (out / "report.html").read_text()
     # `rnndoctor report` keeps the trials with the run
     again = subprocess.run([sys.executable, "-m", "rnndoctor", "report", str(out), "--fail-on", "never"], capture_output=True, text=True)

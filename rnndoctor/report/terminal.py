@@ -67,7 +67,7 @@ def damage_note(notes: Sequence[str], shown: int | None = None) -> str:
 def render(run: Run, diagnosis: Diagnosis, *, color: bool = False, width: int = 100) -> str:
     """The summary; every string from the run (names, messages, paths) is made printable."""
     meta = run.meta
-    lines = [f"rnndoctor: {verdict(diagnosis)}", f"  run: {run_line(run)}"]
+    lines = [f"rnndoctor: {verdict(diagnosis)}", *worked_lines(diagnosis), f"  run: {run_line(run)}"]
     if run.notes:
         lines.append(f"  note: {printable_line(damage_note(run.notes, shown=3))}")
     exc = meta.get("exception")
@@ -116,6 +116,11 @@ def _finding_lines(diagnosis: Diagnosis, width: int) -> list[str]:
             lines.append(f"      also explains {explains_text(diagnosis, [j for j in below if j in shown])} (above)")
         shown.update(below)
     return lines
+
+
+def worked_lines(diagnosis: Diagnosis) -> list[str]:
+    """Right under the headline: each fix a trial showed to work (the details follow below)."""
+    return [f"  fix that worked: {t.label} ({t.summary})" for t in diagnosis.trials if t.outcome == "worked"]
 
 
 def trial_lines(diagnosis: Diagnosis, width: int = 100) -> list[str]:
