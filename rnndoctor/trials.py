@@ -71,10 +71,9 @@ def outcome_numbers(run: Run) -> dict[str, Any]:
         return out
     loss = train["loss"].astype(float).to_numpy()
     window = max(1, min(50, len(loss) // 10))
-    finite = loss[np.isfinite(loss)]
     out["loss_first"] = float(loss[0]) if np.isfinite(loss[0]) else None
     tail = loss[-window:]
-    out["loss_last"] = float(np.mean(tail)) if np.isfinite(tail).all() else (None if finite.size else None)
+    out["loss_last"] = float(np.mean(tail)) if np.isfinite(tail).all() else None  # None: it did not stay finite
     out["nonfinite_loss"] = bool(not np.isfinite(loss).all())
     if "correct" in train and "total" in train:
         c, t = train["correct"].astype(float).to_numpy()[-window:], train["total"].astype(float).to_numpy()[-window:]
