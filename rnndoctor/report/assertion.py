@@ -90,6 +90,7 @@ def explain(
         for i in diagnosis.causes():
             cause = diagnosis.findings[i]
             lines.append(f"  cause: {cause.id} — {cause.title}; which explains {explains_text(diagnosis, diagnosis.consequences(i))}")
+            lines.extend(textwrap.wrap(f"fix: {cause.fix}", width, initial_indent="    ", subsequent_indent="      "))
         marks = set(marked)
         for f in diagnosis.findings:
             lines.extend(_finding_lines(f, f.id in marks, width))

@@ -160,7 +160,7 @@ def test_findings_json_pytest_message_and_report_carry_the_verdict(tmp_path):
     assert data["suppressed"][0]["id"] == "vanishing-gradient-through-time" and data["suppressed"][0]["suppressed_by"] == "constant-input"
     assert finding_from_dict(data["findings"][1]).explained_by == ("constant-input",)
     message = explain("run is not healthy", diagnosis=d, meta={}, run_dir=tmp_path)
-    assert "  cause: constant-input — constant-input title; which explains stuck-at-chance" in message
+    assert "  cause: constant-input — constant-input title; which explains stuck-at-chance\n    fix: fix constant-input" in message
     assert "explained by: constant-input" in message and "withdrawn: vanishing-gradient-through-time" in message
     page = render_html(RUN, d)
     assert 'data-chain="constant-input"' in page and 'data-explained="stuck-at-chance"' in page
