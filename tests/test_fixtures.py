@@ -52,8 +52,14 @@ def test_seed_003_nan_is_traced_to_the_cell_and_its_time_step(tmp_path):
     assert f.where["step"] == 0
     assert 200 <= f.where["call"] <= 400  # the time step at which |h| overflows
     assert run.record.meta["status"] == "completed"
-    # a hand-written cell: no replay names its gates, its Linears' outputs show the ±10
+    # its Linears' outputs show the ±10
     assert {"cell.ingate", "cell.forgetgate", "cell.outgate"} <= set(f.evidence["saturated_inside"])
+    # and the cell, read by dataflow on the weights of its first step, is the cause: forget
+    # gates pinned shut on the pass-through units and open on the rest, the cell state
+    # growing until it overflows
+    lead = run.findings[0]
+    assert lead.id == "forget-gate-saturation" and lead.where["units"] == "0-6 closed; 7-63 open of 64"
+    assert f.explained_by and "forget-gate-saturation" in by_id(run)["cell-state-growth"].explained_by
 
 
 def test_seed_003_on_a_fused_lstm_names_the_pinned_units(tmp_path):

@@ -265,7 +265,7 @@ def test_plugin_is_loaded_from_the_entry_point_in_a_fresh_interpreter(user):
 def test_rnndoctor_checks_collects_expectation_files(user):
     checks = user.mkdir("checks")
     fixture = ROOT / "fixtures" / "identity_lstm_nan.py"
-    (checks / "nan_found.toml").write_text(f'script = "{fixture}"\nmax_steps = 10\nexpect = ["non-finite"]\n')
+    (checks / "nan_found.toml").write_text(f'script = "{fixture}"\nmax_steps = 10\nexpect = ["non-finite", "forget-gate-saturation"]\n')
     (checks / "nan_forbidden.toml").write_text(f'script = "{fixture}"\nmax_steps = 10\nforbid = ["non-finite"]\n')
     crash = user.path / "crash.py"
     crash.write_text("raise RuntimeError('dataset missing')\n")
