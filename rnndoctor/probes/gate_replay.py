@@ -119,7 +119,6 @@ class GatesProbe(Probe):
             self.ctx.recorder.add("hand_cells", {"step": self.ctx.step, "module": name, "read": -1,
                                                  "state_fed_back": 0, "state_abs_max": abs_max})
 
-
     def rnn_output(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:
         if not torch.is_grad_enabled():
             return

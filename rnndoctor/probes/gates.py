@@ -329,19 +329,14 @@ def join_cell_calls(calls: list[Replay]) -> Replay:
 PERCENTILE_SAMPLE = 4096
 
 
-def _percentiles(v: Tensor, valid: Tensor | None, n: Tensor) -> Tensor:
+def _percentiles(v: Tensor, valid: Tensor, n: Tensor) -> Tensor:
     """Linear-interpolated PERCENTILES of each row of ``v`` ([G, N]) over its ``valid``
     entries (``valid`` [N] shared by the rows, ``n`` its count); returns [G, len(PERCENTILES)]."""
     if v.shape[1] > PERCENTILE_SAMPLE:
         stride = -(-v.shape[1] // PERCENTILE_SAMPLE)
-        v = v[:, ::stride]
-        if valid is not None:
-            valid = valid[::stride]
-            n = valid.sum()
-        else:
-            n = torch.tensor(v.shape[1], device=v.device)
-    if valid is not None:
-        v = torch.where(valid, v, torch.full_like(v, float("inf")))  # invalid sort last
+        v, valid = v[:, ::stride], valid[::stride]
+        n = valid.sum()
+    v = torch.where(valid, v, torch.full_like(v, float("inf")))  # invalid sort last
     s = v.sort(dim=1).values
     q = torch.tensor(PERCENTILES, dtype=s.dtype, device=s.device)
     pos = (q * (n.to(s.dtype) - 1)).clamp(min=0)
@@ -392,28 +387,24 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
         v = torch.stack([lr.gates[name] for lr, name in keys])  # [G, B, T, H]
         G, Bn, T, H = v.shape
         acts = [_activation(rep, name) for _, name in keys]
-        mask = _finite_mask(rep, v)  # [B, T] or None
-        m4 = mask[None, :, :, None] if mask is not None else None
-        n_rows = mask.sum() if mask is not None else torch.tensor(Bn * T, device=v.device)
+        mask = _finite_mask(rep, v)  # [B, T]
+        m4 = mask[None, :, :, None]
+        n_rows = mask.sum()
         nf = (n_rows * H).to(v.dtype).clamp(min=1)
         low, high = _thresholds(acts, v)
-        is_low, is_high = v < low, v > high
-        if m4 is not None:
-            is_low, is_high = is_low & m4, is_high & m4
+        is_low, is_high = (v < low) & m4, (v > high) & m4
         frac_low = is_low.sum((1, 2, 3)).to(v.dtype) / nf
         frac_high = is_high.sum((1, 2, 3)).to(v.dtype) / nf
         relu = torch.tensor([a == "relu" for a in acts], device=v.device)
         frac_high = torch.where(relu, torch.full_like(frac_high, float("nan")), frac_high)
-        vz = torch.where(m4, v, torch.zeros_like(v)) if m4 is not None else v
+        vz = torch.where(m4, v, torch.zeros_like(v))
         unit_mean = vz.sum((1, 2)) / n_rows.to(v.dtype).clamp(min=1)  # [G, H]
         mean = vz.sum((1, 2, 3)) / nf
-        valid = m4.expand(1, Bn, T, H).reshape(-1) if m4 is not None else None
-        pct = _percentiles(v.reshape(G, -1), valid, n_rows * H)  # [G, 3]
-        if mask is not None:  # no finite entry at all (a step after an overflow): unknown, not 0
-            none = (n_rows == 0)
-            nan = torch.full((), float("nan"), dtype=v.dtype, device=v.device)
-            frac_low, frac_high, mean = (torch.where(none, nan, x) for x in (frac_low, frac_high, mean))
-            unit_mean = torch.where(none, nan, unit_mean)
+        pct = _percentiles(v.reshape(G, -1), m4.expand(1, Bn, T, H).reshape(-1), n_rows * H)  # [G, 3]
+        # no finite entry at all (a step after an overflow): unknown, not 0
+        none = n_rows == 0
+        nan = torch.full((), float("nan"), dtype=v.dtype, device=v.device)
+        frac_low, frac_high, mean, unit_mean = (torch.where(none, nan, x) for x in (frac_low, frac_high, mean, unit_mean))
         sat = frac_low + frac_high
         for g, ((lr, name), act) in enumerate(zip(keys, acts)):
             rows.append({
@@ -432,7 +423,7 @@ def gate_stats(rep: Replay) -> list[dict[str, Any]]:
     return rows
 
 
-def _finite_mask(rep: Replay, v: Tensor) -> Tensor | None:
+def _finite_mask(rep: Replay, v: Tensor) -> Tensor:
     """The valid (b, t) entries, less those where a gate is NaN/Inf: a run that overflows part
     way through a sequence is judged on the steps before it (a NaN is neither saturated nor
     not). Always a mask, decided on the device (no host sync)."""
