@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -20,6 +20,9 @@ from ._version import __version__
 from .finding import Diagnosis, Severity
 from .text import printable, printable_line
 from .rundir import FINDINGS_FILE
+
+if TYPE_CHECKING:
+    from .run import Run
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_NOT_RUNNABLE = 0, 1, 2, 3
 SEVERITIES = click.Choice(["info", "warning", "error", "never"], case_sensitive=False)
@@ -61,7 +64,7 @@ def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float |
 @click.option("--no-probe", "no_probe", multiple=True, metavar="NAME", help="Switch a probe off (repeatable; `rnndoctor probes` lists them).")
 @click.option("--try-fixes", is_flag=True, help="Re-run the script once per fix for the causes found, each in its own process, and report which fix worked.")
 @click.option("--jobs", "-j", default=1, type=click.IntRange(min=1), show_default=True, help="Fix trials run in parallel (with --try-fixes).")
-@click.option("--treat", metavar="NAME", hidden=True, help="Apply one treatment (what a fix trial runs; `rnndoctor treatments` lists them).")
+@click.option("--treat", metavar="NAME", hidden=True, help="Apply one treatment (what a fix trial runs; the README lists them).")
 def diagnose(
     script: str,
     script_args: tuple[str, ...],
@@ -135,8 +138,8 @@ def diagnose(
     _finish(_exit_code(outcome.diagnosis, fail_on), outcome.died_of)
 
 
-def _try_fixes(record: Any, diagnosis: Any, script: str, script_args: tuple[str, ...], max_steps: int | None,
-               timeout: float | None, jobs: int, cwd: str) -> Any:
+def _try_fixes(record: "Run", diagnosis: Diagnosis, script: str, script_args: tuple[str, ...], max_steps: int | None,
+               timeout: float | None, jobs: int, cwd: str) -> Diagnosis:
     """The fix trials, then the outputs written again with them and the summary printed."""
     import dataclasses
 
@@ -147,7 +150,7 @@ def _try_fixes(record: Any, diagnosis: Any, script: str, script_args: tuple[str,
     if planned:
         names = ", ".join(p.treatment.name for p in planned)
         click.echo(f"rnndoctor: trying {len(planned)} fix{'es' if len(planned) != 1 else ''} ({names}), {jobs} at a time…", err=True)
-    trials = try_fixes(record, diagnosis, script=script, args=list(script_args), max_steps=max_steps,
+    trials = try_fixes(record, diagnosis, planned, script=script, args=list(script_args), max_steps=max_steps,
                        jobs=jobs, timeout=timeout or 600.0, cwd=cwd)
     diagnosis = dataclasses.replace(diagnosis, trials=trials)
     for problem in write_outputs(record, diagnosis, record.path):

@@ -74,7 +74,6 @@ def outcome_numbers(run: Run) -> dict[str, Any]:
     out["loss_first"] = float(loss[0]) if np.isfinite(loss[0]) else None
     tail = loss[-window:]
     out["loss_last"] = float(np.mean(tail)) if np.isfinite(tail).all() else None  # None: it did not stay finite
-    out["nonfinite_loss"] = bool(not np.isfinite(loss).all())
     if "correct" in train and "total" in train:
         c, t = train["correct"].astype(float).to_numpy()[-window:], train["total"].astype(float).to_numpy()[-window:]
         keep = np.isfinite(c) & np.isfinite(t)
@@ -172,18 +171,18 @@ def run_trial(planned: Planned, *, script: str, args: Sequence[str], run_dir: Pa
                  summary=summary_line(before, after), curve=loss_curve(record), applied=applied, wall_s=wall)
 
 
-def try_fixes(run: Run, diagnosis: Diagnosis, *, script: str, args: Sequence[str], max_steps: int | None,
-              jobs: int = 1, timeout: float = 600.0, cwd: str | None = None) -> tuple[Trial, ...]:
-    """Every planned trial (``jobs`` at a time), in plan order; written to trials/trials.json."""
+def try_fixes(run: Run, diagnosis: Diagnosis, planned: Sequence[Planned], *, script: str, args: Sequence[str],
+              max_steps: int | None, jobs: int = 1, timeout: float = 600.0, cwd: str | None = None) -> tuple[Trial, ...]:
+    """Every planned trial (``plan(diagnosis)``, ``jobs`` at a time), in plan order, then the
+    causes none treats; written to trials/trials.json."""
     assert run.path is not None
-    planned = plan(diagnosis)
     before = outcome_numbers(run)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         trials = tuple(pool.map(lambda p: run_trial(p, script=script, args=args, run_dir=run.path, max_steps=max_steps,
                                                     timeout=timeout, main=diagnosis, before=before, cwd=cwd), planned))
     trials += untreatable(diagnosis, planned)
     if trials:
-        write_trials(run.path, trials, loss_curve(run))
+        write_trials(run.path, trials)
     return trials
 
 
@@ -193,18 +192,19 @@ def untreatable(diagnosis: Diagnosis, planned: Sequence[Planned]) -> tuple[Trial
     covered = {i for p in planned for i in p.treats}
     out = []
     for f in diagnosis.findings:
-        if f.explained_by or f.severity < Severity.WARNING or f.id in covered or f.id in {t.treats[0] for t in out}:
+        if f.explained_by or f.severity < Severity.WARNING or f.id in covered:
             continue
+        covered.add(f.id)
         out.append(Trial(treatment="", label="no change from outside", treats=(f.id,), outcome="not treatable",
                          why=f"the script itself must change: {f.fix}"))
     return tuple(out)
 
 
-def write_trials(run_dir: Path, trials: Sequence[Trial], before_curve: Sequence[tuple[int, float]]) -> Path:
+def write_trials(run_dir: Path, trials: Sequence[Trial]) -> Path:
     path = run_dir / TRIALS_DIR / TRIALS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"before_curve": [list(p) for p in before_curve], "trials": [t.to_dict() for t in trials]}
-    return write_text_atomic(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+    data = {"trials": [t.to_dict() for t in trials]}  # strict JSON already: a NaN in a curve is null
+    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def read_trials(run_dir: Path) -> tuple[Trial, ...]:
@@ -215,12 +215,3 @@ def read_trials(run_dir: Path) -> tuple[Trial, ...]:
     except (OSError, ValueError, KeyError, TypeError):
         return ()
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
