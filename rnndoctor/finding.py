@@ -201,6 +201,11 @@ class Diagnosis:
                     todo.append(link.effect)
         return sorted(below)
 
+    def alone(self) -> list[int]:
+        """Indices of the findings in no link: neither explained nor explaining."""
+        linked = {k for link in self.links for k in (link.cause, link.effect)}
+        return [i for i in range(len(self.findings)) if i not in linked]
+
     def causes(self) -> list[int]:
         """Indices of the primary causes: findings that explain others and that nothing
         explains, leading one first."""

@@ -27,9 +27,6 @@ from .probes.base import Context, Probe
 
 __all__ = ["TREATMENTS", "Treatment", "get_treatment", "treatments_for"]
 
-_RNN_TYPES = (nn.RNNBase, nn.RNNCellBase)
-
-
 class Treatment(Probe):
     """A probe that changes the run; ``applied`` counts the times it acted."""
 
@@ -141,7 +138,27 @@ def _gate_chunks(module: nn.Module) -> int:
     return {"LSTM": 4, "GRU": 3}.get(str(mode), 1)
 
 
-class ForgetGateBias(Treatment):
+class _AtAdoption(Treatment):
+    """A change made once to each recurrent module, when the watch adopts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._done: set[int] = set()
+
+    def attach(self, ctx: Context) -> list[Any]:
+        for _, module in ctx.model.recurrent:
+            if id(module) not in self._done:
+                self._done.add(id(module))
+                with torch.no_grad():
+                    self.applied += int(self.change(module))
+        return []
+
+    def change(self, module: nn.Module) -> bool:
+        """Change ``module`` (under no_grad); False when there was nothing to change."""
+        raise NotImplementedError
+
+
+class ForgetGateBias(_AtAdoption):
     """At adoption: every LSTM's gate biases reset to 0 and its forget-gate bias set to 1
     (GRU biases reset to 0)."""
 
@@ -149,28 +166,20 @@ class ForgetGateBias(Treatment):
     label = "gate biases reset, forget-gate bias 1"
     ids = ("forget-gate-saturation", "gate-saturation", "cell-state-growth", "vanishing-gradient-through-time")
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._done: set[int] = set()
-
-    def attach(self, ctx: Context) -> list[Any]:
-        for _, module in ctx.model.recurrent:
-            chunks = _gate_chunks(module)
-            if id(module) in self._done or chunks == 1:
-                continue
-            self._done.add(id(module))
-            with torch.no_grad():
-                for pname, p in module.named_parameters(recurse=False):
-                    if pname.startswith("bias_"):
-                        p.zero_()
-                        if chunks == 4 and pname.startswith("bias_ih"):
-                            h = p.shape[0] // 4
-                            p[h:2 * h] = 1.0
-            self.applied += 1
-        return []
+    def change(self, module: nn.Module) -> bool:
+        chunks = _gate_chunks(module)
+        if chunks == 1:
+            return False  # a plain RNN has no gates
+        for pname, p in module.named_parameters(recurse=False):
+            if pname.startswith("bias_"):
+                p.zero_()
+                if chunks == 4 and pname.startswith("bias_ih"):
+                    h = p.shape[0] // 4
+                    p[h:2 * h] = 1.0
+        return True
 
 
-class OrthogonalInit(Treatment):
+class OrthogonalInit(_AtAdoption):
     """At adoption: recurrent weights orthogonal per gate, input weights Xavier-uniform (drawn
     from a forked RNG, so the script's own random stream is the same as without it)."""
 
@@ -178,29 +187,20 @@ class OrthogonalInit(Treatment):
     label = "orthogonal recurrent / Xavier input weights"
     ids = ("exploding-gradients", "vanishing-gradient-through-time", "non-finite", "divergence")
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._done: set[int] = set()
-
-    def attach(self, ctx: Context) -> list[Any]:
-        for _, module in ctx.model.recurrent:
-            if id(module) in self._done:
-                continue
-            self._done.add(id(module))
-            chunks = _gate_chunks(module)
-            # every CUDA device the module lives on: its generator is restored too
-            devices = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(0)
-                for pname, p in module.named_parameters(recurse=False):
-                    if pname.startswith("weight_hh"):
-                        for piece in p.chunk(chunks, 0):
-                            nn.init.orthogonal_(piece)
-                    elif pname.startswith("weight_ih"):
-                        for piece in p.chunk(chunks, 0):
-                            nn.init.xavier_uniform_(piece)
-            self.applied += 1
-        return []
+    def change(self, module: nn.Module) -> bool:
+        chunks = _gate_chunks(module)
+        # every CUDA device the module lives on: its generator is restored too
+        devices = sorted({p.device.index or 0 for p in module.parameters() if p.is_cuda})
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            for pname, p in module.named_parameters(recurse=False):
+                if pname.startswith("weight_hh"):
+                    for piece in p.chunk(chunks, 0):
+                        nn.init.orthogonal_(piece)
+                elif pname.startswith("weight_ih"):
+                    for piece in p.chunk(chunks, 0):
+                        nn.init.xavier_uniform_(piece)
+        return True
 
 
 def _split_hx(args: Any, kwargs: Any) -> tuple[Any, bool]:

@@ -126,9 +126,7 @@ def _relations(diagnosis: Diagnosis, views: list[dict[str, Any]]) -> tuple[list[
         effect["explained_by"].append({"anchor": link.cause + 1, "id": cause["id"], "why": link.why})
         cause["explains"].append({"anchor": link.effect + 1, "id": effect["id"]})
     chains = [{"cause": views[i], "below": [views[j] for j in diagnosis.consequences(i)]} for i in diagnosis.causes()]
-    linked = {k for link in diagnosis.links for k in (link.cause, link.effect)}
-    alone = [v for i, v in enumerate(views) if i not in linked]
-    return chains, alone
+    return chains, [views[i] for i in diagnosis.alone()]
 
 
 def _trial_plot(run: Run, diagnosis: Diagnosis) -> Markup | None:

@@ -19,11 +19,10 @@ def verdict_dict(diagnosis: Diagnosis) -> dict[str, Any]:
     findings that stand alone, and every link with its reason."""
     causes = diagnosis.causes()
     below = {i: diagnosis.consequences(i) for i in causes}
-    explained = {j for js in below.values() for j in js}
     return {
         "causes": [{"finding": i, "id": diagnosis.findings[i].id, "explains": below[i],
                     "explains_ids": [diagnosis.findings[j].id for j in below[i]]} for i in causes],
-        "alone": [i for i in range(len(diagnosis.findings)) if i not in explained and i not in below],
+        "alone": diagnosis.alone(),
         "links": [{"cause": k.cause, "effect": k.effect, "why": k.why} for k in diagnosis.links],
     }
 
