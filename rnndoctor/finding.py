@@ -226,14 +226,14 @@ class Diagnosis:
         return out
 
 
+def worst_first(f: Finding) -> tuple[int, int, str]:
+    """Sort key: worst first; ties by the step at which it became detectable, then id."""
+    return (-f.severity.rank, f.first_step if f.first_step is not None else 1 << 60, f.id)
+
+
 def sort_findings(findings: list[Finding]) -> tuple[Finding, ...]:
     """Worst first; ties by the step at which they became detectable, then id."""
-    return tuple(
-        sorted(
-            findings,
-            key=lambda f: (-f.severity.rank, f.first_step if f.first_step is not None else 1 << 60, f.id),
-        )
-    )
+    return tuple(sorted(findings, key=worst_first))
 
 
 def json_safe(value: Any) -> Any:

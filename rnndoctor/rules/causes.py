@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
-from ..finding import Finding, Link, Suppressed
+from ..finding import Finding, Link, Suppressed, worst_first
 from ..run import Run
 
 __all__ = ["RELATIONS", "Relation", "relate"]
@@ -248,15 +248,14 @@ def _verdict_order(kept: list[int], edges: list[tuple[int, int, Relation]], foun
     """Roots (findings nothing explains) first, the one whose consequences are worst leading;
     each root followed depth-first by what it explains, every finding once."""
     children: dict[int, list[int]] = {i: [] for i in kept}
-    explained = set()
+    parents: dict[int, set[int]] = {i: set() for i in kept}
     for c, e, _ in edges:
         if e not in children[c]:
             children[c].append(e)
-        explained.add(e)
+        parents[e].add(c)
 
     def key(i: int) -> tuple:
-        f = found[i]
-        return (-f.severity.rank, f.first_step if f.first_step is not None else 1 << 60, f.id, i)
+        return (*worst_first(found[i]), i)
 
     def reach(i: int, seen: set[int]) -> set[int]:
         for j in children[i]:
@@ -270,9 +269,6 @@ def _verdict_order(kept: list[int], edges: list[tuple[int, int, Relation]], foun
         worst = max([found[j].severity.rank for j in below | {i}])
         return (-worst, -found[i].severity.rank, -len(below), *key(i))
 
-    parents: dict[int, set[int]] = {i: set() for i in kept}
-    for c, e, _ in edges:
-        parents[e].add(c)
     order: list[int] = []
     placed: set[int] = set()
 
@@ -285,7 +281,7 @@ def _verdict_order(kept: list[int], edges: list[tuple[int, int, Relation]], foun
             if j not in placed and parents[j] & family <= placed:
                 visit(j, family)
 
-    for root in sorted((i for i in kept if i not in explained), key=root_key):
+    for root in sorted((i for i in kept if not parents[i]), key=root_key):
         if root not in placed:
             visit(root, reach(root, {root}))
     for i in sorted(kept, key=key):  # a cycle (not in the table, but never lose a finding)
