@@ -6,6 +6,7 @@ above it; 2 usage error or an error of rnndoctor itself; 3 the script could not 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -65,6 +66,7 @@ def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float |
 @click.option("--try-fixes", is_flag=True, help="Re-run the script once per fix for the causes found, each in its own process, and report which fix worked.")
 @click.option("--jobs", "-j", default=1, type=click.IntRange(min=1), show_default=True, help="Fix trials run in parallel (with --try-fixes).")
 @click.option("--treat", metavar="NAME", hidden=True, help="Apply one treatment (what a fix trial runs; the README lists them).")
+@click.option("--treat-args", metavar="JSON", hidden=True, default="{}", help="The treatment's arguments (what the diagnosed run found).")
 def diagnose(
     script: str,
     script_args: tuple[str, ...],
@@ -79,6 +81,7 @@ def diagnose(
     try_fixes: bool,
     jobs: int,
     treat: str | None,
+    treat_args: str,
 ) -> None:
     """Run SCRIPT [ARGS]... (an unmodified training script) under instrumentation and report.
 
@@ -97,9 +100,11 @@ def diagnose(
         from .treatments import get_treatment
 
         try:
-            treatment = get_treatment(treat)()
+            treatment = get_treatment(treat)(**json.loads(treat_args))
         except KeyError as exc:
             raise click.BadParameter(str(exc.args[0]), param_hint="--treat")
+        except (ValueError, TypeError) as exc:
+            raise click.BadParameter(f"not a JSON object of arguments: {exc}", param_hint="--treat-args")
     json_file = Path(os.path.abspath(json_path)) if json_path else None  # the script may chdir
     cwd = os.getcwd()
     try:
@@ -146,7 +151,7 @@ def _try_fixes(record: "Run", diagnosis: Diagnosis, script: str, script_args: tu
     from .report.output import write_outputs
     from .trials import plan, try_fixes
 
-    planned = plan(diagnosis)
+    planned = plan(diagnosis, record)
     if planned:
         names = ", ".join(p.treatment.name for p in planned)
         click.echo(f"rnndoctor: trying {len(planned)} fix{'es' if len(planned) != 1 else ''} ({names}), {jobs} at a time…", err=True)

@@ -242,6 +242,8 @@ HAND_CELLS = Signal(
                     "-1 for a module called repeatedly with the same state and never fed back its output, or "
                     "a loop inside a forward whose steps hand nothing on",
             "reason": "why not, when not read (the gate rules do not judge it)",
+            "gate_biases": "where each gate's bias lives, as JSON {gate: [[parameter, start, stop, sign], ...]} "
+                           "(the terms summed into it; gates whose bias is not a parameter slice are absent)",
             "state_fed_back": "0: every call of the step got the same state tensor, never the module's own output",
             "state_abs_max": "largest |value| of that state (0: an all-zero initial state on every call)"},
     when="the first gates step on which a module fed back its own output, or a forward with a loop inside "

@@ -8,6 +8,10 @@ wrote them, and the script's file is never touched. It records nothing; it count
 often it acted (``applied``), so a trial where it never could act is reported "not
 applicable", never as a fix that failed or worked.
 
+A treatment may take arguments the diagnosed run's record supplies (``arguments(run)``:
+where a hand-written cell keeps its gate biases); the trial hands them to the child process
+as JSON (``diagnose --treat NAME --treat-args JSON``).
+
 Each treatment says which findings it treats (``treats(finding)``: the id, and where the
 evidence says which way, the direction: updates too large are treated with a smaller
 learning rate, too small with a larger one). Only trials run them; a plain ``diagnose`` or
@@ -16,14 +20,18 @@ learning rate, too small with a larger one). Only trials run them; a plain ``dia
 
 from __future__ import annotations
 
+import json
 import weakref
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from .finding import Finding
 from .probes.base import Context, Probe
+
+if TYPE_CHECKING:
+    from .run import Run
 
 __all__ = ["TREATMENTS", "Treatment", "get_treatment", "treatments_for"]
 
@@ -35,13 +43,19 @@ class Treatment(Probe):
     #: the finding ids it may treat (``treats`` narrows by evidence)
     ids: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, **arguments: Any) -> None:
         self.applied = 0
         self.ctx: Context | None = None
+        self.arguments = arguments
 
     @classmethod
     def treats(cls, finding: Finding) -> bool:
         return finding.id in cls.ids
+
+    @classmethod
+    def arguments_from(cls, run: "Run") -> dict[str, Any]:
+        """What this treatment needs to know of the diagnosed run (JSON-able; {}: nothing)."""
+        return {}
 
     def start(self, ctx: Context) -> list[Any]:
         self.ctx = ctx
@@ -52,8 +66,8 @@ class _ScaleLearningRate(Treatment):
     factor: ClassVar[float] = 1.0
     sides: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **arguments: Any) -> None:
+        super().__init__(**arguments)
         self._done: "weakref.WeakSet[torch.optim.Optimizer]" = weakref.WeakSet()
 
     @classmethod
@@ -63,18 +77,47 @@ class _ScaleLearningRate(Treatment):
         return finding.id in cls.ids
 
     def before_update(self, optimizer: torch.optim.Optimizer) -> None:
-        """Once per optimizer, at its first step: every group's learning rate (and the
-        ``initial_lr`` a scheduler starts from) scaled."""
+        """Once per optimizer, at its first step: every group's learning rate scaled, and
+        every rate a scheduler of it computes the learning rate from (otherwise its next
+        ``step()`` puts the script's own rates back)."""
         if optimizer in self._done:
             return
         self._done.add(optimizer)
         for group in optimizer.param_groups:
-            for key in ("lr", "initial_lr"):
+            for key in _GROUP_RATES:
                 if isinstance(group.get(key), (int, float)):
                     group[key] = group[key] * self.factor
                 elif isinstance(group.get(key), torch.Tensor):
                     group[key].mul_(self.factor)
+        for scheduler in _schedulers_of(optimizer):
+            for key in _SCHEDULER_RATES:
+                value = getattr(scheduler, key, None)
+                if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+                    setattr(scheduler, key, type(value)(v * self.factor for v in value))
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    setattr(scheduler, key, value * self.factor)
         self.applied += 1
+
+
+#: the rates a param group holds: its own, and the ones schedulers keep there (``initial_lr``:
+#: every LRScheduler; OneCycleLR's ``max_lr``/``min_lr``)
+_GROUP_RATES = ("lr", "initial_lr", "max_lr", "min_lr")
+#: the rates a scheduler keeps itself: the base rates (every LRScheduler), CyclicLR's peaks,
+#: the cosine schedules' floor, ReduceLROnPlateau's floors
+_SCHEDULER_RATES = ("base_lrs", "max_lrs", "eta_min", "min_lrs", "_last_lr")
+
+
+def _schedulers_of(optimizer: torch.optim.Optimizer) -> list[Any]:
+    """The learning-rate schedulers driving ``optimizer`` (nothing points from an optimizer to
+    its schedulers: found among the live objects, once per treated optimizer, in a trial only)."""
+    import gc
+
+    from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+    kinds = (LRScheduler, ReduceLROnPlateau)
+    # type(o), not isinstance: isinstance asks some live objects for __class__ (a deprecated
+    # module attribute warns)
+    return [o for o in gc.get_objects() if issubclass(type(o), kinds) and getattr(o, "optimizer", None) is optimizer]
 
 
 class LearningRateDown(_ScaleLearningRate):
@@ -119,8 +162,8 @@ class ZeroGradients(Treatment):
     label = "gradients zeroed before each step's backward"
     ids = ("gradients-not-zeroed",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **arguments: Any) -> None:
+        super().__init__(**arguments)
         self._step = -1
 
     def backward(self, root: torch.Tensor) -> None:
@@ -141,8 +184,8 @@ def _gate_chunks(module: nn.Module) -> int:
 class _AtAdoption(Treatment):
     """A change made once to each recurrent module, when the watch adopts it."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **arguments: Any) -> None:
+        super().__init__(**arguments)
         self._done: set[int] = set()
 
     def attach(self, ctx: Context) -> list[Any]:
@@ -160,11 +203,35 @@ class _AtAdoption(Treatment):
 
 class ForgetGateBias(_AtAdoption):
     """At adoption: every LSTM's gate biases reset to 0 and its forget-gate bias set to 1
-    (GRU biases reset to 0)."""
+    (GRU biases reset to 0). A hand-written cell gets the same, through the parameter slices
+    the diagnosed run found its gate biases in (``arguments_from``: the ``hand_cells``
+    record), set before the first training forward pass (a script that initialises its cell
+    after building the optimizer has done so by then)."""
 
     name = "forget-bias-1"
     label = "gate biases reset, forget-gate bias 1"
     ids = ("forget-gate-saturation", "gate-saturation", "cell-state-growth", "vanishing-gradient-through-time")
+
+    @classmethod
+    def arguments_from(cls, run: "Run") -> dict[str, Any]:
+        if not run.has("hand_cells") or "gate_biases" not in run["hand_cells"]:
+            return {}
+        cells = {}
+        for row in run["hand_cells"].itertuples():
+            where = row.gate_biases if isinstance(row.gate_biases, str) else ""
+            if where and row.module not in cells:
+                cells[row.module] = json.loads(where)
+        return {"hand_cells": cells} if cells else {}
+
+    def model_call(self, module: nn.Module, args: Any) -> None:
+        cells = self.arguments.get("hand_cells")
+        if not cells or not torch.is_grad_enabled() or self.ctx is None:
+            return
+        self.arguments = {k: v for k, v in self.arguments.items() if k != "hand_cells"}  # once
+        params = dict(self.ctx.model.params)
+        with torch.no_grad():
+            for where in cells.values():
+                self.applied += int(_set_gate_biases(where, params))
 
     def change(self, module: nn.Module) -> bool:
         chunks = _gate_chunks(module)
@@ -203,6 +270,22 @@ class OrthogonalInit(_AtAdoption):
         return True
 
 
+def _set_gate_biases(where: dict[str, list[list[Any]]], params: dict[str, nn.Parameter]) -> bool:
+    """One hand-written cell: every gate bias 0, an LSTM's forget gate (``f``) 1. A bias summed
+    from several terms gets its value in the first, 0 in the others. False when a parameter
+    named is not in the model (nothing set)."""
+    terms = [(gate, *term) for gate, parts in where.items() for term in parts]
+    if not terms or any(name not in params or params[name].dim() != 1 or stop > params[name].shape[0]
+                        for _, name, _, stop, _ in terms):
+        return False
+    first: set[str] = set()
+    for gate, name, start, stop, sign in terms:
+        value = 1.0 * sign if gate == "f" and gate not in first else 0.0
+        first.add(gate)
+        params[name][start:stop] = value
+    return True
+
+
 def _split_hx(args: Any, kwargs: Any) -> tuple[Any, bool]:
     if len(args) > 1:
         return args[1], True
@@ -239,8 +322,8 @@ class StandardizeInputs(Treatment):
     ids = ("unnormalized-inputs",)
     warmup: ClassVar[int] = 20
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **arguments: Any) -> None:
+        super().__init__(**arguments)
         self._stats: dict[int, list[Any]] = {}
 
     def rnn_call(self, name: str, module: nn.Module, args: Any, kwargs: Any) -> "tuple[Any, Any] | None":
@@ -267,8 +350,8 @@ class EvalForNoGradPasses(Treatment):
     label = "eval() around no-grad passes"
     ids = ("eval-in-train-mode",)
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **arguments: Any) -> None:
+        super().__init__(**arguments)
         self._restore: list[nn.Module] = []
 
     def attach(self, ctx: Context) -> list[Any]:

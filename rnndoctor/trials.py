@@ -53,13 +53,17 @@ CURVE_POINTS = 200
 class Planned:
     treatment: type[Treatment]
     treats: tuple[str, ...]
+    #: the treatment's arguments from the diagnosed run, as JSON ("{}": none)
+    arguments: str = "{}"
 
 
-def plan(diagnosis: Diagnosis) -> list[Planned]:
+def plan(diagnosis: Diagnosis, run: Run | None = None) -> list[Planned]:
     """The treatments to try: for the primary causes and the findings that stand alone, at
-    warning or above (a consequence is treated through its cause)."""
+    warning or above (a consequence is treated through its cause), with what each needs to
+    know of ``run``."""
     targets = [f for f in diagnosis.findings if not f.explained_by and f.severity >= Severity.WARNING]
-    return [Planned(t, tuple(ids)) for t, ids in treatments_for(targets)]
+    return [Planned(t, tuple(ids), json.dumps(t.arguments_from(run) if run is not None else {}, sort_keys=True))
+            for t, ids in treatments_for(targets)]
 
 
 def outcome_numbers(run: Run) -> dict[str, Any]:
@@ -136,9 +140,11 @@ def summary_line(before: dict[str, Any], after: dict[str, Any]) -> str:
     return ", ".join(parts) + f" over {after.get('steps', 0)} steps"
 
 
-def _command(script: str, args: Sequence[str], out: Path, treatment: str, max_steps: int | None) -> list[str]:
+def _command(script: str, args: Sequence[str], out: Path, planned: Planned, max_steps: int | None) -> list[str]:
     cmd = [sys.executable, "-m", "rnndoctor", "diagnose", script, "--out", str(out), "--quiet", "--fail-on", "never",
-           "--treat", treatment]
+           "--treat", planned.treatment.name]
+    if planned.arguments != "{}":
+        cmd += ["--treat-args", planned.arguments]
     if max_steps is not None:
         cmd += ["--max-steps", str(max_steps)]
     return [*cmd, "--", *args]
@@ -151,7 +157,7 @@ def run_trial(planned: Planned, *, script: str, args: Sequence[str], run_dir: Pa
     t0 = time.perf_counter()
     base = dict(treatment=planned.treatment.name, label=planned.treatment.label, treats=planned.treats, before=before, path=str(out))
     try:
-        proc = subprocess.run(_command(script, args, out, planned.treatment.name, max_steps), capture_output=True,
+        proc = subprocess.run(_command(script, args, out, planned, max_steps), capture_output=True,
                               text=True, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired:
         return Trial(**base, outcome="failed", why=f"timed out after {timeout:.0f} s", wall_s=time.perf_counter() - t0)

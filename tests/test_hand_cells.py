@@ -5,6 +5,8 @@ twin (PyTorch's default init)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import numpy as np
@@ -562,3 +564,55 @@ def test_a_cell_is_read_on_the_weights_its_first_step_used(tmp_path):
     assert row["step"] == 0 and np.allclose(row["forget_bias"], 10.0)
     f = rec["gates"].query("gate == 'f'").iloc[0]
     assert f["step"] == 0 and f["frac_high"] > 0.99
+
+
+@pytest.mark.parametrize("style", [PerGateLinear, RawParameters, GRUStyle], ids=lambda c: c.__name__)
+def test_the_gate_bias_treatment_reaches_a_hand_written_cell_where_the_run_found_its_biases(tmp_path, style):
+    """A fix trial's forget-bias-1 on a hand-written cell: the diagnosed run records where each
+    gate's bias lives (parameter and slice); the treatment, given that, sets them before the
+    first forward pass: forget gate 1, the others 0 (a GRU's all 0)."""
+    from rnndoctor.probes import DEFAULT_PROBES
+    from rnndoctor.treatments import ForgetGateBias
+
+    torch.manual_seed(0)
+    model = Loop(style())
+    model.cell.saturate()
+    train(model, tmp_path / "r", steps=2)
+    args = ForgetGateBias.arguments_from(rnndoctor.load_run(tmp_path / "r"))
+    where = args["hand_cells"]["cell"]
+    if style is RawParameters:  # f, i, o, g = b[:H], b[H:2H], b[2H:3H], b[3H:]
+        assert where == {"f": [["cell.b", 0, H, 1]], "i": [["cell.b", H, 2 * H, 1]], "o": [["cell.b", 2 * H, 3 * H, 1]],
+                         "g": [["cell.b", 3 * H, 4 * H, 1]]}
+    elif style is PerGateLinear:
+        assert where["f"] == [["cell.forgetgate.bias", 0, H, 1]] and set(where) == {"i", "f", "g", "o"}
+    else:
+        # h = (1 - z) * h + z * n keeps 1 - z: torch's z, biased by minus this slice
+        assert where["z"] == [["cell.zr.bias", 0, H, -1]] and where["r"] == [["cell.zr.bias", H, 2 * H, 1]]
+
+    torch.manual_seed(0)
+    model = Loop(style())
+    model.cell.saturate()  # as the script does: after the watch adopted the model, before training
+    t = ForgetGateBias(**json.loads(json.dumps(args)))  # what the trial's child gets
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with Watch(model, out=tmp_path / "t", summary=False, strict=True, probes=[t, *DEFAULT_PROBES]) as w:
+        for _ in range(2):
+            x = torch.rand(B, T, F_IN)
+            loss = F.mse_loss(model(x), x[:, :, 0].mean(1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert t.applied == 1
+    keep = rnndoctor.load_run(tmp_path / "t")["cell"].iloc[0]["forget_bias"]
+    assert np.allclose(keep, 0.0 if style is GRUStyle else 1.0)
+    assert "forget-gate-saturation" not in w.diagnosis.ids()
+
+
+def test_a_gate_bias_summed_from_two_vectors_gets_its_value_in_the_first():
+    from rnndoctor.treatments import _set_gate_biases
+
+    b_ih, b_hh = nn.Parameter(torch.full((8,), 5.0)), nn.Parameter(torch.full((8,), 5.0))
+    params = {"b_ih": b_ih, "b_hh": b_hh}
+    with torch.no_grad():
+        assert _set_gate_biases({"i": [["b_ih", 0, 4, 1], ["b_hh", 0, 4, 1]], "f": [["b_ih", 4, 8, 1], ["b_hh", 4, 8, 1]]}, params)
+    assert (b_ih + b_hh).tolist() == [0.0] * 4 + [1.0] * 4
+    assert not _set_gate_biases({"f": [["gone", 0, 4, 1]]}, params)  # a name the model does not have: nothing set

@@ -241,3 +241,56 @@ def test_eval_mode_for_no_grad_passes_turns_dropout_off_for_them_only(tmp_path):
             with torch.no_grad():
                 model(torch.randn(4, 3))
     assert modes == [(True, True), (False, False)] * 3 and model.training and t.applied == 3
+
+
+def test_seed_003s_hand_written_cell_gets_its_gate_biases_reset_in_a_trial(tmp_path):
+    """Seed 003 (identity-initialised hand-written LSTM, gate biases ±10, NaN in the first
+    forward): the run finds where the cell's gate biases live, and the trial's child, told
+    that on its command line, resets them: the NaN is gone."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "rnndoctor", "diagnose", str(ROOT / "fixtures" / "identity_lstm_nan.py"),
+                           "--max-steps", "10", "--out", str(out), "--quiet", "--try-fixes", "--fail-on", "never"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = {t["treatment"]: t for t in json.loads((out / "findings.json").read_text())["trials"]}
+    bias = trials["forget-bias-1"]
+    assert bias["outcome"] == "worked" and bias["applied"] == 1, bias
+    assert bias["before"]["loss_last"] is None and bias["after"]["loss_last"] is not None  # NaN before, finite after
+
+
+def test_treatment_arguments_that_are_not_json_are_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rnndoctor", "diagnose", str(ROOT / "fixtures" / "identity_lstm_nan.py"),
+                           "--treat", "forget-bias-1", "--treat-args", "{nope", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--treat-args" in proc.stderr
+
+
+@pytest.mark.parametrize("make", [
+    lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: min(1.0, (s + 1) / 5)),  # a warm-up
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, 8, eta_min=0.01),
+    lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, step_size_up=3),
+    lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=20),
+    lambda o: torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=3),
+                                                        torch.optim.lr_scheduler.ExponentialLR(o, 0.9)], milestones=[3]),
+    lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0, min_lr=0.02),
+], ids=["warmup", "cosine", "cyclic", "onecycle", "sequential", "plateau"])
+def test_the_learning_rate_scale_survives_the_scripts_scheduler(make):
+    """A scheduler recomputes the rate from its own base rates at each step(): scaling only
+    the optimizer's lr would last one step. Every rate it keeps is scaled once."""
+    rates = []
+    for treat in (False, True):
+        p = nn.Parameter(torch.zeros(2))
+        opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+        sched = make(opt)
+        t = LearningRateUp()
+        seen = []
+        for step in range(12):
+            if treat:
+                t.before_update(opt)
+            p.grad = torch.ones(2)
+            opt.step()
+            seen.append(opt.param_groups[0]["lr"])
+            sched.step(1.0) if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) else sched.step()
+        rates.append(seen)
+    assert t.applied == 1
+    assert rates[1] == pytest.approx([10 * r for r in rates[0]])

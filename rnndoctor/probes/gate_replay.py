@@ -9,6 +9,8 @@ carries, is read as gates and recorded the same way."""
 
 from __future__ import annotations
 
+import json
+
 from typing import Any, Union
 
 import torch
@@ -186,9 +188,19 @@ class GatesProbe(Probe):
                 if cell.module not in self._cells_told:  # read or not: said once per module
                     self._cells_told.add(cell.module)
                     self.ctx.recorder.add("hand_cells", {"step": step, "module": cell.module,
-                                                         "read": int(cell.replay is not None), "reason": cell.reason})
+                                                         "read": int(cell.replay is not None), "reason": cell.reason,
+                                                         "gate_biases": self._where(cell.gate_biases)})
                 if cell.replay is not None:
                     self._record(cell.module, step, cell.replay, torch.full((), float("nan")))
+
+    def _where(self, biases: dict[str, hand_cells.Bias]) -> str:
+        """Where each gate's bias lives, by parameter name (JSON: ``{gate: [[name, start, stop,
+        sign], ...]}``, the terms summed into it): what a fix trial's gate-bias treatment sets."""
+        names = {id(p): n for n, p in self.ctx.model.params}
+        where = {gate: [[names[id(p)], a, b, sign] for p, a, b, sign in bias.parts]
+                 for gate, bias in biases.items()
+                 if bias.parts is not None and all(id(p) in names for p, *_ in bias.parts)}
+        return json.dumps(where, separators=(",", ":")) if where else ""
 
     def _record(self, name: str, step: int, rep: gates.Replay, err: torch.Tensor) -> None:
         for row in gates.gate_stats(rep):

@@ -57,6 +57,35 @@ _SPLIT = {torch.chunk, torch.Tensor.chunk, torch.split, torch.Tensor.split, torc
 MAX_CALLS = gates_mod.MAX_CELL_CALLS
 
 
+@dataclass(frozen=True)
+class Bias:
+    """A gate's bias as the pass used it (``value``), and where it lives (``parts``: the
+    trained vectors summed into it, each ``(parameter, start, stop, sign)``; None when some
+    term is not a parameter). The fix trials' gate-bias treatment writes through ``parts``."""
+
+    value: Tensor
+    parts: tuple[tuple[Tensor, int, int, int], ...] | None
+
+    @staticmethod
+    def of(value: Tensor, origin: Tensor | None) -> "Bias":
+        known = origin is not None and origin.is_leaf and origin.requires_grad and origin.dim() == 1
+        return Bias(value, ((origin, 0, origin.shape[0], 1),) if known else None)  # type: ignore[union-attr]
+
+    def cut(self, key: slice) -> "Bias | None":
+        start, stop, step = key.indices(self.value.shape[-1])
+        if step != 1:
+            return Bias(self.value[key], None)
+        parts = None if self.parts is None else tuple((p, a + start, a + stop, sign) for p, a, _, sign in self.parts)
+        return Bias(self.value[start:stop], parts)
+
+    def __add__(self, other: "Bias") -> "Bias":
+        parts = None if self.parts is None or other.parts is None else self.parts + other.parts
+        return Bias(self.value + other.value, parts)
+
+    def __neg__(self) -> "Bias":
+        return Bias(-self.value, None if self.parts is None else tuple((p, a, b, -s) for p, a, b, s in self.parts))
+
+
 @dataclass
 class _Call:
     module: str
@@ -88,6 +117,8 @@ class CellObserver(TorchFunctionMode):
         #: id(bias) -> its value when the pass first used it: the cell is read at the step's
         #: end, after the optimizer moved (or a NaN gradient overwrote) the live parameter
         self.bias_at_use: dict[int, Tensor] = {}
+        #: id(that copy) -> the tensor it was taken of (where the bias lives, for a treatment)
+        self.copied_from: dict[int, Tensor] = {}
         #: > 0 while a probe hook runs (``observing.suspended``): its ops are not the cell's
         self.paused = 0
 
@@ -165,6 +196,7 @@ class CellObserver(TorchFunctionMode):
             self.paused += 1
             try:
                 kept = self.bias_at_use[id(bias)] = bias.detach().clone()
+                self.copied_from[id(kept)] = bias
             finally:
                 self.paused -= 1
         return kept
@@ -262,6 +294,8 @@ class Recognised:
     #: a loop that carries nothing but reads the same state-shaped tensor on every step
     #: (``h0`` where ``h`` was meant): that tensor's largest |value|
     held_state: Tensor | None = None
+    #: each gate's bias and where it lives (gates whose bias was not found are absent)
+    gate_biases: dict[str, Bias] = field(default_factory=dict)
 
 
 def recognise(obs: CellObserver) -> list[Recognised]:
@@ -276,7 +310,7 @@ def recognise(obs: CellObserver) -> list[Recognised]:
         if len(calls) < 2 or not _feeds_back(calls):
             continue
         rep = _read_cell(obs, calls)
-        found.append(Recognised(name, rep) if isinstance(rep, gates_mod.Replay) else Recognised(name, reason=rep))
+        found.append(Recognised(name, rep[0], gate_biases=rep[1]) if isinstance(rep, tuple) else Recognised(name, reason=rep))
     return found
 
 
@@ -314,7 +348,7 @@ def inline_cells(obs: CellObserver) -> list[Recognised]:
                                     held_state=steps.abs_max))
             continue
         rep = _read_cell(obs, steps)
-        found.append(Recognised(call.module, rep) if isinstance(rep, gates_mod.Replay)
+        found.append(Recognised(call.module, rep[0], gate_biases=rep[1]) if isinstance(rep, tuple)
                      else Recognised(call.module, reason=f"a loop inside its forward: {rep}"))
     return found
 
@@ -445,8 +479,8 @@ def _state_positions(calls: list[_Call]) -> list[int]:
     return [i for i, x in enumerate(nxt.inputs) if any(x is y for y in prev.outputs)]
 
 
-def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | str:
-    """The cell's gates over its calls, or why they could not be read."""
+def _read_cell(obs: CellObserver, calls: list[_Call]) -> tuple[gates_mod.Replay, dict[str, Bias]] | str:
+    """The cell's gates over its calls and each gate's bias, or why they could not be read."""
     positions = _state_positions(calls)
     if not positions:
         return "no input of its second call is an output of its first"
@@ -454,7 +488,7 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | str:
     mode = None
     c_seq: list[Tensor] = []
     h_seq: list[Tensor] = []
-    forget_bias: Tensor | None = None
+    biases: dict[str, Bias] = {}
     for call in calls:
         if max(positions) >= len(call.inputs):
             return "its calls take different numbers of inputs"
@@ -462,9 +496,9 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | str:
         read = _read_call(obs, call, states)
         if isinstance(read, str):
             return read
-        call_mode, gates, c_in, fb = read
+        call_mode, gates, c_in, call_biases = read
         if mode is None:
-            mode, forget_bias = call_mode, fb
+            mode, biases = call_mode, call_biases
         elif call_mode != mode or set(gates) != set(per_call[0]):
             return "its calls compute different gates"
         per_call.append(gates)
@@ -490,18 +524,20 @@ def _read_cell(obs: CellObserver, calls: list[_Call]) -> gates_mod.Replay | str:
     # gate_stats reads the keeping gate's bias from the [H:2H] slice of b_ih + b_hh, where
     # torch keeps f (LSTM: i, f, g, o) and z (GRU: r, z, n); NaN: not known
     b_ih = torch.full(((4 if mode == "LSTM" else 3) * hidden,), float("nan"), dtype=h.dtype, device=h.device)
-    if forget_bias is not None and tuple(forget_bias.shape) == (hidden,):
-        b_ih[hidden:2 * hidden] = forget_bias.detach().to(h.dtype)
+    forget_bias = biases.get("f" if mode == "LSTM" else "z")
+    if forget_bias is not None and tuple(forget_bias.value.shape) == (hidden,):
+        b_ih[hidden:2 * hidden] = forget_bias.value.detach().to(h.dtype)
     b_hh = torch.zeros_like(b_ih)
     layer = gates_mod.LayerReplay(0, 0, stacked, h, c, b_ih, b_hh)
-    return gates_mod.Replay(mode or "LSTM", [layer], h, h[:, -1], c[:, -1] if c is not None else None,
-                            batch_first=True, hidden_size=hidden)
+    replay = gates_mod.Replay(mode or "LSTM", [layer], h, h[:, -1], c[:, -1] if c is not None else None,
+                              batch_first=True, hidden_size=hidden)
+    return replay, biases
 
 
 def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
-               ) -> tuple[str, dict[str, Tensor], Tensor | None, Tensor | None] | str:
-    """(mode, {gate: [B, H]}, the c it received, the keeping gate's bias: f, or a GRU's z) of
-    one call, or why it does not read as an LSTM or GRU cell."""
+               ) -> tuple[str, dict[str, Tensor], Tensor | None, dict[str, Bias]] | str:
+    """(mode, {gate: [B, H]}, the c it received, {gate: its bias} where found) of one call,
+    or why it does not read as an LSTM or GRU cell."""
     ops = obs.ops[call.start:call.end]
     parts = {id(whole): list(pieces) for kind, whole, pieces in ops if kind == "split"}
     # a sigmoid output split into pieces is that many gates, in order
@@ -544,25 +580,32 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
         found = {"i": i_gate, "f": keeper, "o": o_gate}
         if g is not None and any(g is t for t in tanhs):
             found["g"] = g
-        return "LSTM", found, state, _bias_of(obs, ops, keeper)
+        return "LSTM", found, state, _biases(obs, ops, found)
     if len(others) > 1:
         return f"{len(others)} sigmoid gate(s) besides the one that keeps its state (a GRU has 1)"
     if not tanhs:
         return "no tanh candidate"
     # recorded as torch's z, the share of the state kept (h' = (1 - z) * n + z * h); a cell
     # written the other way round (h' = z * n + (1 - z) * h) keeps 1 - z, biased by -b
-    bias = _bias_of(obs, ops, keeper)
     z = 1 - keeper if flipped else keeper
     found = {"r": others[0], "z": z, "n": tanhs[0]} if others else {"z": z, "n": tanhs[0]}  # no r: a minimal gated unit
-    return "GRU", found, None, (-bias if flipped and bias is not None else bias)
+    biases = _biases(obs, ops, {**found, "z": keeper})
+    if flipped and "z" in biases:
+        biases["z"] = -biases["z"]
+    return "GRU", found, None, biases
 
 
-def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gate: Tensor) -> Tensor | None:
-    """The bias the sigmoid's input carries (``ops``: the call's own): an nn.Linear's, a
+def _biases(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gates: dict[str, Tensor]) -> dict[str, Bias]:
+    found = {name: _bias_of(obs, ops, g) for name, g in gates.items()}
+    return {name: b for name, b in found.items() if b is not None}
+
+
+def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gate: Tensor) -> Bias | None:
+    """The bias the sigmoid's (or the candidate's tanh's) input carries (``ops``: the call's own): an nn.Linear's, a
     slice of it (``linear(xh).chunk(4, -1)``), a parameter added in (``x @ W + h @ U + b``),
     F.linear's or addmm's, summed over the terms of an addition (``W x + b_i + U h + b_h``;
     a peephole term adds none)."""
-    src = next((s[0] for kind, out, s in ops if kind == "sigmoid" and out is gate), None)
+    src = next((s[0] for kind, out, s in ops if kind in ("sigmoid", "tanh") and out is gate), None)
     if isinstance(src, Tensor):
         return _bias_feeding(obs, ops, src, depth=6)
     # a piece of a sigmoid's output: z, r = sigmoid(linear(xh)).chunk(2)
@@ -575,34 +618,34 @@ def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], 
     return None
 
 
-def _piece_of(bias: Tensor | None, whole: Tensor, pieces: tuple[Any, ...], piece: Tensor) -> Tensor | None:
+def _piece_of(bias: Bias | None, whole: Tensor, pieces: tuple[Any, ...], piece: Tensor) -> Bias | None:
     """The slice of ``whole``'s bias that ``piece`` (one of ``whole``'s split ``pieces``)
     carries; None when the split is not along the last dimension or the bias does not fit."""
-    if bias is None or bias.shape[-1] != whole.shape[-1] or any(p.shape[:-1] != whole.shape[:-1] for p in pieces):
+    if bias is None or bias.value.shape[-1] != whole.shape[-1] or any(p.shape[:-1] != whole.shape[:-1] for p in pieces):
         return None
     offset = 0
     for p in pieces:
         if p is piece:
-            return bias[offset:offset + p.shape[-1]]
+            return bias.cut(slice(offset, offset + p.shape[-1]))
         offset += p.shape[-1]
     return None
 
 
-def _bias_feeding(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], t: Tensor, depth: int) -> Tensor | None:
+def _bias_feeding(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], t: Tensor, depth: int) -> Bias | None:
     """The bias vector added into ``t``, followed back through at most ``depth`` ops."""
     if depth == 0:
         return None
     module = obs.linear_out.get(id(t))
     if module is not None:
-        return obs.bias_at_use.get(id(module.bias), module.bias) if module.bias is not None else None
+        return Bias.of(obs.bias_at_use.get(id(module.bias), module.bias), module.bias) if module.bias is not None else None
     for kind, out, src in ops:
         if kind == "biased" and out is t:
-            return src[0] if src[0].dim() == 1 else None
+            return Bias.of(src[0], obs.copied_from.get(id(src[0]))) if src[0].dim() == 1 else None
         if kind == "index" and out is t:
             whole, key = src
             b = _bias_feeding(obs, ops, whole, depth - 1)
             cut = _last_dim_slice(whole, key)
-            return b[cut] if b is not None and cut is not None and b.shape[-1] == whole.shape[-1] else None
+            return b.cut(cut) if b is not None and cut is not None and b.value.shape[-1] == whole.shape[-1] else None
         if kind == "add" and out is t:
             found = [b for b in (_term_bias(obs, ops, a, t, depth) for a in src) if b is not None]
             return sum(found[1:], found[0]) if found else None
@@ -612,11 +655,11 @@ def _bias_feeding(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...
 
 
 def _term_bias(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], term: Any, total: Tensor,
-               depth: int) -> Tensor | None:
+               depth: int) -> Bias | None:
     """The bias one term of an addition contributes: the term itself when it is a trained
     vector as wide as the sum (``+ b``), else what feeds it."""
     if not isinstance(term, Tensor):
         return None
     if term.is_leaf and term.requires_grad:
-        return term if term.dim() == 1 and term.shape[-1] == total.shape[-1] else None
+        return Bias.of(term, term) if term.dim() == 1 and term.shape[-1] == total.shape[-1] else None
     return _bias_feeding(obs, ops, term, depth - 1)
