@@ -3,6 +3,7 @@
     python bench/overhead.py                 # S (seed-000 parity fixture model) and M
     python bench/overhead.py --model S --repeats 7 --steps 150
     python bench/overhead.py --model H --replay-every-step   # the hand-cell reading on every step
+    python bench/overhead.py --model S --whole-run 300 3000 --repeats 7   # whole runs, entry to exit
 
 S is the seed 000 fixture's setting (2-layer LSTM, hidden 40, 7-bit parity, batch 100,
 Adagrad); M is a 2-layer hidden-256 LSTM on length-100 sequences, batch 32; H a hand-written
@@ -16,11 +17,14 @@ be 10 % off, so use 30+ pairs). Not a test: numbers go into the issue notes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -120,6 +124,76 @@ def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str =
         return timed()
 
 
+def whole_run(s: Setting, steps: int, mode: str, seed: int, device: str = "cpu") -> tuple[float, float, float]:
+    """(wall seconds of the whole run, of its first 100 steps, of leaving the context) for
+    ``mode`` bare | watched | anomaly, from entering the context (``watch()`` or
+    ``torch.autograd.detect_anomaly()``; nothing for bare) to leaving it: what a user's
+    program waits for. A watched run's report is then awaited untimed, so its background
+    process never overlaps the next run's timing."""
+    torch.manual_seed(seed)
+    model = Net(s).to(device)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    data = [torch.randint(0, 2, (s.batch, s.seq, s.features)).float().to(device) for _ in range(8)]
+    labels = [(x.sum((1, 2)) % 2).long() for x in data]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with tempfile.TemporaryDirectory() as d:
+        sync()
+        t0 = time.perf_counter()
+        ctx: Any = (rnndoctor.watch(model, out=d, summary=False) if mode == "watched"
+                    else torch.autograd.detect_anomaly() if mode == "anomaly" else contextlib.nullcontext())
+        ctx.__enter__()
+        first = 0.0
+        for i in range(steps):
+            x, y = data[i % 8], labels[i % 8]
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i + 1 == min(100, steps):
+                sync()
+                first = time.perf_counter() - t0
+        sync()
+        t1 = time.perf_counter()
+        ctx.__exit__(None, None, None)
+        t2 = time.perf_counter()
+        if mode == "watched":
+            ctx.wait_report(timeout=600)
+    return t2 - t0, first, t2 - t1
+
+
+def _quartiles(xs: list[float]) -> str:
+    if len(xs) < 2:
+        return f"{xs[0]:.3f}"
+    q1, med, q3 = statistics.quantiles(xs, n=4)
+    return f"{statistics.median(xs):.3f} ({q1:.3f}-{q3:.3f})"
+
+
+def main_whole_run(args: argparse.Namespace) -> None:
+    """Whole runs of each length, bare / watched / detect_anomaly interleaved: the ratios of
+    the whole run's wall time, of its first 100 steps, and the seconds spent leaving."""
+    warnings.filterwarnings("ignore", "Anomaly Detection has been enabled")
+    for key in args.model or ["S"]:
+        s = SETTINGS[key]
+        for steps in args.whole_run:
+            walls: dict[str, list[float]] = {m: [] for m in ("bare", "watched", "anomaly")}
+            firsts: dict[str, list[float]] = {m: [] for m in walls}
+            exits: list[float] = []
+            for r in range(args.repeats):
+                for mode in walls:
+                    wall, first, leave = whole_run(s, steps, mode, r, args.device)
+                    walls[mode].append(wall)
+                    firsts[mode].append(first)
+                    if mode == "watched":
+                        exits.append(leave)
+            ratio = {m: [w / b for w, b in zip(walls[m], walls["bare"])] for m in ("watched", "anomaly")}
+            first = {m: [w / b for w, b in zip(firsts[m], firsts["bare"])] for m in ("watched", "anomaly")}
+            print(f"{s.name}, {steps} steps, {args.repeats} interleaved triples: bare {statistics.median(walls['bare']):.2f} s; "
+                  f"whole run watched/bare {_quartiles(ratio['watched'])}, anomaly/bare {_quartiles(ratio['anomaly'])}; "
+                  f"first 100 steps watched/bare {_quartiles(first['watched'])}, anomaly/bare {_quartiles(first['anomaly'])}; "
+                  f"leaving watch() {_quartiles(exits)} s")
+            sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(SETTINGS), action="append")
@@ -128,11 +202,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--replay-every-step", action="store_true", help="gate replay on every step instead of its schedule")
+    ap.add_argument("--whole-run", type=int, nargs="+", metavar="STEPS",
+                    help="time whole runs of these lengths (entry, steps, exit) against bare and detect_anomaly runs")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
     print(f"torch {torch.__version__}, {where}, rnndoctor {rnndoctor.__version__}")
+    if args.whole_run:
+        main_whole_run(args)
+        return
     for key in args.model or ["S", "M"]:
         s = SETTINGS[key]
         steps = args.steps if key == "S" else max(20, args.steps // 4)

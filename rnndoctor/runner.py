@@ -129,6 +129,7 @@ def run_script(
         None,
         out=out,
         summary=False,
+        report="none",  # drawn below, after the summary: the script is over, nothing waits on it
         meta={"script": shown_path(os.path.abspath(path)), "script_args": list(args), "max_steps": max_steps, "timeout": timeout},
         on_step=on_step,
         max_steps=max_steps,
@@ -174,10 +175,12 @@ def run_script(
     diagnosis = w.close(error, status=status)
     if treatment is not None:
         _note_treatment(w.run_dir, treatment)
-    if summary and w.record is not None:
+    if summary and w.record is not None:  # without it, the caller writes the outputs again (fix trials)
         from .report.terminal import print_summary
+        from .watch import draw_report
 
         print_summary(w.record, diagnosis)
+        draw_report(w.record, diagnosis, w.run_dir)
     return RunOutcome(watch=w, diagnosis=diagnosis, status=status, script_error=error, died_of=died_of)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -28,13 +29,17 @@ from .probes import Probe, ProbeSet, select
 from .probes.base import Context, ModelView
 from .probes.outputs import LossCall
 from .recorder import Recorder, writer_choice, writer_in_background
-from .rundir import Claim, claim
+from .rundir import REPORT_FILE, Claim, claim
 from .run import Run, load_run, write_meta
 from .signals import SignalContractError
 from .schedule import DEFAULT_FLUSH_EVERY, SCHEDULES, Schedule, StepSchedules
 from .status import COMPLETED, RUNNING, status_for
 from .text import printable, printable_line, safe_str
 from .verdict import Verdict
+
+#: how report.html is drawn when the watch closes: by a detached child, so the program goes
+#: on at once (``report/background.py``); here, after the summary; or not (the caller draws it)
+REPORT_MODES = ("background", "now", "none")
 
 
 def default_out_dir() -> Path:
@@ -62,6 +67,7 @@ class Watch(Verdict):
         move_if_busy: bool = True,
         probes: Sequence[type[Probe] | Probe] | None = None,
         disable: Iterable[str] = (),
+        report: str = "background",
     ) -> None:
         #: absolute from the start: the program may chdir while it runs
         self.run_dir = Path(os.path.abspath(out if out is not None else default_out_dir()))
@@ -76,6 +82,10 @@ class Watch(Verdict):
         self._writer_choice = writer
         self._schedules = {**SCHEDULES, "localize": localize, "gates": gates}
         self._probes = select(probes, disable)  # an unknown name fails here too
+        if report not in REPORT_MODES:
+            raise ValueError(f"report must be one of {', '.join(map(repr, REPORT_MODES))}, not {report!r}")
+        self.report = report
+        self._report_child: "subprocess.Popen[bytes] | None" = None
         self._meta: dict[str, Any] = dict(meta or {})
         self._claim: Claim | None = None
         self._clock: StepClock | None = None
@@ -184,7 +194,20 @@ class Watch(Verdict):
                 raise RuntimeError(self._recorder.errors[0])
             self._meta.setdefault("internal_errors", []).extend(self._recorder.errors)
         self._write_meta()
-        self.record, self.diagnosis = conclude(self.run_dir, strict=self.strict, summary=self.summary)
+        self.record, self.diagnosis, self._report_child = conclude(self.run_dir, strict=self.strict, summary=self.summary,
+                                                                   report=self.report)
+
+    def wait_report(self, timeout: float | None = None) -> Path:
+        """report.html's path once drawn: waits for a background draw (the default) at most
+        ``timeout`` s (then ``subprocess.TimeoutExpired``); a failed draw is said in one line."""
+        child, path = self._report_child, self.run_dir / REPORT_FILE
+        if child is not None:
+            _, err = child.communicate(timeout=timeout)
+            self._report_child = None
+            if child.returncode != 0:
+                line = (err or b"").decode(errors="replace").strip().splitlines() or [f"exit {child.returncode}"]
+                sys.stderr.write(f"[rnndoctor] {printable_line(line[-1])}\n")
+        return path
 
     def findings_so_far(self) -> list[str]:
         """Ids the rules find in what has been recorded so far (flushes; for progress lines)."""
@@ -223,20 +246,44 @@ class Watch(Verdict):
         write_meta(self.run_dir, self._meta)
 
 
-def conclude(run_dir: Path, *, strict: bool, summary: bool) -> tuple[Run, Diagnosis]:
-    """Load the closed record, diagnose it, write findings.json and report.html (a file that
-    cannot be written is said in one line) and print the summary."""
+def conclude(run_dir: Path, *, strict: bool, summary: bool, report: str = "now"
+             ) -> "tuple[Run, Diagnosis, subprocess.Popen[bytes] | None]":
+    """Load the closed record, diagnose it, write findings.json, print the summary, then
+    report.html: drawn here (``report="now"``), by a detached child (``"background"``: the
+    child's handle is returned) or not at all (``"none"``: the caller draws it). A file that
+    cannot be written is said in one line."""
     from .diagnose import diagnose
     from .report.output import write_outputs
     from .report.terminal import print_summary
 
     record = load_run(run_dir)
     diagnosis = diagnose(record, strict=strict)
-    for problem in write_outputs(record, diagnosis, run_dir, summary=False):
+    problems = write_outputs(record, diagnosis, run_dir, summary=False, html=False)
+    child = None
+    if report == "background":
+        from .report import background
+
+        try:
+            child = background.start(run_dir)
+        except OSError as exc:
+            problems.append(f"could not write {REPORT_FILE}: {printable_line(exc.strerror or exc)}")
+    for problem in problems:
         sys.stderr.write(f"[rnndoctor] {problem}\n")
     if summary:
         print_summary(record, diagnosis)
-    return record, diagnosis
+    if report == "now":
+        draw_report(record, diagnosis, run_dir)
+    return record, diagnosis, child
+
+
+def draw_report(record: Run, diagnosis: Diagnosis, run_dir: Path) -> None:
+    """Write report.html here and now; a failure is said in one line."""
+    from .report.html import write_html
+
+    try:
+        write_html(record, diagnosis, Path(run_dir) / REPORT_FILE)
+    except OSError as exc:
+        sys.stderr.write(f"[rnndoctor] could not write {REPORT_FILE}: {printable_line(exc.strerror or exc)}\n")
 
 
 def watch(model: nn.Module | None = None, **options: Any) -> Watch:

@@ -87,7 +87,8 @@ def test_user_text_is_escaped_and_a_run_crashed_at_step_3_still_renders(tmp_path
                 loss.backward()
                 opt.step()
     assert run.steps == 3
-    text = (tmp_path / "r" / REPORT_FILE).read_text(encoding="utf-8")
+    assert_inert((tmp_path / "r" / REPORT_FILE).read_text(encoding="utf-8"))  # the page standing in for it, too
+    text = run.wait_report(timeout=300).read_text(encoding="utf-8")  # drawn by its own process
     page = assert_inert(text)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # shown, as text
     assert "boom &lt;img src=x onerror=alert(2)&gt;" in text
@@ -276,7 +277,7 @@ def test_recurrence_plots_render_from_a_real_run(tmp_path):
     lstm, head = nn.LSTM(1, 8, batch_first=True), nn.Linear(8, 2)
     model = nn.ModuleDict({"lstm": lstm, "head": head})
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True):
+    with rnndoctor.watch(model, out=tmp_path / "r", summary=False, strict=True, report="now"):
         for _ in range(4):
             x = torch.randn(8, 12, 1)
             loss = F.cross_entropy(head(lstm(x)[0][:, -1]), torch.randint(0, 2, (8,)))
