@@ -26,13 +26,21 @@ from rnndoctor.checks import load_check  # noqa: E402
 from rnndoctor.diagnose import diagnose  # noqa: E402
 from rnndoctor.finding import Severity  # noqa: E402
 from rnndoctor.run import load_run  # noqa: E402
+from rnndoctor.rules import all_rules  # noqa: E402
 
 RANK = {"info": 0, "warning": 1, "error": 2}
+KNOWN_IDS = {spec.id for spec in all_rules()}
 
 
 def fair_ids(path: Path) -> set[str]:
+    """The finding ids named on the ``# fair:`` line; an author's remarks in parentheses
+    (``dead-parameters (its gradient is exactly zero)``, commas included) and joining words
+    (``inconsistent-labels and duplicate-samples``) are not ids."""
     m = re.search(r"^#\s*fair:(.*)$", path.read_text(), re.M)
-    return {s.strip() for s in m.group(1).split(",") if s.strip()} if m else set()
+    if not m:
+        return set()
+    named = re.findall(r"[a-z]+(?:-[a-z]+)*", re.sub(r"\([^)]*\)", " ", m.group(1)))
+    return set(named) & KNOWN_IDS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,14 @@ def dead_under_module(cause: Finding, effect: Finding, run: Run) -> bool:
     return module is not None and any(str(p).startswith(module + ".") for p in params)
 
 
+def no_gradient_enters(cause: Finding, effect: Finding, run: Run) -> bool:
+    """parameters of the profiled module get no gradient, and the profile reaches no step back"""
+    module = _module(effect)
+    params = [str(p) for p in cause.evidence.get("params") or []]
+    return (module is not None and effect.evidence.get("horizon") == 0
+            and any(p.startswith(module + ".") for p in params))
+
+
 def side(*sides: str) -> Agrees:
     """The cause's evidence says which way it points (updates too large, gates open...)."""
 
@@ -207,6 +215,9 @@ RELATIONS: tuple[Relation, ...] = (
                small_only_while_flat, withdraw=True)
       for c in ("constant-input", "no-recurrence", "padding-not-masked", "loss-output-mismatch", "resampled-parameters",
                 "inconsistent-labels", "forget-gate-saturation")),
+    Relation("dead-parameters", "vanishing-gradient-through-time",
+             "no gradient enters the module at all, so a profile that reaches no step back measures that, not fading memory",
+             no_gradient_enters, withdraw=True),
     # a broken run's statistics
     Relation("non-finite", "vanishing-gradient-through-time",
              "a gradient profile measured after the run produced NaN/Inf measures the overflow, not memory", measured_after, withdraw=True),

@@ -210,3 +210,17 @@ def test_saturation_explains_dead_weights_of_its_own_module_only():
     own = related(raw, f("dead-parameters", evidence={"params": ["gru.weight_ih_l0", "gru.weight_hh_l0"]}))
     other = related(raw, f("dead-parameters", evidence={"params": ["head.weight"]}))
     assert own.findings[1].explained_by == ("unnormalized-inputs",) and not other.links
+
+
+def test_a_horizon_of_zero_into_a_module_that_gets_no_gradient_at_all_is_withdrawn():
+    """Raw inputs saturate an LSTM so that none of its parameters gets a gradient: its
+    gradient-through-time profile reaches 0 steps because nothing enters it (heldout11
+    y_machine_csv_windows), not because memory fades."""
+    dead = f("dead-parameters", evidence={"params": ["rnn.weight_ih_l0", "rnn.weight_hh_l0"]})
+    none_in = related(dead, f("vanishing-gradient-through-time", module="rnn", evidence={"horizon": 0}))
+    assert [s.finding.id for s in none_in.suppressed] == ["vanishing-gradient-through-time"]
+    assert "no gradient enters" in none_in.suppressed[0].reason
+    fading = related(dead, f("vanishing-gradient-through-time", module="rnn", evidence={"horizon": 3}))
+    elsewhere = related(f("dead-parameters", evidence={"params": ["head.weight"]}),
+                        f("vanishing-gradient-through-time", module="rnn", evidence={"horizon": 0}))
+    assert not fading.suppressed and not elsewhere.suppressed
