@@ -81,13 +81,14 @@ def no_gradient_enters(cause: Finding, effect: Finding, run: Run) -> bool:
             and any(p.startswith(module + ".") for p in params))
 
 
-def side(*sides: str) -> Agrees:
-    """The cause's evidence says which way it points (updates too large, gates open...)."""
+def side(*sides: str, of: str = "cause") -> Agrees:
+    """The cause's (or, ``of="effect"``, the consequence's) evidence says which way it points
+    (updates too large, gates open...)."""
 
     def agrees(cause: Finding, effect: Finding, run: Run) -> bool:
-        return cause.evidence.get("side") in sides
+        return (cause if of == "cause" else effect).evidence.get("side") in sides
 
-    agrees.__doc__ = f"the cause's side is {' or '.join(sides)}"
+    agrees.__doc__ = f"the {'cause' if of == 'cause' else 'consequence'}'s side is {' or '.join(sides)}"
     return agrees
 
 
@@ -195,7 +196,7 @@ RELATIONS: tuple[Relation, ...] = (
     Relation("forget-gate-saturation", "dead-parameters", "pinned gates pass no gradient to the weights feeding them", dead_under_module),
     Relation("cell-state-growth", "non-finite", "a cell state that grows without bound overflows", every(not_later, nan_source_here)),
     # step size
-    Relation("gradients-not-zeroed", "learning-rate-scale", "summed stale gradients make every update far too large", every(side("large"), not_later)),
+    Relation("gradients-not-zeroed", "learning-rate-scale", "summed stale gradients make every update far too large", every(side("large", of="effect"), not_later)),
     Relation("gradients-not-zeroed", "exploding-gradients", "the gradient used at each step is the sum of every earlier one", not_later),
     Relation("gradients-not-zeroed", "divergence", "updates from summed stale gradients grow until the loss climbs", not_later),
     Relation("gradients-not-zeroed", "non-finite", "updates from summed stale gradients grow until the weights overflow", not_later),

@@ -224,3 +224,11 @@ def test_a_horizon_of_zero_into_a_module_that_gets_no_gradient_at_all_is_withdra
     elsewhere = related(f("dead-parameters", evidence={"params": ["head.weight"]}),
                         f("vanishing-gradient-through-time", module="rnn", evidence={"horizon": 0}))
     assert not fading.suppressed and not elsewhere.suppressed
+
+
+def test_stale_gradients_explain_updates_that_are_too_large_not_too_small():
+    """The side read is the consequence's own (learning-rate-scale's), not the cause's."""
+    large = related(f("gradients-not-zeroed", step=1), f("learning-rate-scale", step=5, evidence={"side": "large"}))
+    small = related(f("gradients-not-zeroed", step=1), f("learning-rate-scale", step=5, evidence={"side": "small"}))
+    assert large.findings[1].explained_by == ("gradients-not-zeroed",)
+    assert not small.links
