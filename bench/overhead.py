@@ -3,6 +3,7 @@
     python bench/overhead.py                 # S (seed-000 parity fixture model) and M
     python bench/overhead.py --model S --repeats 7 --steps 150
     python bench/overhead.py --model H --replay-every-step   # the hand-cell reading on every step
+    python bench/overhead.py --model S --replay-every-step --gate-batch 8   # full detail on a subsample
     python bench/overhead.py --model S --whole-run 300 3000 --repeats 7   # whole runs, entry to exit
 
 S is the seed 000 fixture's setting (2-layer LSTM, hidden 40, 7-bit parity, batch 100,
@@ -90,7 +91,8 @@ class Net(nn.Module):
 WARMUP_STEPS = 60
 
 
-def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str = "cpu", replay_every_step: bool = False) -> float:
+def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str = "cpu", replay_every_step: bool = False,
+            gate_batch: int | None = None) -> float:
     """Seconds per optimizer step over ``steps`` steps (after WARMUP_STEPS warm-up steps).
 
     On CUDA the clock is read after a synchronize, so queued kernels are counted."""
@@ -119,7 +121,9 @@ def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str =
 
     if not instrumented:
         return timed()
-    options = {"gates": (lambda step: True)} if replay_every_step else {}
+    options: dict[str, Any] = {"gates": (lambda step: True)} if replay_every_step else {}
+    if gate_batch is not None:
+        options["gate_batch"] = gate_batch
     with tempfile.TemporaryDirectory() as d, rnndoctor.watch(model, out=d, summary=False, **options):
         return timed()
 
@@ -202,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--replay-every-step", action="store_true", help="gate replay on every step instead of its schedule")
+    ap.add_argument("--gate-batch", type=int, default=None, help="replay at most this many sequences of each batch")
     ap.add_argument("--whole-run", type=int, nargs="+", metavar="STEPS",
                     help="time whole runs of these lengths (entry, steps, exit) against bare and detect_anomaly runs")
     args = ap.parse_args(argv)
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         bare, inst = [], []
         for r in range(args.repeats):
             bare.append(one_run(s, steps, False, r, args.device))
-            inst.append(one_run(s, steps, True, r, args.device, args.replay_every_step))
+            inst.append(one_run(s, steps, True, r, args.device, args.replay_every_step, args.gate_batch))
         ratios = [i / b for i, b in zip(inst, bare)]
         q1, _, q3 = statistics.quantiles(ratios, n=4)
         print(

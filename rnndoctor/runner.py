@@ -176,8 +176,8 @@ def run_script(
     if treatment is not None:
         _note_treatment(w.run_dir, treatment)
     if summary and w.record is not None:  # without it, the caller writes the outputs again (fix trials)
+        from .report.output import draw_report
         from .report.terminal import print_summary
-        from .watch import draw_report
 
         print_summary(w.record, diagnosis)
         draw_report(w.record, diagnosis, w.run_dir)

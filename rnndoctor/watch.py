@@ -57,6 +57,7 @@ class Watch(Verdict):
         flush_every: int = DEFAULT_FLUSH_EVERY,
         localize: Schedule = SCHEDULES["localize"],
         gates: Schedule = SCHEDULES["gates"],
+        gate_batch: int | None = None,
         summary: bool = True,
         strict: bool = False,
         meta: dict[str, Any] | None = None,
@@ -81,12 +82,17 @@ class Watch(Verdict):
         writer_choice(writer)  # a wrong value fails here, not at __enter__
         self._writer_choice = writer
         self._schedules = {**SCHEDULES, "localize": localize, "gates": gates}
+        if gate_batch is not None and gate_batch < 1:
+            raise ValueError(f"gate_batch must be a positive number of sequences, not {gate_batch!r}")
         self._probes = select(probes, disable)  # an unknown name fails here too
         if report not in REPORT_MODES:
             raise ValueError(f"report must be one of {', '.join(map(repr, REPORT_MODES))}, not {report!r}")
         self.report = report
         self._report_child: "subprocess.Popen[bytes] | None" = None
         self._meta: dict[str, Any] = dict(meta or {})
+        if gate_batch is not None:
+            self._meta["gate_batch"] = gate_batch  # the gate statistics are of a subsample
+        self.gate_batch = gate_batch
         self._claim: Claim | None = None
         self._clock: StepClock | None = None
         self._conductor: Conductor | None = None
@@ -133,7 +139,8 @@ class Watch(Verdict):
         probes = ProbeSet(self._probes, on_error=self._probe_error)
         self._clock = StepClock(self._recorder, probes, StepSchedules(self._schedules), flush_every=self.flush_every,
                                 on_step=self.on_step, max_steps=self.max_steps)
-        ctx = Context(model=ModelView(), recorder=self._recorder, clock=self._clock, flush_every=self.flush_every)
+        ctx = Context(model=ModelView(), recorder=self._recorder, clock=self._clock, flush_every=self.flush_every,
+                      gate_batch=self.gate_batch)
         self._conductor = Conductor(model=self.model, recorder=self._recorder, probes=probes, clock=self._clock, ctx=ctx,
                                     meta=self._meta, strict=self.strict, writer=self._writer_choice, on_model_change=self._model_changed)
         try:
@@ -253,7 +260,7 @@ def conclude(run_dir: Path, *, strict: bool, summary: bool, report: str = "now"
     child's handle is returned) or not at all (``"none"``: the caller draws it). A file that
     cannot be written is said in one line."""
     from .diagnose import diagnose
-    from .report.output import write_outputs
+    from .report.output import draw_report, write_outputs
     from .report.terminal import print_summary
 
     record = load_run(run_dir)
@@ -274,16 +281,6 @@ def conclude(run_dir: Path, *, strict: bool, summary: bool, report: str = "now"
     if report == "now":
         draw_report(record, diagnosis, run_dir)
     return record, diagnosis, child
-
-
-def draw_report(record: Run, diagnosis: Diagnosis, run_dir: Path) -> None:
-    """Write report.html here and now; a failure is said in one line."""
-    from .report.html import write_html
-
-    try:
-        write_html(record, diagnosis, Path(run_dir) / REPORT_FILE)
-    except OSError as exc:
-        sys.stderr.write(f"[rnndoctor] could not write {REPORT_FILE}: {printable_line(exc.strerror or exc)}\n")
 
 
 def watch(model: nn.Module | None = None, **options: Any) -> Watch:

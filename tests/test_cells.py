@@ -133,3 +133,22 @@ def test_hand_written_cell_gets_activation_statistics(tmp_path, bias, saturated)
     assert len(gate_rows) == 3 and (gate_rows["calls"] == T).all()
     share = gate_rows["frac_large"].mean()
     assert (share > 0.9) if saturated else (share < 0.2), share
+
+
+def test_gate_batch_replays_the_first_sequences_of_each_batch_exactly(tmp_path):
+    """watch(gate_batch=n): the replay recomputes n sequences, checked against the module's
+    own final state for those sequences; the record says the statistics are a subsample's."""
+    torch.manual_seed(0)
+    lstm, head = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 1)
+    opt = torch.optim.SGD([*lstm.parameters(), *head.parameters()], lr=0.01)
+    with Watch(nn.ModuleList([lstm, head]), out=tmp_path / "r", summary=False, strict=True, gate_batch=4, report="none"):
+        for _ in range(3):
+            x = torch.randn(32, 10, 3)
+            loss = F.mse_loss(head(lstm(x)[0][:, -1]).squeeze(-1), x[:, :, 0].mean(1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    rec = rnndoctor.load_run(tmp_path / "r")
+    assert rec["gates"]["replay_err"].max() < 1e-5 and rec.meta["gate_batch"] == 4
+    with pytest.raises(ValueError, match="gate_batch"):
+        Watch(lstm, gate_batch=0)

@@ -162,6 +162,8 @@ class Context:
     clock: Clock
     #: the most steps between two flushes (probes that hold tensors until a flush size them by it)
     flush_every: int
+    #: the most sequences of a batch the gate replay recomputes (None: all of them)
+    gate_batch: int | None = None
     #: switched hooks the watch owns (removed on re-adoption and on close)
     switches: list[Switch] = field(default_factory=list)
     #: other handles the watch owns

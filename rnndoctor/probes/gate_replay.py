@@ -136,9 +136,12 @@ class GatesProbe(Probe):
         x = data_probe.recurrent_input(module, args, kwargs)
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
         with torch.no_grad():
-            rep = gates.replay(module, x, hx)
+            rep = gates.replay(module, x, hx, max_batch=self.ctx.gate_batch)
             h_n = output[1][0] if isinstance(output[1], tuple) else output[1]
-            err = (rep.h_n - h_n.detach()).abs().max() if rep.h_n.shape == h_n.shape else torch.full((), float("nan"), dtype=torch.float32)
+            h_n = h_n.detach()
+            if h_n.dim() == 3 and rep.h_n.dim() == 3 and rep.h_n.shape[1] < h_n.shape[1]:
+                h_n = h_n[:, :rep.h_n.shape[1]]  # the subsample gate_batch replayed
+            err = (rep.h_n - h_n).abs().max() if rep.h_n.shape == h_n.shape else torch.full((), float("nan"), dtype=torch.float32)
             self._record(name, self.ctx.step, rep, err)
 
     def _replay_cell(self, name: str, module: nn.Module, args: Any, kwargs: Any, output: Any) -> None:

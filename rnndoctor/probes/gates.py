@@ -174,12 +174,15 @@ def _unreverse(v: Tensor, rev_idx: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
-def replay(module: nn.Module, input: Tensor | PackedSequence, hx: Any = None) -> Replay:
+def replay(module: nn.Module, input: Tensor | PackedSequence, hx: Any = None, max_batch: int | None = None) -> Replay:
     """Recompute one call of a fused ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (eval semantics).
 
     ``input`` and ``hx`` are exactly what the module was called with (a forward hook's
     ``args``). Returns gates and states for every layer, direction and step, and the outputs
-    in the module's own layout. No host sync beyond what packing itself implies.
+    in the module's own layout. No host sync beyond what packing itself implies. With
+    ``max_batch``, only the batch's first ``max_batch`` sequences are recomputed (gate
+    statistics are shares of entries: a fixed subsample estimates them at a fraction of the
+    cost, and the time loop shrinks with it); the outputs then hold those sequences only.
     """
     mode = _mode(module)
     L, D = module.num_layers, 2 if module.bidirectional else 1
@@ -204,6 +207,11 @@ def replay(module: nn.Module, input: Tensor | PackedSequence, hx: Any = None) ->
             x = x.transpose(0, 1)
         T = x.shape[1]
     B = x.shape[0]
+    keep = max_batch if max_batch is not None and not unbatched and B > max_batch else None
+    if keep is not None:
+        x, B = x[:keep], keep
+        lengths = lengths[:keep] if lengths is not None else None
+        mask = mask[:keep] if mask is not None else None
 
     # initial state, [L*D, B, ·]
     if mode == "LSTM":
@@ -213,6 +221,9 @@ def replay(module: nn.Module, input: Tensor | PackedSequence, hx: Any = None) ->
     if h0 is not None and unbatched:
         h0 = h0.unsqueeze(1)
         c0 = c0.unsqueeze(1) if c0 is not None else None
+    if h0 is not None and keep is not None:
+        h0 = h0[:, :keep]
+        c0 = c0[:, :keep] if c0 is not None else None
     if h0 is None:
         h0 = x.new_zeros(L * D, B, Hout)
     if mode == "LSTM" and c0 is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -32,3 +33,13 @@ def write_outputs(run: Run, diagnosis: Diagnosis, run_dir: Path, *, summary: boo
     if summary:
         print_summary(run, diagnosis)
     return problems
+
+
+def draw_report(run: Run, diagnosis: Diagnosis, run_dir: Path) -> None:
+    """Write report.html here and now; a failure is said in one line on stderr."""
+    from .html import write_html
+
+    try:
+        write_html(run, diagnosis, Path(run_dir) / REPORT_FILE)
+    except OSError as exc:
+        sys.stderr.write(f"[rnndoctor] could not write {REPORT_FILE}: {printable_line(exc.strerror or exc)}\n")
