@@ -87,6 +87,9 @@ def rnndoctor_watch(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[
         elif "out" not in options and n > 1:  # the marker's directory, for a second watch in the test
             out = f"{out}-{n}"
         opts.setdefault("summary", False)
+        # report.html is drawn when the test fails (pytest_runtest_makereport), not for every
+        # passing test: a suite of watched tests would otherwise start a drawing process each
+        opts.setdefault("report", "none")
         watch = Watch(model, out=_fresh(Path(out)), **opts)
         runs.append(watch)
         return watch
@@ -103,6 +106,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     from .rundir import REPORT_FILE
 
     explained = call.excinfo is not None and isinstance(call.excinfo.value, FindingAssertionError)
+    if runs and report.failed and report.when == "call":
+        _draw_reports(runs)
     if runs and report.failed and report.when == "call" and not explained:
         lines = []
         for w in runs:
@@ -111,6 +116,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             state = f"findings: {ids}" if w.diagnosis is not None else "not finished"
             lines.append(f"{d}  [{state}]\n    report: {d / REPORT_FILE}")
         report.sections.append(("rnndoctor runs", "\n".join(lines)))
+
+
+def _draw_reports(runs: list[Any]) -> None:
+    """The failed test's runs get their report.html now (lazily: a passing test's run keeps
+    its record and findings.json; ``rnndoctor report DIR`` draws it)."""
+    from .report.output import draw_report
+    from .rundir import REPORT_FILE
+
+    for w in runs:
+        if w.record is not None and w.diagnosis is not None and not (w.run_dir / REPORT_FILE).exists():
+            draw_report(w.record, w.diagnosis, w.run_dir)
 
 
 # ---------------------------------------------------------------------- checks/*.toml as items

@@ -215,8 +215,27 @@ def test_rnndoctor_out_keeps_records_and_replaces_them_on_rerun(user):
     assert json.loads((run_dir / "meta.json").read_text())["steps"] == 6
     steps = (run_dir / "signals" / "steps.jsonl").read_text().splitlines()
     assert len([s for s in steps if '"mode": "train"' in s]) == 6
-    # a plain assert failed: the plugin still names the run directory
+    # a plain assert failed: the plugin still names the run directory, and has drawn the report
     result.stdout.fnmatch_lines(["*- rnndoctor runs -*", f"{run_dir}  [[]findings: *", f"*report: {run_dir}*report.html"])
+    assert "re-render with" in (run_dir / "report.html").read_text()  # the report itself
+
+
+def test_a_passing_tests_run_keeps_its_record_and_draws_no_report(user):
+    """report.html is drawn lazily, for failed tests only: a suite of passing watched tests
+    starts no drawing work (``rnndoctor report DIR`` draws one when wanted)."""
+    write_tests(
+        user,
+        """
+        def test_fine(rnndoctor_watch):
+            torch.manual_seed(0)
+            model = Net()
+            with rnndoctor_watch(model) as run:
+                train(model, 6)
+        """,
+    )
+    user.runpytest("--rnndoctor-out", "ci-runs").assert_outcomes(passed=1)
+    run_dir = user.path / "ci-runs" / "test_user.py_test_fine"
+    assert (run_dir / "findings.json").is_file() and not (run_dir / "report.html").exists()
 
 
 def test_marker_sets_the_run_directory(user):
