@@ -85,6 +85,17 @@ class Net(nn.Module):
         return self.out(h)
 
 
+def _setup(s: Setting, seed: int, device: str) -> tuple[Net, torch.optim.Optimizer, list[torch.Tensor], list[torch.Tensor], Any]:
+    """A fresh model and optimizer, 8 parity batches, and the clock's synchronize."""
+    torch.manual_seed(seed)
+    model = Net(s).to(device)
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
+    data = [torch.randint(0, 2, (s.batch, s.seq, s.features)).float().to(device) for _ in range(8)]
+    labels = [(x.sum((1, 2)) % 2).long() for x in data]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    return model, opt, data, labels, sync
+
+
 #: steps run before timing starts. The watcher's dense start-up schedules (data probes on the
 #: first 50 steps, update ratios on the first 20) are part of the first steps; the timed
 #: window measures the steady state that dominates a real run.
@@ -96,12 +107,7 @@ def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str =
     """Seconds per optimizer step over ``steps`` steps (after WARMUP_STEPS warm-up steps).
 
     On CUDA the clock is read after a synchronize, so queued kernels are counted."""
-    torch.manual_seed(seed)
-    model = Net(s).to(device)
-    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    data = [torch.randint(0, 2, (s.batch, s.seq, s.features)).float().to(device) for _ in range(8)]
-    labels = [(x.sum((1, 2)) % 2).long() for x in data]
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    model, opt, data, labels, sync = _setup(s, seed, device)
 
     def loop(n: int) -> None:
         for i in range(n):
@@ -134,12 +140,7 @@ def whole_run(s: Setting, steps: int, mode: str, seed: int, device: str = "cpu")
     ``torch.autograd.detect_anomaly()``; nothing for bare) to leaving it: what a user's
     program waits for. A watched run's report is then awaited untimed, so its background
     process never overlaps the next run's timing."""
-    torch.manual_seed(seed)
-    model = Net(s).to(device)
-    opt = torch.optim.Adagrad(model.parameters(), lr=0.1)
-    data = [torch.randint(0, 2, (s.batch, s.seq, s.features)).float().to(device) for _ in range(8)]
-    labels = [(x.sum((1, 2)) % 2).long() for x in data]
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    model, opt, data, labels, sync = _setup(s, seed, device)
     with tempfile.TemporaryDirectory() as d:
         sync()
         t0 = time.perf_counter()

@@ -204,12 +204,18 @@ def test_rnndoctor_out_keeps_records_and_replaces_them_on_rerun(user):
             with rnndoctor_watch(model) as run:
                 train(model, 6)
             assert False, "the user's own check failed"
+
+        def test_fine(rnndoctor_watch):
+            torch.manual_seed(0)
+            model = Net()
+            with rnndoctor_watch(model) as run:
+                train(model, 6)
         """,
     )
     out = user.path / "ci-runs"
     for _ in range(2):  # a rerun must not append to the previous record
         result = user.runpytest("--rnndoctor-out", "ci-runs")
-        result.assert_outcomes(failed=1)
+        result.assert_outcomes(failed=1, passed=1)
     run_dir = out / "test_user.py_test_short"
     assert (run_dir / "findings.json").is_file() and (run_dir / "meta.json").is_file()
     assert json.loads((run_dir / "meta.json").read_text())["steps"] == 6
@@ -218,24 +224,9 @@ def test_rnndoctor_out_keeps_records_and_replaces_them_on_rerun(user):
     # a plain assert failed: the plugin still names the run directory, and has drawn the report
     result.stdout.fnmatch_lines(["*- rnndoctor runs -*", f"{run_dir}  [[]findings: *", f"*report: {run_dir}*report.html"])
     assert "re-render with" in (run_dir / "report.html").read_text()  # the report itself
-
-
-def test_a_passing_tests_run_keeps_its_record_and_draws_no_report(user):
-    """report.html is drawn lazily, for failed tests only: a suite of passing watched tests
-    starts no drawing work (``rnndoctor report DIR`` draws one when wanted)."""
-    write_tests(
-        user,
-        """
-        def test_fine(rnndoctor_watch):
-            torch.manual_seed(0)
-            model = Net()
-            with rnndoctor_watch(model) as run:
-                train(model, 6)
-        """,
-    )
-    user.runpytest("--rnndoctor-out", "ci-runs").assert_outcomes(passed=1)
-    run_dir = user.path / "ci-runs" / "test_user.py_test_fine"
-    assert (run_dir / "findings.json").is_file() and not (run_dir / "report.html").exists()
+    # drawn lazily, for failed tests only: a passing test's run keeps its record, no drawing work
+    fine = out / "test_user.py_test_fine"
+    assert (fine / "findings.json").is_file() and not (fine / "report.html").exists()
 
 
 def test_marker_sets_the_run_directory(user):
