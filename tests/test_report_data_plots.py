@@ -63,7 +63,7 @@ def recorded(tmp_path_factory) -> Path:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batches = (b for _ in range(10) for b in DataLoader(Redrawn(), batch_size=16, shuffle=True))
     try:
-        with rnndoctor.watch(model, out=out, summary=False, strict=True):
+        with rnndoctor.watch(model, out=out, summary=False, strict=True, report="now"):
             for _, (x, y) in zip(range(40), batches):
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad()
