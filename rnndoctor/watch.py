@@ -290,7 +290,8 @@ def watch(model: nn.Module | None = None, **options: Any) -> Watch:
     through torch's global optimizer hooks; losses through ``torch.nn.functional``. Without
     ``model``, every module that owns parameters and is called inside the block is adopted.
     ``disable=("gates",)`` switches probes off by name (``rnndoctor probes`` lists them).
-    After the block, ``run.findings`` holds the findings and ``out`` the record,
-    ``findings.json`` and ``report.html``.
+    After the block, ``run.findings`` holds the findings and ``out`` the record and
+    ``findings.json``; ``report.html`` follows from a detached process (``run.wait_report()``
+    waits for it; ``report="now"`` draws it before the block is left).
     """
     return Watch(model, **options)
