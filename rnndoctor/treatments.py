@@ -8,7 +8,7 @@ wrote them, and the script's file is never touched. It records nothing; it count
 often it acted (``applied``), so a trial where it never could act is reported "not
 applicable", never as a fix that failed or worked.
 
-A treatment may take arguments the diagnosed run's record supplies (``arguments(run)``:
+A treatment may take arguments the diagnosed run's record supplies (``arguments_from(run)``:
 where a hand-written cell keeps its gate biases); the trial hands them to the child process
 as JSON (``diagnose --treat NAME --treat-args JSON``).
 
