@@ -596,8 +596,17 @@ def _read_call(obs: CellObserver, call: _Call, states: list[Tensor]
 
 
 def _biases(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gates: dict[str, Tensor]) -> dict[str, Bias]:
-    found = {name: _bias_of(obs, ops, g) for name, g in gates.items()}
-    return {name: b for name, b in found.items() if b is not None}
+    """Each gate's bias where one is found; a gate whose dataflow the search does not follow
+    is left out (best effort: the gates are read either way)."""
+    found: dict[str, Bias] = {}
+    for name, g in gates.items():
+        try:
+            bias = _bias_of(obs, ops, g)
+        except Exception:  # an op shape the search does not expect
+            bias = None
+        if bias is not None:
+            found[name] = bias
+    return found
 
 
 def _bias_of(obs: CellObserver, ops: list[tuple[str, Tensor, tuple[Any, ...]]], gate: Tensor) -> Bias | None:
