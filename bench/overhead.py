@@ -96,6 +96,13 @@ def _setup(s: Setting, seed: int, device: str) -> tuple[Net, torch.optim.Optimiz
     return model, opt, data, labels, sync
 
 
+def _train_step(model: Net, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 #: steps run before timing starts. The watcher's dense start-up schedules (data probes on the
 #: first 50 steps, update ratios on the first 20) are part of the first steps; the timed
 #: window measures the steady state that dominates a real run.
@@ -111,11 +118,7 @@ def one_run(s: Setting, steps: int, instrumented: bool, seed: int, device: str =
 
     def loop(n: int) -> None:
         for i in range(n):
-            x, y = data[i % 8], labels[i % 8]
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _train_step(model, opt, data[i % 8], labels[i % 8])
 
     def timed() -> float:
         loop(WARMUP_STEPS)
@@ -149,11 +152,7 @@ def whole_run(s: Setting, steps: int, mode: str, seed: int, device: str = "cpu")
         ctx.__enter__()
         first = 0.0
         for i in range(steps):
-            x, y = data[i % 8], labels[i % 8]
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _train_step(model, opt, data[i % 8], labels[i % 8])
             if i + 1 == min(100, steps):
                 sync()
                 first = time.perf_counter() - t0
