@@ -260,7 +260,7 @@ def conclude(run_dir: Path, *, strict: bool, summary: bool, report: str = "now"
     child's handle is returned) or not at all (``"none"``: the caller draws it). A file that
     cannot be written is said in one line."""
     from .diagnose import diagnose
-    from .report.output import draw_report, write_outputs
+    from .report.output import could_not_write, draw_report, write_outputs
     from .report.terminal import print_summary
 
     record = load_run(run_dir)
@@ -273,7 +273,7 @@ def conclude(run_dir: Path, *, strict: bool, summary: bool, report: str = "now"
         try:
             child = background.start(run_dir)
         except OSError as exc:
-            problems.append(f"could not write {REPORT_FILE}: {printable_line(exc.strerror or exc)}")
+            problems.append(could_not_write(REPORT_FILE, exc))
     for problem in problems:
         sys.stderr.write(f"[rnndoctor] {problem}\n")
     if summary:

@@ -29,7 +29,7 @@ def write_outputs(run: Run, diagnosis: Diagnosis, run_dir: Path, *, summary: boo
         try:
             write(run, diagnosis, Path(run_dir) / name)
         except OSError as exc:
-            problems.append(f"could not write {name}: {printable_line(exc.strerror or exc)}")
+            problems.append(could_not_write(name, exc))
     if summary:
         print_summary(run, diagnosis)
     return problems
@@ -42,4 +42,9 @@ def draw_report(run: Run, diagnosis: Diagnosis, run_dir: Path) -> None:
     try:
         write_html(run, diagnosis, Path(run_dir) / REPORT_FILE)
     except OSError as exc:
-        sys.stderr.write(f"[rnndoctor] could not write {REPORT_FILE}: {printable_line(exc.strerror or exc)}\n")
+        sys.stderr.write(f"[rnndoctor] {could_not_write(REPORT_FILE, exc)}\n")
+
+
+def could_not_write(name: str, exc: OSError) -> str:
+    """``could not write report.html: No space left on device``: the one line a failed write is said in."""
+    return f"could not write {name}: {printable_line(exc.strerror or exc)}"
